@@ -1,0 +1,1 @@
+//! Derive macros for `gossip`. Placeholder until the typed-messages work lands.

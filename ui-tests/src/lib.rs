@@ -1,0 +1,1 @@
+//! Compile-fail tests for the derives live in `tests/`.
