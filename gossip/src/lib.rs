@@ -2,4 +2,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod id;
 pub mod proto;
+pub mod transport;
+
+pub use id::NodeId;

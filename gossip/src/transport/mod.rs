@@ -1,0 +1,61 @@
+//! Transports: how frames travel between nodes.
+//!
+//! A [`Transport`] moves opaque frames (encoded protocol messages) between [`NodeId`]s. It owns
+//! connection management: dialing on first send, the handshake (protocol version, cluster label,
+//! node ids, optional encryption), framing, timeouts, bounded queues. The node's actor only calls
+//! [`Transport::send`], [`Transport::disconnect`] and polls [`Transport::poll_recv`].
+
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+use crate::NodeId;
+
+/// What a transport reports to the node.
+#[derive(Debug)]
+pub enum TransportEvent {
+    /// A whole frame from an authenticated peer.
+    Frame {
+        /// The peer, as its handshake identified it.
+        from: NodeId,
+        /// The frame's bytes (one encoded protocol message).
+        frame: Bytes,
+    },
+    /// The link to this peer failed or could not be opened; queued frames to it were dropped.
+    LinkFailed(NodeId),
+}
+
+/// Counters every transport keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Frames handed to `send`.
+    pub frames_sent: u64,
+    /// Bytes written to the wire (headers and encryption included).
+    pub bytes_sent: u64,
+    /// Frames received and passed up.
+    pub frames_received: u64,
+    /// Bytes read from the wire.
+    pub bytes_received: u64,
+    /// Frames dropped because a peer's outbound queue was full.
+    pub dropped_overflow: u64,
+    /// Connections closed for bad input (malformed, oversized, wrong version, label or key).
+    pub rejected_connections: u64,
+    /// Handshakes that did not finish in time.
+    pub handshake_timeouts: u64,
+}
+
+/// One duty each: `send` never blocks, `poll_recv` yields every event exactly once.
+pub trait Transport: Send + 'static {
+    /// The address this transport listens on (what other nodes dial).
+    fn local_addr(&self) -> SocketAddr;
+    /// Queue `frame` for `to`, connecting first if there is no link. Never blocks: when the
+    /// peer's bounded queue is full the frame is dropped and counted.
+    fn send(&mut self, to: NodeId, frame: Bytes);
+    /// Close the link to `peer`, if any, once queued frames are flushed.
+    fn disconnect(&mut self, peer: NodeId);
+    /// The next event. `Poll::Ready(None)` means the transport has shut down.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>>;
+    /// Counters.
+    fn stats(&self) -> TransportStats;
+}
