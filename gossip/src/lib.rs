@@ -4,6 +4,7 @@
 
 mod id;
 pub mod proto;
+pub mod sim;
 pub mod transport;
 
 pub use id::NodeId;

@@ -9,8 +9,18 @@ use serde::{Deserialize, Serialize};
 use super::{Instant, PeerId};
 
 /// Directory settings.
-#[derive(Debug, Clone, Default)]
-pub struct Config {}
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Whether the directory runs. `false` keeps it idle (no probes, no updates, no events):
+    /// the node runs the overlay and broadcast only (the simulator's `--directory off`).
+    pub enabled: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
 
 /// State of a member as this node believes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -108,7 +118,8 @@ impl<P: PeerId> State<P> {
         Self { me }
     }
     /// Arm the periodic timers (probes, anti-entropy, reaping). Called once.
-    pub fn start<R: Rng>(&mut self, _now: Instant, _rng: &mut R, _out: &mut VecDeque<OutEvent<P>>) {}
+    pub fn start<R: Rng>(&mut self, _now: Instant, _rng: &mut R, _out: &mut VecDeque<OutEvent<P>>) {
+    }
     /// Handle one input.
     pub fn handle<R: Rng>(
         &mut self,
