@@ -4,7 +4,7 @@
 //! the offending key, and parsing goes on so that every mistake is reported at once.
 
 use syn::meta::ParseNestedMeta;
-use syn::{Attribute, Lit, LitStr, Meta, Path, Token};
+use syn::{Attribute, Expr, ExprLit, Lit, LitStr, Meta, Path, Token};
 
 use crate::ctxt::Ctxt;
 
@@ -167,9 +167,11 @@ fn string_value(meta: &ParseNestedMeta, key: &str, what: &str) -> syn::Result<Li
     if !meta.input.peek(Token![=]) {
         return Err(meta.error(format!("expected `{key} = \"...\"`: {what} as a string")));
     }
-    let lit: Lit = meta.value()?.parse()?;
-    match lit {
-        Lit::Str(s) => Ok(s),
+    let expr: Expr = meta.value()?.parse()?;
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s),
         other => Err(syn::Error::new_spanned(
             other,
             format!("expected a string literal: `{key} = \"...\"`"),

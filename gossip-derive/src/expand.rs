@@ -1,7 +1,7 @@
 //! Expansion: the impls generated for valid input.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Path};
 
@@ -81,49 +81,43 @@ fn expand_tags(input: &TagsInput, krate: &TokenStream) -> TokenStream {
         .variants
         .iter()
         .filter(|v| v.attrs.other.is_none())
-        .filter_map(|v| Some((v, v.ty?)))
+        .filter_map(|v| Some((v.ident, v.ty?)))
         .collect();
     let other = input.variants.iter().find(|v| v.attrs.other.is_some());
 
-    // `<T as Tag>` spanned on the user's type, so a type that is not a Tag is reported there.
-    let as_tag: Vec<TokenStream> = listed
-        .iter()
-        .map(|(_, ty)| quote_spanned!(ty.span()=> <#ty as #krate::Tag>))
+    // One `TagInfo` const per variant, spanned on the user's type: the only place that needs
+    // `T: Tag`, so a type that is not a Tag is reported once, on the variant.
+    let info: Vec<_> = (0..listed.len())
+        .map(|i| format_ident!("__GOSSIP_INFO_{i}"))
         .collect();
-
-    let ids_len = quote!(0 #(+ 1 + #as_tag::ALIASES.len())*);
-    let ids_parts = quote!(#(&[#as_tag::ID], #as_tag::ALIASES),*);
-
-    let primary_arms = listed.iter().zip(&as_tag).map(|((v, ty), as_tag)| {
-        let variant = v.ident;
-        quote! {
-            #as_tag::ID => {
-                return #krate::codec::decode_payload::<#ty>(msg.payload())
-                    .map(Self::#variant)
-                    .map_err(#krate::FromMessageError::Decode);
+    let id: Vec<_> = (0..listed.len())
+        .map(|i| format_ident!("__GOSSIP_ID_{i}"))
+        .collect();
+    let info_consts = listed
+        .iter()
+        .zip(&info)
+        .zip(&id)
+        .map(|(((_, ty), info), id)| {
+            quote_spanned! {ty.span()=>
+                const #info: #krate::__private::TagInfo<#ty> = #krate::__private::tag_info::<#ty>();
+                const #id: u64 = #info.id;
             }
-        }
-    });
-    let alias_checks = listed.iter().zip(&as_tag).map(|((v, ty), as_tag)| {
-        let variant = v.ident;
-        quote! {
-            if #krate::__private::contains(#as_tag::ALIASES, id) {
-                return #krate::codec::decode_payload::<#ty>(msg.payload())
-                    .map(Self::#variant)
-                    .map_err(#krate::FromMessageError::Decode);
-            }
-        }
-    });
+        });
+    let variant: Vec<_> = listed.iter().map(|(v, _)| *v).collect();
+
     let unlisted = match other {
         Some(v) => {
             let variant = v.ident;
-            quote!(#krate::__private::Result::Ok(Self::#variant(msg)))
+            let ty = v.ty.expect("validated: one field");
+            let wrap = quote_spanned!(ty.span()=>
+                <#ty as #krate::__private::OtherVariant>::wrap(msg)
+            );
+            quote!(#krate::__private::Result::Ok(Self::#variant(#wrap)))
         }
         None => quote!(#krate::__private::Result::Err(#krate::FromMessageError::Unlisted(msg))),
     };
 
-    let from_impls = listed.iter().map(|(v, ty)| {
-        let variant = v.ident;
+    let from_impls = listed.iter().map(|(variant, ty)| {
         quote! {
             #[automatically_derived]
             impl ::core::convert::From<#ty> for #ident {
@@ -136,19 +130,19 @@ fn expand_tags(input: &TagsInput, krate: &TokenStream) -> TokenStream {
     });
 
     // A compile-time check for every pair of variants: distinct types with the same tag name
-    // (or an alias clash) would make one of the variants unreachable.
+    // (or a name that is the other's alias) would make a variant unreachable.
     let mut collisions = Vec::new();
-    for (j, ((second, ty), b)) in listed.iter().zip(&as_tag).enumerate() {
-        for ((first, _), a) in listed.iter().zip(&as_tag).take(j) {
+    for (j, (second, ty)) in listed.iter().enumerate() {
+        for (i, (first, _)) in listed.iter().enumerate().take(j) {
             let message = format!(
-                "variants `{ident}::{}` and `{ident}::{}` carry types with the same tag id (same \
-                 tag name, or a name that is the other's alias): give one of the types another \
-                 name with #[tag(name = \"...\")]",
-                first.ident, second.ident
+                "variants `{ident}::{first}` and `{ident}::{second}` carry types with the same tag \
+                 id (same tag name, or a name that is the other's alias): give one of the types \
+                 another name with #[tag(name = \"...\")]"
             );
+            let (a, b) = (&info[i], &info[j]);
             collisions.push(quote_spanned! {ty.span()=>
                 const _: () = ::core::assert!(
-                    !#krate::__private::shares_id(#a::ID, #a::ALIASES, #b::ID, #b::ALIASES),
+                    !#krate::__private::shares_id(#a.id, #a.aliases, #b.id, #b.aliases),
                     #message
                 );
             });
@@ -156,21 +150,33 @@ fn expand_tags(input: &TagsInput, krate: &TokenStream) -> TokenStream {
     }
 
     wrap_in_const(quote! {
+        #(#info_consts)*
+
         #[automatically_derived]
         impl #krate::Tags for #ident {
-            const IDS: &'static [u64] = &#krate::__private::concat::<{ #ids_len }>(&[#ids_parts]);
+            const IDS: &'static [u64] = &#krate::__private::concat::<
+                { 0 #(+ 1 + #info.aliases.len())* }
+            >(&[#(&[#id], #info.aliases),*]);
 
             fn from_message(
                 msg: #krate::Message,
             ) -> #krate::__private::Result<Self, #krate::FromMessageError> {
                 let id = msg.id();
-                #[allow(unreachable_patterns)]
-                match id {
-                    #(#primary_arms)*
-                    _ => {}
-                }
-                #(#alias_checks)*
-                #unlisted
+                #[allow(unreachable_patterns)] // Only with an id clash, reported below.
+                let decoded = match id {
+                    #(#id => (#info.decode)(msg.payload()).map(Self::#variant),)*
+                    _ => {
+                        #(
+                            if #krate::__private::contains(#info.aliases, id) {
+                                return (#info.decode)(msg.payload())
+                                    .map(Self::#variant)
+                                    .map_err(#krate::FromMessageError::Decode);
+                            }
+                        )*
+                        return #unlisted;
+                    }
+                };
+                decoded.map_err(#krate::FromMessageError::Decode)
             }
         }
 

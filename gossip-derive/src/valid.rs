@@ -30,8 +30,8 @@ impl TagInput<'_> {
         not_generic(
             cx,
             &self.original.generics,
-            "a message type",
-            "#[derive(Tag)]",
+            "#[derive(Tag)] does not support generics: a message type has one fixed tag, so it \
+             must be a concrete type; define one struct per instantiation",
         );
         let name = self.name();
         if let Some(lit) = &self.attrs.name {
@@ -89,8 +89,8 @@ impl TagsInput<'_> {
         not_generic(
             cx,
             &self.original.generics,
-            "a dispatch enum",
-            "#[derive(Tags)]",
+            "#[derive(Tags)] does not support generics: each variant wraps one concrete message \
+             type",
         );
         if self.variants.is_empty() {
             cx.error_spanned_by(
@@ -115,13 +115,21 @@ impl TagsInput<'_> {
                 let inner = if variant.attrs.other.is_some() {
                     "gossip::Message".to_owned()
                 } else {
-                    ident.to_string()
+                    match variant.original.fields.iter().next() {
+                        Some(field) => field.ty.to_token_stream().to_string(),
+                        None => ident.to_string(),
+                    }
+                };
+                let hint = if variant.original.fields.len() > 1 {
+                    "; to carry several values, put them in one message struct"
+                } else {
+                    ""
                 };
                 cx.error_spanned_by(
                     tokens,
                     format!(
                         "variant `{ident}` {how}: each variant wraps exactly one message type, \
-                         like `{ident}({inner})`"
+                         like `{ident}({inner})`{hint}"
                     ),
                 );
                 continue;
@@ -156,16 +164,9 @@ impl TagsInput<'_> {
     }
 }
 
-fn not_generic(cx: &mut Ctxt, generics: &Generics, what: &str, derive: &str) {
+fn not_generic(cx: &mut Ctxt, generics: &Generics, message: &str) {
     if !generics.params.is_empty() {
-        cx.error_spanned_by(
-            generics,
-            format!(
-                "{derive} does not support generics: {what} has one fixed tag, so it must be a \
-                 concrete type; define one type per instantiation (or a type alias of a \
-                 concrete struct wrapped in a new struct)"
-            ),
-        );
+        cx.error_spanned_by(generics, message);
     }
 }
 

@@ -33,6 +33,45 @@ pub mod __private {
     pub use core::result::Result;
     pub use inventory;
 
+    use crate::{DecodeError, Message, Tag, codec};
+
+    /// What a `Tags` enum needs of one variant's type, in one place: a type that is not a
+    /// `Tag` is then reported once, on the variant.
+    pub struct TagInfo<T> {
+        /// `T::ID`.
+        pub id: u64,
+        /// `T::ALIASES`.
+        pub aliases: &'static [u64],
+        /// Decodes a payload as `T`.
+        pub decode: fn(&[u8]) -> Result<T, DecodeError>,
+    }
+
+    /// The [`TagInfo`] of `T`.
+    pub const fn tag_info<T: Tag>() -> TagInfo<T> {
+        TagInfo {
+            id: T::ID,
+            aliases: T::ALIASES,
+            decode: codec::decode_payload::<T>,
+        }
+    }
+
+    /// The type of a `#[tags(other)]` variant.
+    #[diagnostic::on_unimplemented(
+        message = "the `#[tags(other)]` variant must wrap `gossip::Message`, not `{Self}`",
+        label = "write `gossip::Message` here"
+    )]
+    pub trait OtherVariant {
+        /// Wrap the unlisted message.
+        fn wrap(msg: Message) -> Self;
+    }
+
+    impl OtherVariant for Message {
+        #[inline]
+        fn wrap(msg: Message) -> Self {
+            msg
+        }
+    }
+
     /// Whether two tags (id plus aliases) share any id.
     pub const fn shares_id(a: u64, a_aliases: &[u64], b: u64, b_aliases: &[u64]) -> bool {
         if a == b || contains(b_aliases, a) || contains(a_aliases, b) {
