@@ -24,7 +24,7 @@
 //! One periodic [`Timer::Tick`] (armed only while a link is watched) checks every link.
 //! Detection time after the last message is about
 //! `max(mean gap, heartbeat_interval) + acceptable_pause + z(threshold) * std_dev`, with
-//! `z(8) ≈ 5.6`; with the defaults that is about 1.1 s, plus up to one tick.
+//! `z(8) ≈ 5.2`; with the defaults that is about 1.1 s, plus up to one tick.
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -46,14 +46,14 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Suspicion level at which a peer is reported failed (default 8: a live peer is wrongly
     /// reported with odds around 10⁻⁸ per check under the model). Lower detects sooner with
-    /// more false suspicions; each point adds about `0.7 * std_dev` to detection time.
+    /// more false suspicions; each point adds about `0.3 * std_dev` to detection time near 8.
     pub phi_threshold: f64,
     /// How many recent gaps between messages are kept per peer (default 100). More samples give
     /// a steadier estimate and adapt slower to a change in traffic.
     pub max_sample_size: usize,
     /// Floor of the standard deviation (default 100 ms). Regular heartbeats have a tiny
     /// deviation, which would make φ jump on the smallest delay; the floor absorbs network
-    /// jitter and scheduling pauses. Raising it delays detection by `z * delta` (z ≈ 5.6 at φ 8).
+    /// jitter and scheduling pauses. Raising it delays detection by `z * delta` (z ≈ 5.2 at φ 8).
     pub min_std_deviation: Duration,
     /// Extra silence tolerated before suspicion grows (default 100 ms), added to the mean gap:
     /// covers the heartbeat being sent on the sender's next tick and short pauses.
@@ -312,4 +312,218 @@ fn phi(elapsed: f64, mean: f64, std: f64) -> f64 {
         -(1.0 - 1.0 / (1.0 + e)).log10()
     };
     if value.is_nan() { 0.0 } else { value }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    fn at(ms: u64) -> Instant {
+        base() + Duration::from_millis(ms)
+    }
+
+    /// Drives one detector on a virtual millisecond clock with the default 100 ms tick.
+    struct Harness {
+        state: State<u32>,
+        out: VecDeque<OutEvent<u32>>,
+        now: u64,
+        next_tick: Option<u64>,
+        heartbeats: Vec<(u64, u32)>,
+        failed: Vec<(u64, u32)>,
+    }
+
+    impl Harness {
+        fn new(config: Config) -> Self {
+            let mut h = Self {
+                state: State::new(config),
+                out: VecDeque::new(),
+                now: 0,
+                next_tick: None,
+                heartbeats: Vec::new(),
+                failed: Vec::new(),
+            };
+            h.state.start(at(0), &mut h.out);
+            h.drain();
+            h
+        }
+
+        fn input(&mut self, event: InEvent<u32>) {
+            self.state.handle(event, at(self.now), &mut self.out);
+            self.drain();
+        }
+
+        fn drain(&mut self) {
+            while let Some(ev) = self.out.pop_front() {
+                match ev {
+                    OutEvent::SendMessage(p, Message::Heartbeat) => {
+                        self.heartbeats.push((self.now, p))
+                    }
+                    OutEvent::ScheduleTimer(d, Timer::Tick) => {
+                        assert!(self.next_tick.is_none(), "one tick at a time");
+                        self.next_tick = Some(self.now + d.as_millis() as u64);
+                    }
+                    OutEvent::PeerFailed(p) => self.failed.push((self.now, p)),
+                }
+            }
+        }
+
+        /// Advance to `t`, firing ticks on the way.
+        fn advance(&mut self, t: u64) {
+            while let Some(tick) = self.next_tick.filter(|tick| *tick <= t) {
+                self.now = tick;
+                self.next_tick = None;
+                self.input(InEvent::TimerExpired(Timer::Tick));
+            }
+            self.now = t;
+        }
+    }
+
+    #[test]
+    fn steady_heartbeats_keep_phi_low() {
+        let mut h = Harness::new(Config::default());
+        h.input(InEvent::LinkUp(1));
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut t = 0;
+        let mut max_phi: f64 = 0.0;
+        while t < 120_000 {
+            // The peer's heartbeats: 400-500 ms apart, plus 10-100 ms of network jitter.
+            t += rng.random_range(400..500) + rng.random_range(0..90);
+            h.advance(t);
+            max_phi = max_phi.max(h.state.phi(1, at(t)).expect("watched"));
+            h.input(InEvent::Received(1));
+            h.input(InEvent::RecvMessage(1, Message::Heartbeat));
+        }
+        assert!(h.failed.is_empty(), "false suspicion: {:?}", h.failed);
+        assert!(max_phi < 1.0, "phi peaked at {max_phi}");
+    }
+
+    #[test]
+    fn silence_crosses_the_threshold_within_the_expected_time_and_reports_once() {
+        let mut h = Harness::new(Config::default());
+        h.input(InEvent::LinkUp(1));
+        let mut t = 0;
+        for _ in 0..50 {
+            t += 450;
+            h.advance(t);
+            h.input(InEvent::Received(1));
+        }
+        let last = t;
+        h.advance(last + 5_000);
+        assert_eq!(h.failed.len(), 1, "{:?}", h.failed);
+        let (when, peer) = h.failed[0];
+        assert_eq!(peer, 1);
+        let detection = when - last;
+        // mean 450 + pause 100 + 5.2 * 100 (std floor) ~ 1.07 s, plus up to one tick.
+        assert!(
+            (1_000..=1_300).contains(&detection),
+            "detected after {detection} ms"
+        );
+        assert_eq!(h.state.phi(1, at(h.now)), None, "no longer watched");
+        assert_eq!(h.state.stats().failures_detected, 1);
+    }
+
+    #[test]
+    fn a_peer_that_never_speaks_is_detected() {
+        let mut h = Harness::new(Config::default());
+        h.input(InEvent::LinkUp(1));
+        h.advance(3_000);
+        assert_eq!(h.failed.len(), 1);
+        assert!(h.failed[0].0 <= 1_300, "{:?}", h.failed);
+    }
+
+    #[test]
+    fn heartbeats_only_on_idle_links() {
+        let mut h = Harness::new(Config::default());
+        h.input(InEvent::LinkUp(1));
+        h.input(InEvent::LinkUp(2));
+        let mut t = 0;
+        while t < 10_000 {
+            t += 50;
+            h.advance(t);
+            // Traffic to 1 every 50 ms; both peers answer often enough to stay alive.
+            h.input(InEvent::Sent(1));
+            h.input(InEvent::Received(1));
+            h.input(InEvent::Received(2));
+        }
+        assert!(h.failed.is_empty());
+        assert!(
+            h.heartbeats.iter().all(|(_, p)| *p == 2),
+            "{:?}",
+            h.heartbeats
+        );
+        // Idle link: one heartbeat per 400 ms, checked on 100 ms ticks.
+        let n = h.heartbeats.len();
+        assert!((20..=26).contains(&n), "{n} heartbeats in 10 s");
+        for w in h.heartbeats.windows(2) {
+            let gap = w[1].0 - w[0].0;
+            assert!((400..=500).contains(&gap), "gap {gap}");
+        }
+    }
+
+    #[test]
+    fn busy_link_turning_idle_is_not_suspected() {
+        let mut h = Harness::new(Config::default());
+        h.input(InEvent::LinkUp(1));
+        let mut t = 0;
+        while t < 10_000 {
+            t += 5;
+            h.advance(t);
+            h.input(InEvent::Received(1));
+        }
+        // Traffic stops; the peer's heartbeats start after its own idle interval (plus a tick
+        // and network jitter).
+        t += 500 + 90;
+        for _ in 0..100 {
+            h.advance(t);
+            h.input(InEvent::Received(1));
+            t += 500;
+        }
+        assert!(h.failed.is_empty(), "false suspicion at {:?}", h.failed);
+    }
+
+    #[test]
+    fn link_down_stops_watching_and_lets_the_tick_lapse() {
+        let mut h = Harness::new(Config::default());
+        assert!(h.next_tick.is_none(), "no tick without links");
+        assert_eq!(h.state.phi(1, at(0)), None);
+        h.input(InEvent::LinkUp(1));
+        assert!(h.next_tick.is_some());
+        h.input(InEvent::LinkDown(1));
+        h.advance(10_000);
+        assert!(h.failed.is_empty() && h.heartbeats.is_empty());
+        assert!(h.next_tick.is_none());
+        assert_eq!(h.state.watched().count(), 0);
+    }
+
+    #[test]
+    fn phi_grows_with_silence() {
+        assert!(phi(0.0, 500.0, 100.0) < 0.01);
+        let values: Vec<f64> = [500.0, 700.0, 900.0, 1100.0, 1300.0]
+            .iter()
+            .map(|e| phi(*e, 500.0, 100.0))
+            .collect();
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+        assert!(
+            (values[0] - 0.30).abs() < 0.01,
+            "phi at the mean is -log10(0.5)"
+        );
+        // About 5.2 standard deviations above the mean give phi 8 (the logistic approximation
+        // is a little steeper than the normal tail, which would need 5.6).
+        assert!(
+            (phi(1023.0, 500.0, 100.0) - 8.0).abs() < 0.3,
+            "{}",
+            phi(1023.0, 500.0, 100.0)
+        );
+        assert!(phi(1e9, 500.0, 100.0).is_infinite() || phi(1e9, 500.0, 100.0) > 100.0);
+    }
 }
