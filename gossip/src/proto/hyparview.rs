@@ -1578,7 +1578,13 @@ mod tests {
         link_free: HashMap<(u32, u32), u64>,
         net: SmallRng,
         link_msgs: usize,
+        /// Link-changing messages in flight per unordered pair.
+        pair_msgs: HashMap<(u32, u32), usize>,
         messages: u64,
+    }
+
+    fn pair(a: u32, b: u32) -> (u32, u32) {
+        (a.min(b), a.max(b))
     }
 
     impl Sim {
@@ -1594,6 +1600,7 @@ mod tests {
                 link_free: HashMap::new(),
                 net: SmallRng::seed_from_u64(seed),
                 link_msgs: 0,
+                pair_msgs: HashMap::new(),
                 messages: 0,
             };
             for i in 0..n as u32 {
@@ -1631,6 +1638,7 @@ mod tests {
                         *free = t;
                         if is_link_msg(&m) {
                             self.link_msgs += 1;
+                            *self.pair_msgs.entry(pair(node, to)).or_insert(0) += 1;
                         }
                         self.messages += 1;
                         self.push(t, Ev::Msg(node, to, m));
@@ -1676,6 +1684,12 @@ mod tests {
                 Ev::Msg(from, to, m) => {
                     if is_link_msg(&m) {
                         self.link_msgs -= 1;
+                        let k = pair(from, to);
+                        let n = self.pair_msgs.get_mut(&k).expect("counted when sent");
+                        *n -= 1;
+                        if *n == 0 {
+                            self.pair_msgs.remove(&k);
+                        }
                     }
                     if self.nodes[to as usize].is_none() {
                         let lat = self.latency();
@@ -1723,7 +1737,18 @@ mod tests {
                 }
                 self.step();
             }
-            panic!("not quiet by {limit_ms} ms");
+            let pending = self
+                .nodes
+                .iter()
+                .flatten()
+                .filter(|s| s.pending_requests() > 0)
+                .count();
+            panic!(
+                "not quiet by {limit_ms} ms: {} link messages in flight, {pending} nodes with \
+                 requests pending, degrees {:?}",
+                self.link_msgs,
+                self.degree_histogram()
+            );
         }
 
         fn join_at(&mut self, node: u32, contact: u32, t_ms: u64) {
@@ -1765,8 +1790,20 @@ mod tests {
         }
 
         fn assert_symmetric(&self) {
+            self.assert_symmetric_except_in_flight(false);
+        }
+
+        /// Symmetry of the active views; with `tolerate_in_flight`, pairs with a handshake or
+        /// disconnect still in flight are skipped (a large overlay is never globally quiet:
+        /// nodes below capacity keep asking).
+        fn assert_symmetric_except_in_flight(&self, tolerate_in_flight: bool) {
+            let mut skipped = 0;
             for a in self.live() {
                 for b in self.active(a) {
+                    if tolerate_in_flight && self.pair_msgs.contains_key(&pair(a, b)) {
+                        skipped += 1;
+                        continue;
+                    }
                     assert!(
                         self.nodes[b as usize].is_some(),
                         "{a} keeps crashed {b} active"
@@ -1777,6 +1814,7 @@ mod tests {
                     );
                 }
             }
+            assert!(skipped <= 20, "{skipped} links in transition");
         }
 
         /// Number of connected components of the live nodes' active-view graph.
@@ -1830,7 +1868,7 @@ mod tests {
             let d = sim.active(a).len();
             assert!((1..=5).contains(&d), "node {a} has {d} active peers");
         }
-        sim.assert_symmetric();
+        sim.assert_symmetric_except_in_flight(true);
         assert_eq!(sim.components(), 1, "degrees {:?}", sim.degree_histogram());
     }
 
@@ -1867,7 +1905,7 @@ mod tests {
     }
 
     /// Measures the bootstrap at scale: `cargo test -p gossip --lib hyparview::tests::scale
-    /// -- --ignored --nocapture` (set HPV_N for another size).
+    /// -- --ignored --nocapture` (HPV_N sets the size, HPV_CRASH the crashed fraction).
     #[test]
     #[ignore]
     fn scale_bootstrap_and_half_crash() {
@@ -1877,8 +1915,7 @@ mod tests {
             .unwrap_or(10_000);
         let started = std::time::Instant::now();
         let mut sim = bootstrap(n, 11, 1);
-        sim.run_until(n as u64 + 20_000);
-        sim.run_until_quiet(n as u64 + 60_000);
+        sim.run_until(n as u64 + 30_000);
         let boot = started.elapsed();
         println!(
             "n={n} bootstrap: {:?} wall, {} messages, degrees {:?}, components {}",
@@ -1891,12 +1928,28 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(5);
         let mut ids: Vec<u32> = (0..n as u32).collect();
         ids.shuffle(&mut rng);
-        sim.crash(&ids[..n / 2], 1000);
+        let crash: f64 = std::env::var("HPV_CRASH")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.5);
+        sim.crash(&ids[..(n as f64 * crash) as usize], 1000);
         let t = sim.now / 1000;
-        sim.run_until(t + 20_000);
-        sim.run_until_quiet(t + 60_000);
+        let mut healed = None;
+        for step in 1..=60 {
+            sim.run_until(t + step * 500);
+            let isolated = sim
+                .live()
+                .iter()
+                .filter(|a| sim.active(**a).is_empty())
+                .count();
+            if healed.is_none() && isolated == 0 && sim.components() == 1 {
+                healed = Some(step * 500);
+            }
+        }
+        println!("healed (connected, no isolated node) {healed:?} ms after the crash");
         println!(
-            "after 50% crash: {:?} wall total, degrees {:?}, components {}",
+            "after {}% crash: {:?} wall total, degrees {:?}, components {}",
+            crash * 100.0,
             started.elapsed(),
             sim.degree_histogram(),
             sim.components()
