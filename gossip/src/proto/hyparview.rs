@@ -1878,6 +1878,7 @@ mod tests {
         sim.run_until(30_000);
         sim.run_until_quiet(60_000);
         assert_healthy(&sim);
+        sim.assert_symmetric();
         let hist = sim.degree_histogram();
         // Random replacement keeps degrees even: nearly every node is full.
         assert!(hist[5] >= 180, "degree histogram {hist:?}");
@@ -1891,6 +1892,7 @@ mod tests {
         sim.run_until_quiet(sim.now / 1000 + 30_000);
         assert_eq!(sim.live().len(), 100);
         assert_healthy(&sim);
+        sim.assert_symmetric();
     }
 
     #[test]
