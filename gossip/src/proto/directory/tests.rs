@@ -709,6 +709,38 @@ fn anti_entropy_exchanges_only_differing_buckets_and_converges() {
 }
 
 #[test]
+fn anti_entropy_fills_in_metadata_learned_from_a_link() {
+    let meta = Bytes::from_static(b"rack=7");
+    let mut a = T::new(0);
+    let mut b = T::new(100);
+    // `a` knows 5 only from a link; `b` heard its announcement with metadata.
+    a.handle(InEvent::NeighborUp(5));
+    b.update(
+        9,
+        &[Fact {
+            metadata: Some(meta.clone()),
+            ..alive(5, 0)
+        }],
+    );
+    a.handle(InEvent::NeighborUp(100));
+    b.handle(InEvent::NeighborUp(0));
+    assert_ne!(
+        a.st.checksum(),
+        b.st.checksum(),
+        "missing metadata shows in the digest"
+    );
+    let o = a.timer(Timer::AntiEntropy);
+    let o: Vec<_> = o
+        .into_iter()
+        .filter(|e| matches!(e, OutEvent::SendMessage(100, Message::Digest { .. })))
+        .collect();
+    assert_eq!(o.len(), 1);
+    pump(&mut a, &mut b, o, true);
+    assert_eq!(a.st.metadata(&5), meta);
+    assert_eq!(a.st.checksum(), b.st.checksum());
+}
+
+#[test]
 fn hostile_input_is_ignored_and_counted() {
     let mut t = T::new(0);
     t.update(9, &[alive(5, 0)]);
@@ -745,7 +777,7 @@ fn hostile_input_is_ignored_and_counted() {
     t.update(
         9,
         &[
-            alive(7, u32::MAX as u64 + 1),
+            alive(7, MAX_INCARNATION + 1),
             Fact {
                 metadata: Some(big),
                 ..alive(8, 0)
@@ -756,7 +788,7 @@ fn hostile_input_is_ignored_and_counted() {
     assert_eq!(t.st.get(&8), None);
     assert_eq!(t.st.stats().invalid_facts, 2);
     // A claim about us at the last incarnation cannot be refuted: counted, no panic.
-    t.update(9, &[fact(0, u32::MAX as u64, Dead)]);
+    t.update(9, &[fact(0, MAX_INCARNATION, Dead)]);
     assert_eq!(t.st.get(&0), Some((Alive, 0)));
 
     // Direct messages over their caps.
@@ -1123,6 +1155,8 @@ proptest! {
             b.update(9, chunk);
         }
         prop_assert_eq!(view(&a), view(&b));
+        prop_assert_eq!(a.st.recomputed(), (a.st.buckets, a.st.alive_count()));
+        prop_assert_eq!(b.st.recomputed(), (b.st.buckets, b.st.alive_count()));
         prop_assert_eq!(a.st.checksum(), b.st.checksum());
         prop_assert_eq!(a.st.alive_count(), b.st.alive_count());
     }
@@ -1139,4 +1173,52 @@ proptest! {
         }
         prop_assert!(t.st.len() <= 64);
     }
+}
+
+/// Not a correctness test: prints merge throughput and the per-entry footprint.
+/// `CARGO_PROFILE_DEV_OPT_LEVEL=3 cargo test -p gossip --lib directory::tests::merge_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn merge_cost() {
+    let n = 10_000u32;
+    let batches: Vec<Bytes> = (1..=n)
+        .collect::<Vec<_>>()
+        .chunks(1024)
+        .map(|c| encode_batch(&c.iter().map(|i| alive(*i, 0)).collect::<Vec<_>>()))
+        .collect();
+    let mut t = T::with(
+        0,
+        Config {
+            emit_events: false,
+            ..Config::default()
+        },
+        Bytes::new(),
+    );
+    let start = std::time::Instant::now();
+    for b in &batches {
+        t.handle(InEvent::Update(1, b.clone()));
+    }
+    let fresh = start.elapsed();
+    let rounds = 20;
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        for b in &batches {
+            t.handle(InEvent::Update(1, b.clone()));
+        }
+    }
+    let known = start.elapsed() / rounds;
+    let st = &t.st;
+    // hashbrown: buckets are a power of two holding up to 7/8 of them; one control byte each.
+    let buckets = (st.entries.capacity() * 8 / 7).next_power_of_two();
+    let slot = std::mem::size_of::<u32>() + std::mem::size_of::<Entry>() + 1;
+    let bytes = buckets * slot + st.ids.capacity() * std::mem::size_of::<u32>();
+    println!(
+        "{n} entries: new {:.0} ns/fact, known {:.0} ns/fact, {:.1} bytes/entry (map capacity {}), batch of 1024 = {} bytes",
+        fresh.as_nanos() as f64 / n as f64,
+        known.as_nanos() as f64 / n as f64,
+        bytes as f64 / st.len() as f64,
+        st.entries.capacity(),
+        batches[0].len(),
+    );
+    assert_eq!(st.len(), n as usize + 1);
 }
