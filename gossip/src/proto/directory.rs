@@ -149,6 +149,10 @@ pub struct Config {
     pub graveyard_capacity: usize,
     /// Emit [`MemberEvent`]s. Simulators of huge clusters turn this off.
     pub emit_events: bool,
+    /// Run the directory at all (default on). Off, the layer stays idle: no timers, no
+    /// messages, no broadcasts, and it lists only this node. The simulator's `--directory off`
+    /// uses it to measure the overlay and broadcast alone.
+    pub enabled: bool,
 }
 
 impl Default for Config {
@@ -171,6 +175,7 @@ impl Default for Config {
             max_members: 1 << 20,
             graveyard_capacity: 4096,
             emit_events: true,
+            enabled: true,
         }
     }
 }
@@ -608,6 +613,9 @@ impl<P: PeerId> State<P> {
 
     /// Arm the periodic timers (probes, anti-entropy, healing, reaping). Called once.
     pub fn start<R: Rng>(&mut self, _now: Instant, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+        if !self.config.enabled {
+            return;
+        }
         let c = &self.config;
         out.push_back(OutEvent::ScheduleTimer(
             jitter(rng, c.probe_interval),
@@ -632,6 +640,9 @@ impl<P: PeerId> State<P> {
         rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
+        if !self.config.enabled {
+            return;
+        }
         match event {
             InEvent::RecvMessage(from, message) => self.on_message(from, message, now, rng, out),
             InEvent::Update(_origin, payload) => self.on_update(&payload, now, out),
