@@ -3,7 +3,9 @@
 #![warn(missing_docs)]
 
 mod id;
+pub mod keyring;
 pub mod proto;
 pub mod transport;
+pub mod wire;
 
 pub use id::NodeId;
