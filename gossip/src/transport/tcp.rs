@@ -12,9 +12,14 @@
 //! ([`tokio_util::codec::LengthDelimitedCodec`]); the length is checked against
 //! [`TcpConfig::max_frame_size`] before any buffer is allocated. If two nodes dial each other at
 //! the same time, both keep the connection dialed by the node with the smaller [`NodeId`]: the
-//! other dialer hands its queue over to that connection, stops writing on its own and both close
-//! it once drained. A new connection from a peer that already has one replaces it (the peer must
-//! have lost the old one).
+//! other dialer hands its queue over to that connection (directly, task to task), stops writing
+//! on its own and both close it once drained. Frames already written on the losing connection
+//! are still read, so nothing is lost, though frames of the two connections may interleave. A
+//! new connection from a peer that already has one replaces it (the peer must have lost the old
+//! one).
+//!
+//! Connection bookkeeping (which connection holds a peer's queue, failures, backoff) happens in
+//! [`poll_recv`](Transport::poll_recv): the node must keep polling it, as its actor loop does.
 //!
 //! If a dial fails, the peer is backed off (from [`TcpConfig::backoff_min`] doubling up to
 //! [`TcpConfig::backoff_max`]); sends to it during the backoff fail at once with
@@ -208,6 +213,9 @@ fn add(c: &AtomicU64, n: u64) {
 type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
 type Queue = mpsc::Receiver<Bytes>;
+/// Where a connection that must stop writing sends its queue: straight to the connection that
+/// replaces it, so the handover needs no round trip through the transport.
+type Handover = oneshot::Sender<Option<Queue>>;
 
 enum Internal {
     Frame {
@@ -225,13 +233,8 @@ enum Internal {
     Inbound {
         peer: NodeId,
         conn: u64,
-        give: oneshot::Sender<Option<Queue>>,
-        stop: oneshot::Sender<()>,
-    },
-    Handoff {
-        peer: NodeId,
-        conn: u64,
-        queue: Queue,
+        give: Handover,
+        stop: oneshot::Sender<Handover>,
     },
     Closed {
         peer: NodeId,
@@ -347,15 +350,8 @@ struct Peer {
     /// The connection that holds (or is dialing with) the queue.
     conn: u64,
     dialed: bool,
-    stop: Option<oneshot::Sender<()>>,
-    /// An inbound connection waiting for the queue to be handed over.
-    pending: Option<PendingInbound>,
-}
-
-struct PendingInbound {
-    conn: u64,
-    give: oneshot::Sender<Option<Queue>>,
-    stop: oneshot::Sender<()>,
+    /// Asks `conn` to hand its queue to another connection.
+    stop: Option<oneshot::Sender<Handover>>,
 }
 
 struct Backoff {
@@ -466,29 +462,8 @@ impl TcpTransport {
                 conn,
                 dialed: true,
                 stop: Some(stop_tx),
-                pending: None,
             },
         );
-    }
-
-    /// The connection holding `peer`'s queue is gone: promote a pending inbound connection with
-    /// a fresh queue, or forget the peer. Returns whether the peer is still connected.
-    fn writer_gone(&mut self, peer: NodeId) -> bool {
-        let Some(mut p) = self.peers.remove(&peer) else {
-            return false;
-        };
-        if let Some(pending) = p.pending.take() {
-            let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
-            if pending.give.send(Some(rx)).is_ok() {
-                p.tx = tx;
-                p.conn = pending.conn;
-                p.dialed = false;
-                p.stop = Some(pending.stop);
-                self.peers.insert(peer, p);
-                return true;
-            }
-        }
-        false
     }
 
     fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
@@ -506,7 +481,7 @@ impl TcpTransport {
                     });
                 }
                 if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    self.writer_gone(peer);
+                    self.peers.remove(&peer);
                     self.push(TransportEvent::LinkFailed(peer));
                 }
             }
@@ -516,29 +491,11 @@ impl TcpTransport {
                 give,
                 stop,
             } => self.on_inbound(peer, conn, give, stop),
-            Internal::Handoff { peer, conn, queue } => {
-                if let Some(p) = self.peers.get_mut(&peer)
-                    && p.conn == conn
-                    && let Some(pending) = p.pending.take()
-                {
-                    match pending.give.send(Some(queue)) {
-                        Ok(()) => {
-                            p.conn = pending.conn;
-                            p.dialed = false;
-                            p.stop = Some(pending.stop);
-                        }
-                        Err(_) => {
-                            // The new connection died meanwhile: its frames are lost.
-                            self.peers.remove(&peer);
-                            self.push(TransportEvent::LinkFailed(peer));
-                        }
-                    }
-                }
-            }
             Internal::Closed { peer, conn, failed } => {
+                // Connections that no longer hold the queue (replaced, read-only) end quietly.
                 if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    let still = self.writer_gone(peer);
-                    if failed || still {
+                    self.peers.remove(&peer);
+                    if failed {
                         self.push(TransportEvent::LinkFailed(peer));
                     }
                 }
@@ -551,13 +508,35 @@ impl TcpTransport {
         &mut self,
         peer: NodeId,
         conn: u64,
-        give: oneshot::Sender<Option<Queue>>,
-        stop: oneshot::Sender<()>,
+        give: Handover,
+        stop: oneshot::Sender<Handover>,
     ) {
         let local = self.shared.local;
+        let capacity = self.shared.cfg.outbound_queue;
         match self.peers.get_mut(&peer) {
+            // Simultaneous dials: the connection dialed by the smaller id wins; ours does, and
+            // the new one stays read-only until the peer closes it.
+            Some(p) if p.dialed && local < peer => {
+                let _ = give.send(None);
+            }
+            Some(p) => {
+                // The new connection takes over: the current one hands it the queue directly.
+                // If that connection is already gone, so is its queue: start a fresh one.
+                let handed = match p.stop.take() {
+                    Some(old) => old.send(give),
+                    None => Err(give),
+                };
+                if let Err(give) = handed {
+                    let (tx, rx) = mpsc::channel(capacity);
+                    p.tx = tx;
+                    let _ = give.send(Some(rx));
+                }
+                p.conn = conn;
+                p.dialed = false;
+                p.stop = Some(stop);
+            }
             None => {
-                let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
+                let (tx, rx) = mpsc::channel(capacity);
                 if give.send(Some(rx)).is_ok() {
                     self.peers.insert(
                         peer,
@@ -566,27 +545,24 @@ impl TcpTransport {
                             conn,
                             dialed: false,
                             stop: Some(stop),
-                            pending: None,
                         },
                     );
                 }
             }
-            // Simultaneous dials: the connection dialed by the smaller id wins; ours does.
-            Some(p) if p.dialed && local < peer => {
-                let _ = give.send(None);
-            }
-            Some(p) => {
-                // The new inbound connection takes over: ask the current one for the queue.
-                // A previous pending connection, if any, becomes read-only.
-                if let Some(old) = p.pending.take() {
-                    let _ = old.give.send(None);
-                }
-                p.pending = Some(PendingInbound { conn, give, stop });
-                if let Some(s) = p.stop.take() {
-                    let _ = s.send(());
-                }
-            }
         }
+    }
+
+    fn dial_or_fail(&mut self, to: NodeId, frame: Bytes) {
+        if self
+            .backoff
+            .get(&to)
+            .is_some_and(|b| b.until > Instant::now())
+        {
+            add(&self.shared.counters.dropped_unreachable, 1);
+            self.push(TransportEvent::LinkFailed(to));
+            return;
+        }
+        self.dial(to, frame);
     }
 
     fn set_backoff(&mut self, peer: NodeId) {
@@ -640,34 +616,28 @@ impl Transport for TcpTransport {
             debug!("frame to self dropped");
             return;
         }
-        if let Some(p) = self.peers.get(&to) {
-            match p.tx.try_send(frame) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => add(&c.dropped_overflow, 1),
-                // The connection is ending; its Closed event is on the way.
-                Err(mpsc::error::TrySendError::Closed(_)) => add(&c.dropped_unreachable, 1),
+        let Some(p) = self.peers.get(&to) else {
+            return self.dial_or_fail(to, frame);
+        };
+        let frame = match p.tx.try_send(frame) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                add(&c.dropped_overflow, 1);
+                return;
             }
-            return;
-        }
-        if self
-            .backoff
-            .get(&to)
-            .is_some_and(|b| b.until > Instant::now())
-        {
-            add(&c.dropped_unreachable, 1);
-            self.push(TransportEvent::LinkFailed(to));
-            return;
-        }
-        self.dial(to, frame);
+            // The connection holding the queue is gone (a handover that found it dead):
+            // forget it and dial again.
+            Err(mpsc::error::TrySendError::Closed(frame)) => {
+                self.peers.remove(&to);
+                frame
+            }
+        };
+        self.dial_or_fail(to, frame);
     }
 
     fn disconnect(&mut self, peer: NodeId) {
         // Dropping the queue's sender lets the writer flush what is queued, then close.
-        if let Some(mut p) = self.peers.remove(&peer)
-            && let Some(pending) = p.pending.take()
-        {
-            let _ = pending.give.send(None);
-        }
+        self.peers.remove(&peer);
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
@@ -837,7 +807,15 @@ async fn accept_handshake(
     w: &mut Writer,
 ) -> Result<(NodeId, Option<Session>), ConnError> {
     let cfg = &shared.cfg;
-    let hello = match read_handshake(shared, r).await? {
+    let first = match read_handshake(shared, r).await {
+        Err(ConnError::Handshake(reason @ RejectReason::Version { .. })) => {
+            // Another version of this crate: tell it which version we speak.
+            let _ = write_handshake(shared, w, Handshake::Reject(reason.clone())).await;
+            return Err(ConnError::Handshake(reason));
+        }
+        other => other?,
+    };
+    let hello = match first {
         Handshake::Hello(h) => h,
         Handshake::Reject(_) => {
             return Err(ConnError::Handshake(RejectReason::Malformed(
@@ -882,18 +860,16 @@ async fn accept_handshake(
     Ok((hello.from, session))
 }
 
-/// Resolves when a handoff is requested; pends forever if the transport dropped the sender.
-async fn stop_requested(stop: &mut Option<oneshot::Receiver<()>>) {
-    match stop {
-        Some(rx) => {
-            let r = rx.await;
-            *stop = None;
-            if r.is_err() {
-                std::future::pending::<()>().await;
-            }
+/// Resolves when a handover is requested; pends forever if the transport dropped the sender.
+async fn stop_requested(stop: &mut Option<oneshot::Receiver<Handover>>) -> Handover {
+    if let Some(rx) = stop {
+        let r = rx.await;
+        *stop = None;
+        if let Ok(give) = r {
+            return give;
         }
-        None => std::future::pending().await,
     }
+    std::future::pending().await
 }
 
 async fn dial_task(
@@ -901,7 +877,7 @@ async fn dial_task(
     peer: NodeId,
     conn: u64,
     queue: Queue,
-    stop: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<Handover>,
 ) {
     let mut stop = Some(stop);
     let cfg = &shared.cfg;
@@ -929,8 +905,8 @@ async fn dial_task(
     };
     let result = tokio::select! {
         result = attempt => result,
-        () = stop_requested(&mut stop) => {
-            let _ = shared.events.send(Internal::Handoff { peer, conn, queue }).await;
+        give = stop_requested(&mut stop) => {
+            let _ = give.send(Some(queue));
             return;
         }
     };
@@ -1056,7 +1032,7 @@ async fn run_conn(
     writer: Writer,
     session: Option<Session>,
     source: QueueSource,
-    mut stop: Option<oneshot::Receiver<()>>,
+    mut stop: Option<oneshot::Receiver<Handover>>,
 ) {
     reader.decoder_mut().set_max_frame_length(shared.wire_max());
     let last_write = Arc::new(AtomicU64::new(shared.now_ms()));
@@ -1080,10 +1056,9 @@ async fn run_conn(
                 wait = None;
                 queue = given.ok().flatten();
             }
-            () = stop_requested(&mut stop), if queue.is_some() => {
+            give = stop_requested(&mut stop), if queue.is_some() => {
                 // Another connection to this peer won: hand the queue over, stop writing.
-                let q = queue.take().expect("guarded");
-                let _ = shared.events.send(Internal::Handoff { peer, conn, queue: q }).await;
+                let _ = give.send(queue.take());
                 if let Some(mut w) = writer.take() {
                     close_writer(&shared, &mut w).await;
                 }
