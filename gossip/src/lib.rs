@@ -8,10 +8,12 @@ extern crate self as gossip;
 pub mod codec;
 pub mod error;
 mod id;
+pub mod keyring;
 mod message;
 pub mod proto;
 mod tag;
 pub mod transport;
+pub mod wire;
 
 pub use error::{DecodeError, EncodeError, Error, FromMessageError};
 pub use id::NodeId;
