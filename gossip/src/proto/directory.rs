@@ -1,5 +1,86 @@
-//! The cluster directory. CONTRACT STUB.
-use std::collections::VecDeque;
+//! The cluster directory: every node's view of every member, spread as system broadcasts.
+//!
+//! # What it keeps
+//!
+//! One entry per member: its id, its [`MemberState`] (`Alive`, `Suspect`, `Dead`, `Left`), its
+//! incarnation and the user metadata it published. The design follows SWIM (Das, Gupta,
+//! Motivala, *SWIM: Scalable Weakly-consistent Infection-style Process Group Membership
+//! Protocol*, DSN 2002) and its descendants memberlist and serf, adapted to a cluster that already
+//! has a reliable broadcast tree (Plumtree) and a failure detector on every active link.
+//!
+//! # Facts and how they merge
+//!
+//! Everything the directory learns is a *fact*: `(id, incarnation, state, metadata?)`. Two facts
+//! about one member are ordered by incarnation first, then by state with
+//! `Left > Dead > Suspect > Alive`; the greater one wins and merging is commutative and
+//! idempotent, so facts may arrive in any order, any number of times. Only a member itself raises
+//! its incarnation: to publish new metadata, or to *refute* a suspicion or a death it hears about
+//! (it answers with `incarnation + 1, Alive`, which beats every fact of the older incarnation).
+//! Metadata belongs to an incarnation: the member publishes it in its own facts, a newer
+//! incarnation replaces it, and at equal incarnation any fact that carries it fills it in.
+//!
+//! # Spreading facts cheaply
+//!
+//! A node broadcasts only facts it learned *first hand*: a joiner's entry (from its
+//! [`Message::SyncRequest`]), its own metadata, a suspicion it raised, a death it declared, its own
+//! departure. They wait in an outbox that is flushed as one system broadcast every
+//! [`Config::flush_interval`] (or at once when full, or at once for a refutation or a leave). A
+//! joining node asks one node for a snapshot, so bootstrapping N nodes costs a few broadcasts per
+//! flush interval instead of one per joiner. Facts heard from a broadcast or a join snapshot are
+//! never re-broadcast.
+//!
+//! # Anti-entropy
+//!
+//! Every [`Config::anti_entropy_interval`] a node sends one random neighbour a digest: 64 bucket
+//! checksums over its `Alive` and `Suspect` entries (tombstones are left out so that nodes reaping
+//! at different moments still agree). The neighbour answers only for the buckets that differ, and
+//! asks for the same buckets back; facts that change state during such an exchange are
+//! re-broadcast, which is how a healed partition learns the other side.
+//!
+//! # Failure handling
+//!
+//! A failure observed first hand ([`InEvent::PeerFailed`] from the detector or the transport, or a
+//! failed probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
+//! incarnation; when it fires and the member is still suspect at that incarnation it is declared
+//! `Dead`. Only nodes that observed the failure run that timer, so a crash costs a handful of
+//! facts, not one per node. A suspected member refutes as soon as the suspicion reaches it.
+//!
+//! Members nobody is adjacent to are *probed* (SWIM): every [`Config::probe_interval`] one random
+//! `Alive` or `Suspect` member outside the active view gets a [`Message::Ping`]; with no
+//! [`Message::Ack`] in time, [`Config::indirect_probes`] neighbours are asked to ping it
+//! ([`Message::PingReq`]); with still nothing, it is suspected.
+//!
+//! # Partition healing
+//!
+//! Every [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
+//! (the join contacts; always a seed when it has no neighbour). If it answers, the node asks the
+//! overlay to reach it ([`OutEvent::Reach`]) and starts an anti-entropy exchange with it, so both
+//! sides learn each other and wrongly dead members refute.
+//!
+//! # Tombstones
+//!
+//! `Dead` and `Left` entries are reaped [`Config::reap_after`] after they became so here. A small
+//! bounded graveyard remembers the incarnation of recently reaped members, so a stale snapshot from
+//! a node that did not reap yet cannot bring them back: a tombstone only ever turns `Alive` again
+//! by a higher incarnation.
+//!
+//! # Memory
+//!
+//! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2) and one
+//! id in a vector used for random picks; metadata lives in a side map holding only members that
+//! have any, and tombstone times in another holding only `Dead`/`Left` ones. With `P = u32` that
+//! is about 19 bytes per member. Incarnations above [`MAX_INCARNATION`] are refused.
+//!
+//! # Hostile input
+//!
+//! Broadcast batches are decoded with a size limit and trailing bytes refused; every repeated
+//! field is capped ([`Config::max_batch_entries`]); over-long metadata, impossible incarnations and
+//! a full directory ([`Config::max_members`]) make a fact be ignored. Nothing from a peer can panic
+//! or grow memory without bound; what is ignored is counted in [`Stats`].
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -8,17 +89,94 @@ use serde::{Deserialize, Serialize};
 
 use super::{Instant, PeerId};
 
-/// Directory settings.
+#[cfg(test)]
+mod tests;
+
+/// Number of checksum buckets in an anti-entropy digest.
+pub const DIGEST_BUCKETS: usize = 64;
+
+/// Hard cap on the encoded size of one broadcast batch accepted from the network.
+const MAX_BATCH_DECODE: usize = 1 << 20;
+
+/// Version byte of the broadcast batch format.
+const BATCH_VERSION: u8 = 1;
+
+/// Relayed ping-requests remembered at once (older ones are forgotten).
+const MAX_RELAYS: usize = 64;
+
+/// Seeds remembered from `Join`.
+const MAX_SEEDS: usize = 16;
+
+/// Directory settings. `Default` suits a LAN.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Whether the directory runs. `false` keeps it idle (no probes, no updates, no events):
-    /// the node runs the overlay and broadcast only (the simulator's `--directory off`).
+    /// How long first-hand facts wait in the outbox before they go out as one broadcast.
+    /// Shorter spreads news faster; longer makes fewer, larger broadcasts. 100-200 ms is sensible.
+    pub flush_interval: Duration,
+    /// Most facts in one broadcast batch or one sync message; also the cap applied to every
+    /// repeated field received from a peer (larger messages are ignored).
+    pub max_batch_entries: usize,
+    /// Largest encoded broadcast batch this node sends; larger batches are split.
+    pub max_batch_bytes: usize,
+    /// Facts per state-transfer message (join snapshots and anti-entropy exchanges).
+    pub sync_chunk_entries: usize,
+    /// A joiner that got no snapshot within this time asks another node.
+    pub sync_timeout: Duration,
+    /// How often a digest is exchanged with one random neighbour (10-30 s is sensible).
+    pub anti_entropy_interval: Duration,
+    /// How often one member outside the active view is probed.
+    pub probe_interval: Duration,
+    /// How long a direct probe waits for its ack before asking neighbours to help.
+    pub probe_timeout: Duration,
+    /// How long the indirect probes wait before the member is suspected.
+    pub indirect_probe_timeout: Duration,
+    /// Neighbours asked to ping an unresponsive member (SWIM's k).
+    pub indirect_probes: usize,
+    /// How long a member stays suspect before the node that suspected it declares it dead.
+    /// Must exceed the time a suspicion takes to reach the member and its refutation to come
+    /// back: flush interval plus two broadcast latencies.
+    pub suspicion_timeout: Duration,
+    /// How long `Dead` and `Left` entries are kept before they are removed.
+    pub reap_after: Duration,
+    /// How often a dead member or a seed is pinged to heal partitions.
+    pub heal_interval: Duration,
+    /// Largest metadata accepted, in bytes; facts with more are ignored, and so is
+    /// [`InEvent::SetMetadata`] with more (the runtime should check first).
+    pub max_metadata_len: usize,
+    /// Most members this directory holds; new members beyond it are ignored and counted.
+    pub max_members: usize,
+    /// Recently reaped members remembered to refuse stale facts about them.
+    pub graveyard_capacity: usize,
+    /// Emit [`MemberEvent`]s. Simulators of huge clusters turn this off.
+    pub emit_events: bool,
+    /// Run the directory at all (default on). Off, the layer stays idle: no timers, no
+    /// messages, no broadcasts, and it lists only this node. The simulator's `--directory off`
+    /// uses it to measure the overlay and broadcast alone.
     pub enabled: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            flush_interval: Duration::from_millis(150),
+            max_batch_entries: 1024,
+            max_batch_bytes: 48 * 1024,
+            sync_chunk_entries: 256,
+            sync_timeout: Duration::from_secs(2),
+            anti_entropy_interval: Duration::from_secs(15),
+            probe_interval: Duration::from_secs(1),
+            probe_timeout: Duration::from_millis(400),
+            indirect_probe_timeout: Duration::from_millis(600),
+            indirect_probes: 3,
+            suspicion_timeout: Duration::from_millis(800),
+            reap_after: Duration::from_secs(60),
+            heal_interval: Duration::from_secs(5),
+            max_metadata_len: 1024,
+            max_members: 1 << 20,
+            graveyard_capacity: 4096,
+            emit_events: true,
+            enabled: true,
+        }
     }
 }
 
@@ -35,6 +193,23 @@ pub enum MemberState {
     Left,
 }
 
+impl MemberState {
+    /// Precedence at equal incarnation: `Left > Dead > Suspect > Alive`.
+    pub fn rank(self) -> u8 {
+        match self {
+            MemberState::Alive => 0,
+            MemberState::Suspect => 1,
+            MemberState::Dead => 2,
+            MemberState::Left => 3,
+        }
+    }
+
+    /// `Alive` or `Suspect`: still counted as part of the cluster.
+    pub fn is_live(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
 /// One member of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member<P: PeerId> {
@@ -48,26 +223,114 @@ pub struct Member<P: PeerId> {
     pub metadata: Bytes,
 }
 
-/// A change of membership, for the user.
+/// A change of membership, for the user. Each is emitted once per transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberEvent<P: PeerId> {
-    /// A member came up (or came back).
+    /// A member came up (or came back: refuted a suspicion, or rejoined with a higher incarnation).
     Up(Member<P>),
+    /// A member is suspected failed; it may still refute.
+    Suspect(Member<P>),
+    /// A member was declared dead.
+    Down(Member<P>),
+    /// A member left gracefully.
+    Left(Member<P>),
+    /// An alive member published new metadata.
+    Updated(Member<P>),
+}
+
+/// One piece of knowledge about one member, as it travels on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Fact<P: PeerId> {
+    /// The member.
+    pub id: P,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its state at that incarnation.
+    pub state: MemberState,
+    /// Its metadata at that incarnation, `None` when the sender does not know it.
+    pub metadata: Option<Bytes>,
+}
+
+/// A broadcast batch of facts (the payload of [`OutEvent::Broadcast`]).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(bound = "")]
+struct Batch<P: PeerId> {
+    version: u8,
+    facts: Vec<Fact<P>>,
 }
 
 /// Direct (non-broadcast) messages of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum Message<P: PeerId> {
-    /// Placeholder.
-    Probe(P),
+    /// A joiner asks for a snapshot; carries its own entry, which the receiver announces.
+    SyncRequest {
+        /// The requester's own fact (with its metadata).
+        entry: Fact<P>,
+    },
+    /// A chunk of state: a join snapshot or one side of an anti-entropy exchange.
+    Sync {
+        /// The facts.
+        facts: Vec<Fact<P>>,
+        /// Facts that change the receiver's state are re-broadcast (anti-entropy, healing).
+        announce: bool,
+        /// The last chunk of this transfer.
+        last: bool,
+        /// On the last chunk: send back your facts in these buckets (a bit per bucket).
+        reply: Option<u64>,
+    },
+    /// Anti-entropy digest: one checksum per bucket of live entries.
+    Digest {
+        /// [`DIGEST_BUCKETS`] checksums.
+        buckets: Vec<u64>,
+    },
+    /// Are you there?
+    Ping {
+        /// Echoed in the ack.
+        seq: u64,
+    },
+    /// Answer to a ping (directly, or relayed for a ping-request).
+    Ack {
+        /// The sequence number of the ping answered.
+        seq: u64,
+    },
+    /// Please ping `target` for me and relay its ack (SWIM ping-req).
+    PingReq {
+        /// The member to ping.
+        target: P,
+        /// The requester's probe sequence number, echoed in the relayed ack.
+        seq: u64,
+    },
 }
 
 /// Timers of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Timer<P: PeerId> {
-    /// Placeholder.
-    Suspect(P),
+    /// Flush the outbox as one broadcast.
+    Flush,
+    /// The suspicion of `id` at `incarnation` expires; stale if it was refuted since.
+    Suspect {
+        /// The suspected member.
+        id: P,
+        /// Its incarnation when the suspicion started.
+        incarnation: u64,
+    },
+    /// Periodic: probe one member outside the active view.
+    Probe,
+    /// The probe with this sequence number got no ack in time.
+    ProbeTimeout {
+        /// The probe.
+        seq: u64,
+    },
+    /// Periodic: exchange a digest with a random neighbour.
+    AntiEntropy,
+    /// Periodic: ping a dead member or a seed to heal partitions.
+    Heal,
+    /// Periodic: remove old tombstones.
+    Reap,
+    /// No snapshot arrived yet: ask someone else.
+    SyncRetry,
 }
 
 /// Inputs of the directory.
@@ -83,6 +346,8 @@ pub enum InEvent<P: PeerId> {
     Join(Vec<P>),
     /// An active link opened to this peer (it is alive).
     NeighborUp(P),
+    /// An active link to this peer closed (not a failure by itself).
+    NeighborDown(P),
     /// The peer failed (detector or transport).
     PeerFailed(P),
     /// Change this node's metadata.
@@ -106,32 +371,1318 @@ pub enum OutEvent<P: PeerId> {
     Reach(P),
 }
 
-/// Directory state.
+/// Counters of the directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages or batches from peers that were malformed or over a cap, ignored.
+    pub invalid_messages: u64,
+    /// Facts ignored: impossible incarnation, metadata too long, directory full.
+    pub invalid_facts: u64,
+    /// Facts merged (any source), whether or not they changed anything.
+    pub facts_merged: u64,
+    /// Broadcast batches sent.
+    pub batches_sent: u64,
+    /// Facts sent in broadcast batches.
+    pub facts_broadcast: u64,
+    /// Snapshots served to joiners.
+    pub snapshots_served: u64,
+    /// Anti-entropy exchanges where the digests differed.
+    pub exchanges: u64,
+    /// Direct probes sent.
+    pub probes_sent: u64,
+    /// Probes that ended in a suspicion.
+    pub probes_failed: u64,
+    /// Times this node refuted a suspicion or death about itself.
+    pub refutations: u64,
+    /// Facts dropped because they did not fit in a batch even alone.
+    pub facts_dropped: u64,
+    /// Local `SetMetadata` refused for being over `max_metadata_len`.
+    pub metadata_rejected: u64,
+}
+
+/// Largest incarnation a member can have: it shares a `u32` with the state.
+pub const MAX_INCARNATION: u64 = (1 << 30) - 1;
+
+/// A member entry packed in 4 bytes next to the id: incarnation (30 bits) and state (2 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry(u32);
+
+impl Entry {
+    fn new(incarnation: u32, state: MemberState) -> Self {
+        debug_assert!(incarnation as u64 <= MAX_INCARNATION);
+        Entry((incarnation << 2) | state.rank() as u32)
+    }
+
+    fn incarnation(self) -> u32 {
+        self.0 >> 2
+    }
+
+    fn state(self) -> MemberState {
+        match self.0 & 3 {
+            0 => MemberState::Alive,
+            1 => MemberState::Suspect,
+            2 => MemberState::Dead,
+            _ => MemberState::Left,
+        }
+    }
+}
+
+/// Where a fact came from: decides whether a change is re-broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Observed by this node (a joiner's request).
+    FirstHand,
+    /// A broadcast batch: everyone gets it anyway.
+    Broadcast,
+    /// A join snapshot: this node is catching up.
+    Snapshot,
+    /// Anti-entropy or healing exchange: others may lack it too.
+    Exchange,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Probe<P> {
+    target: P,
+    seq: u64,
+    indirect: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Relay<P> {
+    seq: u64,
+    requester: P,
+    requester_seq: u64,
+}
+
+/// A small, fast, deterministic hasher (FxHash-style mixing with a murmur3 finaliser).
+///
+/// Deterministic so the simulator is reproducible and digests agree between nodes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+const FX_K: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl IdHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(26) ^ word).wrapping_mul(FX_K);
+    }
+}
+
+#[inline]
+fn fmix64(mut k: u64) -> u64 {
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    k ^= k >> 33;
+    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    k ^ (k >> 33)
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut buf = [0u8; 8];
+            buf[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(buf) ^ ((rest.len() as u64) << 56));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.add(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        fmix64(self.0)
+    }
+}
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+fn id_hash<P: Hash>(id: &P) -> u64 {
+    let mut h = IdHasher::default();
+    id.hash(&mut h);
+    h.finish()
+}
+
+fn bucket_of(id_hash: u64) -> usize {
+    (id_hash >> 58) as usize
+}
+
+fn entry_hash(id_hash: u64, incarnation: u32, state: MemberState, has_metadata: bool) -> u64 {
+    fmix64(
+        id_hash
+            ^ (incarnation as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ ((state.rank() as u64) + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9)
+            ^ (has_metadata as u64).wrapping_mul(0x94d0_49bb_1331_11eb),
+    )
+}
+
+fn jitter<R: Rng>(rng: &mut R, base: Duration) -> Duration {
+    // Uniform in [base/2, 3*base/2): spreads periodic work of many nodes.
+    let nanos = base.as_nanos().min(u64::MAX as u128) as u64;
+    if nanos < 2 {
+        return base;
+    }
+    Duration::from_nanos(nanos / 2 + rng.random_range(0..nanos))
+}
+
+/// Directory state of one node.
 #[derive(Debug)]
 pub struct State<P: PeerId> {
     me: P,
+    config: Config,
+    entries: Map<P, Entry>,
+    /// Every id in `entries` (and possibly reaped ones until the next compaction): random picks.
+    ids: Vec<P>,
+    metadata: Map<P, Bytes>,
+    /// When each `Dead`/`Left` entry became so here.
+    tombstones: Map<P, Instant>,
+    graveyard: Map<P, u32>,
+    graveyard_order: VecDeque<P>,
+    buckets: [u64; DIGEST_BUCKETS],
+    alive: usize,
+    outbox: Vec<Option<Fact<P>>>,
+    outbox_index: Map<P, usize>,
+    flush_scheduled: bool,
+    neighbours: Vec<P>,
+    seeds: Vec<P>,
+    synced: bool,
+    sync_requested: bool,
+    suspecting: Map<P, u32>,
+    probe: Option<Probe<P>>,
+    heal_probe: Option<(P, u64)>,
+    next_seq: u64,
+    relays: VecDeque<Relay<P>>,
+    left: bool,
+    stats: Stats,
 }
 
 impl<P: PeerId> State<P> {
-    /// A new directory for node `me`.
-    pub fn new(me: P, _config: Config, _metadata: Bytes) -> Self {
-        Self { me }
+    /// A new directory for node `me`, which starts `Alive` at incarnation 0 with `metadata`.
+    pub fn new(me: P, config: Config, metadata: Bytes) -> Self {
+        let mut state = Self {
+            me,
+            config,
+            entries: Map::default(),
+            ids: Vec::new(),
+            metadata: Map::default(),
+            tombstones: Map::default(),
+            graveyard: Map::default(),
+            graveyard_order: VecDeque::new(),
+            buckets: [0; DIGEST_BUCKETS],
+            alive: 0,
+            outbox: Vec::new(),
+            outbox_index: Map::default(),
+            flush_scheduled: false,
+            neighbours: Vec::new(),
+            seeds: Vec::new(),
+            synced: false,
+            sync_requested: false,
+            suspecting: Map::default(),
+            probe: None,
+            heal_probe: None,
+            next_seq: 0,
+            relays: VecDeque::new(),
+            left: false,
+            stats: Stats::default(),
+        };
+        let entry = Entry::new(0, MemberState::Alive);
+        state.entries.insert(me, entry);
+        state.ids.push(me);
+        if !metadata.is_empty() {
+            state.metadata.insert(me, metadata);
+        }
+        state.recount(&me, (0, false));
+        state
     }
-    /// Arm the periodic timers (probes, anti-entropy, reaping). Called once.
-    pub fn start<R: Rng>(&mut self, _now: Instant, _rng: &mut R, _out: &mut VecDeque<OutEvent<P>>) {
+
+    /// Arm the periodic timers (probes, anti-entropy, healing, reaping). Called once.
+    pub fn start<R: Rng>(&mut self, _now: Instant, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+        if !self.config.enabled {
+            return;
+        }
+        let c = &self.config;
+        out.push_back(OutEvent::ScheduleTimer(
+            jitter(rng, c.probe_interval),
+            Timer::Probe,
+        ));
+        out.push_back(OutEvent::ScheduleTimer(
+            jitter(rng, c.anti_entropy_interval),
+            Timer::AntiEntropy,
+        ));
+        out.push_back(OutEvent::ScheduleTimer(
+            jitter(rng, c.heal_interval),
+            Timer::Heal,
+        ));
+        out.push_back(OutEvent::ScheduleTimer(self.reap_interval(), Timer::Reap));
     }
+
     /// Handle one input.
     pub fn handle<R: Rng>(
         &mut self,
-        _event: InEvent<P>,
-        _now: Instant,
-        _rng: &mut R,
-        _out: &mut VecDeque<OutEvent<P>>,
+        event: InEvent<P>,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
     ) {
-        let _ = self.me;
+        if !self.config.enabled {
+            return;
+        }
+        match event {
+            InEvent::RecvMessage(from, message) => self.on_message(from, message, now, rng, out),
+            InEvent::Update(_origin, payload) => self.on_update(&payload, now, out),
+            InEvent::TimerExpired(timer) => self.on_timer(timer, now, rng, out),
+            InEvent::Join(contacts) => self.on_join(contacts, now, rng, out),
+            InEvent::NeighborUp(peer) => self.on_neighbor_up(peer, now, out),
+            InEvent::NeighborDown(peer) => self.neighbours.retain(|p| *p != peer),
+            InEvent::PeerFailed(peer) => {
+                self.neighbours.retain(|p| *p != peer);
+                self.failure_observed(peer, now, out);
+            }
+            InEvent::SetMetadata(metadata) => self.on_set_metadata(metadata, now, out),
+            InEvent::Leave => self.on_leave(now, out),
+        }
     }
-    /// All known members, this node included.
+
+    // ----- getters -----
+
+    /// All known members, this node included, tombstones included.
     pub fn members(&self) -> Vec<Member<P>> {
-        Vec::new()
+        self.entries
+            .iter()
+            .map(|(id, e)| self.member(*id, *e))
+            .collect()
     }
+
+    /// One member's state and incarnation.
+    pub fn get(&self, id: &P) -> Option<(MemberState, u64)> {
+        self.entries
+            .get(id)
+            .map(|e| (e.state(), e.incarnation() as u64))
+    }
+
+    /// One member's metadata (empty if it published none or it is unknown).
+    pub fn metadata(&self, id: &P) -> Bytes {
+        self.metadata.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Number of entries, tombstones and this node included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the directory is empty (it never is: it holds this node).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Number of `Alive` entries, this node included.
+    pub fn alive_count(&self) -> usize {
+        self.alive
+    }
+
+    /// Order-independent checksum of the `Alive` and `Suspect` entries (id, incarnation, state,
+    /// whether metadata is known). Two nodes with the same live view have the same checksum.
+    pub fn checksum(&self) -> u64 {
+        self.buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+    }
+
+    /// This node's current incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.entries
+            .get(&self.me)
+            .map_or(0, |e| e.incarnation() as u64)
+    }
+
+    /// Whether this node received a snapshot (or never needed one).
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The active neighbours as this layer knows them.
+    pub fn neighbours(&self) -> &[P] {
+        &self.neighbours
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The digest buckets and alive count recomputed from scratch (tests check the running ones).
+    #[cfg(test)]
+    fn recomputed(&self) -> ([u64; DIGEST_BUCKETS], usize) {
+        let mut buckets = [0u64; DIGEST_BUCKETS];
+        let mut alive = 0;
+        for id in self.entries.keys() {
+            let (h, a) = self.contribution(id);
+            let b = bucket_of(id_hash(id));
+            buckets[b] = buckets[b].wrapping_add(h);
+            alive += a as usize;
+        }
+        (buckets, alive)
+    }
+
+    fn member(&self, id: P, e: Entry) -> Member<P> {
+        Member {
+            id,
+            state: e.state(),
+            incarnation: e.incarnation() as u64,
+            metadata: self.metadata.get(&id).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn reap_interval(&self) -> Duration {
+        (self.config.reap_after / 2).max(Duration::from_secs(1))
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    // ----- bookkeeping -----
+
+    /// What one entry adds to its digest bucket, and whether it counts as alive.
+    fn contribution(&self, id: &P) -> (u64, bool) {
+        match self.entries.get(id) {
+            Some(e) if e.state().is_live() => {
+                let has_metadata = self.metadata.contains_key(id);
+                let h = entry_hash(id_hash(id), e.incarnation(), e.state(), has_metadata);
+                (h, e.state() == MemberState::Alive)
+            }
+            _ => (0, false),
+        }
+    }
+
+    /// Keep the bucket checksums and the alive count in step with a change of `id`'s entry or
+    /// metadata; `before` is its [`State::contribution`] before the change.
+    fn recount(&mut self, id: &P, before: (u64, bool)) {
+        let after = self.contribution(id);
+        if before == after {
+            return;
+        }
+        let b = bucket_of(id_hash(id));
+        self.buckets[b] = self.buckets[b].wrapping_sub(before.0).wrapping_add(after.0);
+        self.alive = self.alive + after.1 as usize - before.1 as usize;
+    }
+
+    fn emit(
+        &mut self,
+        out: &mut VecDeque<OutEvent<P>>,
+        id: P,
+        old: Option<MemberState>,
+        metadata_changed: bool,
+    ) {
+        if !self.config.emit_events || id == self.me {
+            return;
+        }
+        let Some(e) = self.entries.get(&id).copied() else {
+            return;
+        };
+        let member = self.member(id, e);
+        let event = match (old, e.state()) {
+            (Some(MemberState::Alive), MemberState::Alive) if metadata_changed => {
+                MemberEvent::Updated(member)
+            }
+            (Some(MemberState::Alive), MemberState::Alive) => return,
+            (_, MemberState::Alive) => MemberEvent::Up(member),
+            (Some(MemberState::Suspect), MemberState::Suspect) => return,
+            (_, MemberState::Suspect) => MemberEvent::Suspect(member),
+            (Some(MemberState::Dead), MemberState::Dead) | (None, MemberState::Dead) => return,
+            (_, MemberState::Dead) => MemberEvent::Down(member),
+            (Some(MemberState::Left), MemberState::Left) | (None, MemberState::Left) => return,
+            (_, MemberState::Left) => MemberEvent::Left(member),
+        };
+        out.push_back(OutEvent::Event(event));
+    }
+
+    /// The fact this node would tell about `id`.
+    fn fact_of(&self, id: P, e: Entry) -> Fact<P> {
+        let metadata = if id == self.me {
+            Some(self.metadata.get(&id).cloned().unwrap_or_default())
+        } else {
+            self.metadata.get(&id).cloned()
+        };
+        Fact {
+            id,
+            incarnation: e.incarnation() as u64,
+            state: e.state(),
+            metadata,
+        }
+    }
+
+    fn own_fact(&self) -> Fact<P> {
+        let e = self.entries[&self.me];
+        self.fact_of(self.me, e)
+    }
+
+    /// Merge one fact. Returns whether it changed this directory.
+    fn merge(
+        &mut self,
+        fact: Fact<P>,
+        source: Source,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) -> bool {
+        self.stats.facts_merged += 1;
+        if fact.id == self.me {
+            self.fact_about_me(&fact, now, out);
+            return false;
+        }
+        if fact.incarnation > MAX_INCARNATION {
+            self.stats.invalid_facts += 1;
+            return false;
+        }
+        let incarnation = fact.incarnation as u32;
+        if fact
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.len() > self.config.max_metadata_len)
+        {
+            self.stats.invalid_facts += 1;
+            return false;
+        }
+        let id = fact.id;
+        if let Some(&buried) = self.graveyard.get(&id) {
+            if incarnation <= buried {
+                return false;
+            }
+            self.graveyard.remove(&id);
+        }
+        let new = Entry::new(incarnation, fact.state);
+        let changed = match self.entries.get(&id).copied() {
+            None => {
+                if self.entries.len() >= self.config.max_members {
+                    self.stats.invalid_facts += 1;
+                    return false;
+                }
+                self.entries.insert(id, new);
+                if self.ids.len() == self.ids.capacity() {
+                    // Grow by an eighth, not double: this vector is a fifth of the footprint.
+                    self.ids.reserve_exact(self.ids.len() / 8 + 16);
+                }
+                self.ids.push(id);
+                if let Some(m) = fact.metadata.as_ref().filter(|m| !m.is_empty()) {
+                    self.metadata.insert(id, m.clone());
+                }
+                self.recount(&id, (0, false));
+                if !new.state().is_live() {
+                    self.tombstones.insert(id, now);
+                }
+                self.emit(out, id, None, false);
+                true
+            }
+            Some(old) => {
+                let before = self.contribution(&id);
+                // Metadata belongs to an incarnation: a newer incarnation replaces it (`None`
+                // clears it); at the same incarnation any fact carrying it fills it in. With
+                // the state order this keeps merging commutative and idempotent.
+                let metadata_changed = if incarnation > old.incarnation()
+                    || (incarnation == old.incarnation() && !self.metadata.contains_key(&id))
+                {
+                    self.replace_metadata(id, fact.metadata.as_ref())
+                } else {
+                    false
+                };
+                let newer =
+                    (incarnation, fact.state.rank()) > (old.incarnation(), old.state().rank());
+                if newer {
+                    self.entries.insert(id, new);
+                    let old_live = old.state().is_live();
+                    if new.state().is_live() && !old_live {
+                        self.tombstones.remove(&id);
+                    } else if !new.state().is_live() && old_live {
+                        self.tombstones.insert(id, now);
+                    }
+                    if new.state() != MemberState::Suspect {
+                        self.suspecting.remove(&id);
+                    }
+                }
+                if newer || metadata_changed {
+                    self.recount(&id, before);
+                    self.emit(out, id, Some(old.state()), metadata_changed);
+                }
+                newer || metadata_changed
+            }
+        };
+        if source == Source::Broadcast {
+            self.drop_covered_outbox(&fact, incarnation);
+        }
+        if changed && matches!(source, Source::FirstHand | Source::Exchange) {
+            let f = self.fact_of(id, self.entries[&id]);
+            self.push_outbox(f, now, out);
+        }
+        changed
+    }
+
+    /// Replace `id`'s metadata by a fact's (`None` or empty clears it). Returns whether it changed.
+    fn replace_metadata(&mut self, id: P, metadata: Option<&Bytes>) -> bool {
+        match metadata.filter(|m| !m.is_empty()) {
+            None => self.metadata.remove(&id).is_some(),
+            Some(m) => match self.metadata.get(&id) {
+                Some(c) if c == m => false,
+                _ => {
+                    self.metadata.insert(id, m.clone());
+                    true
+                }
+            },
+        }
+    }
+
+    /// Someone already broadcast a fact at least as strong as the one waiting in our outbox.
+    fn drop_covered_outbox(&mut self, fact: &Fact<P>, incarnation: u32) {
+        if self.outbox_index.is_empty() {
+            return;
+        }
+        if let Some(&i) = self.outbox_index.get(&fact.id) {
+            let covered = self.outbox[i].as_ref().is_some_and(|f| {
+                (f.incarnation, f.state.rank()) <= (incarnation as u64, fact.state.rank())
+                    && (f.metadata.is_none()
+                        || fact.metadata.is_some()
+                        || incarnation as u64 > f.incarnation)
+            });
+            if covered {
+                self.outbox[i] = None;
+                self.outbox_index.remove(&fact.id);
+            }
+        }
+    }
+
+    /// A fact about this node arrived: refute it if it says less than the truth.
+    fn fact_about_me(&mut self, fact: &Fact<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if self.left {
+            return;
+        }
+        let mine = self.incarnation();
+        let contradicts = fact.incarnation > mine
+            || (fact.incarnation == mine && fact.state != MemberState::Alive);
+        if !contradicts {
+            return;
+        }
+        let Some(next) = fact
+            .incarnation
+            .checked_add(1)
+            .filter(|n| *n <= MAX_INCARNATION)
+        else {
+            self.stats.invalid_facts += 1;
+            return;
+        };
+        self.stats.refutations += 1;
+        self.set_own(next as u32, MemberState::Alive);
+        let f = self.own_fact();
+        self.push_outbox(f, now, out);
+        self.flush(out);
+    }
+
+    fn set_own(&mut self, incarnation: u32, state: MemberState) {
+        let me = self.me;
+        let before = self.contribution(&me);
+        self.entries.insert(me, Entry::new(incarnation, state));
+        self.recount(&me, before);
+    }
+
+    // ----- outbox -----
+
+    fn push_outbox(&mut self, fact: Fact<P>, _now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        match self.outbox_index.entry(fact.id) {
+            MapEntry::Occupied(slot) => self.outbox[*slot.get()] = Some(fact),
+            MapEntry::Vacant(slot) => {
+                slot.insert(self.outbox.len());
+                self.outbox.push(Some(fact));
+            }
+        }
+        if self.outbox_index.len() >= self.config.max_batch_entries {
+            self.flush(out);
+        } else if !self.flush_scheduled {
+            self.flush_scheduled = true;
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.flush_interval,
+                Timer::Flush,
+            ));
+        }
+    }
+
+    /// Send everything in the outbox now, as few broadcasts as the size caps allow.
+    fn flush(&mut self, out: &mut VecDeque<OutEvent<P>>) {
+        self.outbox_index.clear();
+        let facts: Vec<Fact<P>> = self.outbox.drain(..).flatten().collect();
+        if facts.is_empty() {
+            return;
+        }
+        for chunk in facts.chunks(self.config.max_batch_entries.max(1)) {
+            self.send_batch(chunk, out);
+        }
+    }
+
+    fn send_batch(&mut self, facts: &[Fact<P>], out: &mut VecDeque<OutEvent<P>>) {
+        let bytes = encode_batch(facts);
+        if bytes.len() <= self.config.max_batch_bytes {
+            self.stats.batches_sent += 1;
+            self.stats.facts_broadcast += facts.len() as u64;
+            out.push_back(OutEvent::Broadcast(bytes));
+        } else if facts.len() > 1 {
+            let (a, b) = facts.split_at(facts.len() / 2);
+            self.send_batch(a, out);
+            self.send_batch(b, out);
+        } else {
+            self.stats.facts_dropped += 1;
+        }
+    }
+
+    // ----- inputs -----
+
+    fn on_update(&mut self, payload: &[u8], now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let Some(facts) = decode_batch::<P>(payload, self.config.max_batch_entries) else {
+            self.stats.invalid_messages += 1;
+            return;
+        };
+        for fact in facts {
+            self.merge(fact, Source::Broadcast, now, out);
+        }
+    }
+
+    fn on_join<R: Rng>(
+        &mut self,
+        contacts: Vec<P>,
+        _now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        for c in contacts {
+            if c != self.me && !self.seeds.contains(&c) && self.seeds.len() < MAX_SEEDS {
+                self.seeds.push(c);
+            }
+        }
+        if self.seeds.is_empty() {
+            // The first node of a cluster: nothing to catch up with.
+            self.synced = true;
+            return;
+        }
+        if !self.synced {
+            let contact = self.seeds[rng.random_range(0..self.seeds.len())];
+            self.request_sync(contact, out);
+        }
+    }
+
+    fn request_sync(&mut self, to: P, out: &mut VecDeque<OutEvent<P>>) {
+        let first = !self.sync_requested;
+        self.sync_requested = true;
+        let entry = self.own_fact();
+        out.push_back(OutEvent::SendMessage(to, Message::SyncRequest { entry }));
+        if first {
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.sync_timeout,
+                Timer::SyncRetry,
+            ));
+        }
+    }
+
+    fn on_neighbor_up(&mut self, peer: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if peer == self.me {
+            return;
+        }
+        if !self.neighbours.contains(&peer) {
+            self.neighbours.push(peer);
+        }
+        if !self.entries.contains_key(&peer) {
+            // It is alive: we hold a link to it. Its own entry (with metadata) is announced by
+            // the node it asked for a snapshot, so this is not broadcast.
+            let fact = Fact {
+                id: peer,
+                incarnation: 0,
+                state: MemberState::Alive,
+                metadata: None,
+            };
+            self.merge(fact, Source::Snapshot, now, out);
+        }
+        if !self.synced && !self.sync_requested {
+            self.request_sync(peer, out);
+        }
+    }
+
+    fn on_set_metadata(&mut self, metadata: Bytes, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if self.left {
+            return;
+        }
+        if metadata.len() > self.config.max_metadata_len {
+            self.stats.metadata_rejected += 1;
+            return;
+        }
+        let inc = self.incarnation();
+        if inc >= MAX_INCARNATION {
+            self.stats.metadata_rejected += 1;
+            return;
+        }
+        let me = self.me;
+        let before = self.contribution(&me);
+        if metadata.is_empty() {
+            self.metadata.remove(&me);
+        } else {
+            self.metadata.insert(me, metadata);
+        }
+        self.entries
+            .insert(me, Entry::new(inc as u32 + 1, MemberState::Alive));
+        self.recount(&me, before);
+        let f = self.own_fact();
+        self.push_outbox(f, now, out);
+    }
+
+    fn on_leave(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if self.left {
+            return;
+        }
+        let inc = self.incarnation() as u32;
+        self.set_own(inc, MemberState::Left);
+        self.left = true;
+        let f = self.own_fact();
+        self.push_outbox(f, now, out);
+        self.flush(out);
+    }
+
+    /// This node saw `peer` fail (link failure, detector, or a failed probe).
+    fn failure_observed(&mut self, peer: P, _now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if peer == self.me || self.left {
+            return;
+        }
+        let Some(e) = self.entries.get(&peer).copied() else {
+            return;
+        };
+        match e.state() {
+            MemberState::Alive => {
+                let new = Entry::new(e.incarnation(), MemberState::Suspect);
+                let before = self.contribution(&peer);
+                self.entries.insert(peer, new);
+                self.recount(&peer, before);
+                self.emit(out, peer, Some(e.state()), false);
+                let f = self.fact_of(peer, new);
+                self.push_outbox(f, _now, out);
+                self.arm_suspicion(peer, e.incarnation(), out);
+            }
+            MemberState::Suspect => self.arm_suspicion(peer, e.incarnation(), out),
+            MemberState::Dead | MemberState::Left => {}
+        }
+    }
+
+    fn arm_suspicion(&mut self, peer: P, incarnation: u32, out: &mut VecDeque<OutEvent<P>>) {
+        if self.suspecting.get(&peer) == Some(&incarnation) {
+            return;
+        }
+        self.suspecting.insert(peer, incarnation);
+        out.push_back(OutEvent::ScheduleTimer(
+            self.config.suspicion_timeout,
+            Timer::Suspect {
+                id: peer,
+                incarnation: incarnation as u64,
+            },
+        ));
+    }
+
+    fn on_message<R: Rng>(
+        &mut self,
+        from: P,
+        message: Message<P>,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        match message {
+            Message::SyncRequest { entry } => {
+                if entry.id != from {
+                    self.stats.invalid_messages += 1;
+                    return;
+                }
+                if self.left {
+                    return;
+                }
+                self.merge(entry, Source::FirstHand, now, out);
+                self.stats.snapshots_served += 1;
+                self.send_state(from, u64::MAX, false, None, out);
+            }
+            Message::Sync {
+                facts,
+                announce,
+                last,
+                reply,
+            } => {
+                if facts.len() > self.config.max_batch_entries {
+                    self.stats.invalid_messages += 1;
+                    return;
+                }
+                self.synced = true;
+                let source = if announce {
+                    Source::Exchange
+                } else {
+                    Source::Snapshot
+                };
+                for fact in facts {
+                    self.merge(fact, source, now, out);
+                }
+                if let (true, Some(mask)) = (last, reply)
+                    && mask != 0
+                    && !self.left
+                {
+                    self.send_state(from, mask, true, None, out);
+                }
+            }
+            Message::Digest { buckets } => {
+                if buckets.len() != DIGEST_BUCKETS {
+                    self.stats.invalid_messages += 1;
+                    return;
+                }
+                if self.left {
+                    return;
+                }
+                let mask = self.differing_buckets(&buckets);
+                if mask != 0 {
+                    self.stats.exchanges += 1;
+                    self.send_state(from, mask, true, Some(mask), out);
+                }
+            }
+            Message::Ping { seq } => {
+                if !self.left {
+                    out.push_back(OutEvent::SendMessage(from, Message::Ack { seq }));
+                }
+            }
+            Message::Ack { seq } => self.on_ack(from, seq, rng, out),
+            Message::PingReq { target, seq } => {
+                if self.left {
+                    return;
+                }
+                if target == self.me {
+                    out.push_back(OutEvent::SendMessage(from, Message::Ack { seq }));
+                    return;
+                }
+                let relay_seq = self.next_seq();
+                if self.relays.len() >= MAX_RELAYS {
+                    self.relays.pop_front();
+                }
+                self.relays.push_back(Relay {
+                    seq: relay_seq,
+                    requester: from,
+                    requester_seq: seq,
+                });
+                out.push_back(OutEvent::SendMessage(
+                    target,
+                    Message::Ping { seq: relay_seq },
+                ));
+            }
+        }
+    }
+
+    fn on_ack<R: Rng>(&mut self, from: P, seq: u64, _rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+        if self.probe.is_some_and(|p| p.seq == seq) {
+            self.probe = None;
+            return;
+        }
+        if let Some((target, s)) = self.heal_probe
+            && s == seq
+            && target == from
+        {
+            self.heal_probe = None;
+            out.push_back(OutEvent::Reach(target));
+            let buckets = self.buckets.to_vec();
+            out.push_back(OutEvent::SendMessage(target, Message::Digest { buckets }));
+            return;
+        }
+        if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
+            let r = self.relays.remove(i).expect("index from position");
+            out.push_back(OutEvent::SendMessage(
+                r.requester,
+                Message::Ack {
+                    seq: r.requester_seq,
+                },
+            ));
+        }
+    }
+
+    fn differing_buckets(&self, theirs: &[u64]) -> u64 {
+        let mut mask = 0u64;
+        for (i, (a, b)) in self.buckets.iter().zip(theirs).enumerate() {
+            if a != b {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    /// Send every entry whose bucket is in `mask` to `to`, chunked.
+    fn send_state(
+        &mut self,
+        to: P,
+        mask: u64,
+        announce: bool,
+        reply: Option<u64>,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        let chunk_len = self
+            .config
+            .sync_chunk_entries
+            .clamp(1, self.config.max_batch_entries.max(1));
+        let mut chunk = Vec::with_capacity(chunk_len.min(self.entries.len()));
+        let mut pending: Option<Vec<Fact<P>>> = None;
+        for (id, e) in &self.entries {
+            if mask != u64::MAX && mask & (1 << bucket_of(id_hash(id))) == 0 {
+                continue;
+            }
+            chunk.push(self.fact_of(*id, *e));
+            if chunk.len() == chunk_len {
+                if let Some(facts) = pending.take() {
+                    out.push_back(OutEvent::SendMessage(
+                        to,
+                        Message::Sync {
+                            facts,
+                            announce,
+                            last: false,
+                            reply: None,
+                        },
+                    ));
+                }
+                pending = Some(std::mem::replace(&mut chunk, Vec::with_capacity(chunk_len)));
+            }
+        }
+        if let Some(facts) = pending.take() {
+            if chunk.is_empty() {
+                chunk = facts;
+            } else {
+                out.push_back(OutEvent::SendMessage(
+                    to,
+                    Message::Sync {
+                        facts,
+                        announce,
+                        last: false,
+                        reply: None,
+                    },
+                ));
+            }
+        }
+        out.push_back(OutEvent::SendMessage(
+            to,
+            Message::Sync {
+                facts: chunk,
+                announce,
+                last: true,
+                reply,
+            },
+        ));
+    }
+
+    fn on_timer<R: Rng>(
+        &mut self,
+        timer: Timer<P>,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        match timer {
+            Timer::Flush => {
+                self.flush_scheduled = false;
+                self.flush(out);
+            }
+            Timer::Suspect { id, incarnation } => {
+                if self
+                    .suspecting
+                    .get(&id)
+                    .is_some_and(|i| *i as u64 == incarnation)
+                {
+                    self.suspecting.remove(&id);
+                }
+                let Some(e) = self.entries.get(&id).copied() else {
+                    return;
+                };
+                if self.left
+                    || e.state() != MemberState::Suspect
+                    || e.incarnation() as u64 != incarnation
+                {
+                    return; // refuted, or already dead: a stale timer does nothing
+                }
+                let new = Entry::new(e.incarnation(), MemberState::Dead);
+                let before = self.contribution(&id);
+                self.entries.insert(id, new);
+                self.recount(&id, before);
+                self.tombstones.insert(id, now);
+                self.emit(out, id, Some(e.state()), false);
+                let f = self.fact_of(id, new);
+                self.push_outbox(f, now, out);
+            }
+            Timer::Probe => {
+                if self.left {
+                    return;
+                }
+                out.push_back(OutEvent::ScheduleTimer(
+                    self.config.probe_interval,
+                    Timer::Probe,
+                ));
+                self.start_probe(rng, out);
+            }
+            Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now, rng, out),
+            Timer::AntiEntropy => {
+                if self.left {
+                    return;
+                }
+                out.push_back(OutEvent::ScheduleTimer(
+                    jitter(rng, self.config.anti_entropy_interval),
+                    Timer::AntiEntropy,
+                ));
+                if !self.neighbours.is_empty() {
+                    let to = self.neighbours[rng.random_range(0..self.neighbours.len())];
+                    let buckets = self.buckets.to_vec();
+                    out.push_back(OutEvent::SendMessage(to, Message::Digest { buckets }));
+                }
+            }
+            Timer::Heal => {
+                if self.left {
+                    return;
+                }
+                out.push_back(OutEvent::ScheduleTimer(
+                    jitter(rng, self.config.heal_interval),
+                    Timer::Heal,
+                ));
+                self.start_heal(rng, out);
+            }
+            Timer::Reap => {
+                out.push_back(OutEvent::ScheduleTimer(self.reap_interval(), Timer::Reap));
+                self.reap(now);
+            }
+            Timer::SyncRetry => {
+                if self.synced || self.left {
+                    return;
+                }
+                let pool = if self.neighbours.is_empty() {
+                    &self.seeds
+                } else {
+                    &self.neighbours
+                };
+                if !pool.is_empty() {
+                    let to = pool[rng.random_range(0..pool.len())];
+                    let entry = self.own_fact();
+                    out.push_back(OutEvent::SendMessage(to, Message::SyncRequest { entry }));
+                }
+                out.push_back(OutEvent::ScheduleTimer(
+                    self.config.sync_timeout,
+                    Timer::SyncRetry,
+                ));
+            }
+        }
+    }
+
+    fn start_probe<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+        if self.probe.is_some() || self.ids.len() < 2 {
+            return;
+        }
+        for _ in 0..16 {
+            let id = self.ids[rng.random_range(0..self.ids.len())];
+            if id == self.me || self.neighbours.contains(&id) {
+                continue;
+            }
+            if !self.entries.get(&id).is_some_and(|e| e.state().is_live()) {
+                continue;
+            }
+            let seq = self.next_seq();
+            self.probe = Some(Probe {
+                target: id,
+                seq,
+                indirect: false,
+            });
+            self.stats.probes_sent += 1;
+            out.push_back(OutEvent::SendMessage(id, Message::Ping { seq }));
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.probe_timeout,
+                Timer::ProbeTimeout { seq },
+            ));
+            return;
+        }
+    }
+
+    fn on_probe_timeout<R: Rng>(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        let Some(probe) = self.probe.filter(|p| p.seq == seq) else {
+            return;
+        };
+        if self.left {
+            self.probe = None;
+            return;
+        }
+        if !probe.indirect {
+            let helpers: Vec<P> = {
+                let candidates: Vec<P> = self
+                    .neighbours
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != probe.target)
+                    .collect();
+                let k = self.config.indirect_probes.min(candidates.len());
+                rand::seq::index::sample(rng, candidates.len(), k)
+                    .into_iter()
+                    .map(|i| candidates[i])
+                    .collect()
+            };
+            if !helpers.is_empty() {
+                for h in helpers {
+                    out.push_back(OutEvent::SendMessage(
+                        h,
+                        Message::PingReq {
+                            target: probe.target,
+                            seq,
+                        },
+                    ));
+                }
+                self.probe = Some(Probe {
+                    indirect: true,
+                    ..probe
+                });
+                out.push_back(OutEvent::ScheduleTimer(
+                    self.config.indirect_probe_timeout,
+                    Timer::ProbeTimeout { seq },
+                ));
+                return;
+            }
+        }
+        self.probe = None;
+        self.stats.probes_failed += 1;
+        self.failure_observed(probe.target, now, out);
+    }
+
+    fn start_heal<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+        let seeds: Vec<P> = self
+            .seeds
+            .iter()
+            .copied()
+            .filter(|s| !self.neighbours.contains(s))
+            .collect();
+        let use_seed = !seeds.is_empty() && (self.neighbours.is_empty() || rng.random_bool(0.5));
+        let target = if use_seed {
+            Some(seeds[rng.random_range(0..seeds.len())])
+        } else {
+            // A random recently dead member (not one that left: it is gone on purpose).
+            let dead = self
+                .tombstones
+                .keys()
+                .filter(|id| {
+                    self.entries
+                        .get(id)
+                        .is_some_and(|e| e.state() == MemberState::Dead)
+                })
+                .count();
+            if dead == 0 {
+                None
+            } else {
+                let nth = rng.random_range(0..dead);
+                self.tombstones
+                    .keys()
+                    .filter(|id| {
+                        self.entries
+                            .get(id)
+                            .is_some_and(|e| e.state() == MemberState::Dead)
+                    })
+                    .nth(nth)
+                    .copied()
+            }
+        };
+        if let Some(target) = target {
+            let seq = self.next_seq();
+            self.heal_probe = Some((target, seq));
+            out.push_back(OutEvent::SendMessage(target, Message::Ping { seq }));
+        }
+    }
+
+    /// Remember a reaped member's last incarnation, forgetting the oldest beyond the capacity.
+    fn bury(&mut self, id: P, incarnation: u32) {
+        let capacity = self.config.graveyard_capacity;
+        if capacity == 0 {
+            return;
+        }
+        while self.graveyard.len() >= capacity {
+            let Some(old) = self.graveyard_order.pop_front() else {
+                break;
+            };
+            self.graveyard.remove(&old);
+        }
+        if self.graveyard.insert(id, incarnation).is_none() {
+            self.graveyard_order.push_back(id);
+        }
+        if self.graveyard_order.len() > 2 * capacity {
+            // Members that came back left stale ids behind: drop them.
+            let graveyard = &self.graveyard;
+            self.graveyard_order.retain(|id| graveyard.contains_key(id));
+        }
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let reap_after = self.config.reap_after;
+        let expired: Vec<P> = self
+            .tombstones
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= reap_after)
+            .map(|(id, _)| *id)
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        for id in &expired {
+            let before = self.contribution(id);
+            self.tombstones.remove(id);
+            self.metadata.remove(id);
+            self.suspecting.remove(id);
+            let removed = self.entries.remove(id);
+            self.recount(id, before);
+            if let Some(e) = removed {
+                self.bury(*id, e.incarnation());
+            }
+        }
+        let entries = &self.entries;
+        self.ids.retain(|id| entries.contains_key(id));
+    }
+}
+
+/// Encode a batch of facts for [`OutEvent::Broadcast`].
+pub fn encode_batch<P: PeerId>(facts: &[Fact<P>]) -> Bytes {
+    #[derive(Serialize)]
+    #[serde(bound = "")]
+    struct BatchRef<'a, P: PeerId> {
+        version: u8,
+        facts: &'a [Fact<P>],
+    }
+    let batch = BatchRef {
+        version: BATCH_VERSION,
+        facts,
+    };
+    let bytes = bincode::serde::encode_to_vec(&batch, bincode::config::standard())
+        .expect("encoding facts into a Vec cannot fail");
+    Bytes::from(bytes)
+}
+
+/// Decode a broadcast batch: `None` if it is malformed, over [`MAX_BATCH_DECODE`] bytes, has
+/// trailing bytes, an unknown version, or more than `max_entries` facts.
+pub fn decode_batch<P: PeerId>(payload: &[u8], max_entries: usize) -> Option<Vec<Fact<P>>> {
+    if payload.len() > MAX_BATCH_DECODE {
+        return None;
+    }
+    let config = bincode::config::standard().with_limit::<MAX_BATCH_DECODE>();
+    let (batch, used): (Batch<P>, usize) =
+        bincode::serde::decode_from_slice(payload, config).ok()?;
+    if used != payload.len() || batch.version != BATCH_VERSION || batch.facts.len() > max_entries {
+        return None;
+    }
+    Some(batch.facts)
 }

@@ -272,6 +272,7 @@ impl<P: PeerId, R: Rng> State<P, R> {
                 hyparview::OutEvent::NeighborDown(p) => {
                     work.push_back(Step::Detector(detector::InEvent::LinkDown(p)));
                     work.push_back(Step::Broadcast(plumtree::InEvent::NeighborDown(p)));
+                    work.push_back(Step::Directory(directory::InEvent::NeighborDown(p)));
                 }
                 hyparview::OutEvent::Disconnect(p) => self.out.push_back(OutEvent::Disconnect(p)),
             }

@@ -1,0 +1,214 @@
+//! Error types: [`Error`] for the crate, [`EncodeError`] and [`DecodeError`] for the codec.
+//!
+//! Every message says what went wrong and what to do about it. Errors caused by a peer (a
+//! corrupt or hostile envelope) are [`DecodeError`]s: the runtime drops the message, counts it
+//! and keeps going; they never take a node down.
+
+use std::fmt;
+
+use crate::message::Message;
+
+/// Everything that can go wrong in `gossip`.
+///
+/// `non_exhaustive`: match the variants you handle and keep a `_` arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Two message types in this binary use the same tag name, or names whose ids collide.
+    ///
+    /// Found by [`crate::check_registry`] when a node is built: both types would be decoded
+    /// from the same wire id, so the node refuses to start.
+    #[error(
+        "two message types use the tag `{name}`: `{first}` and `{second}`; give one of them \
+         another name with #[tag(name = \"...\")] (keep the old name as an alias only on the \
+         type that used it before)"
+    )]
+    DuplicateTag {
+        /// The tag name (or the two names, when their ids collide).
+        name: String,
+        /// Rust path of the first type.
+        first: &'static str,
+        /// Rust path of the second type.
+        second: &'static str,
+    },
+    /// A message could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// A message could not be decoded.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Why a value could not be turned into an envelope.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// The encoded envelope is larger than the configured limit.
+    #[error(
+        "message of {size} bytes exceeds the limit of {limit} bytes: send smaller messages \
+         (split the value) or raise the node's maximum message size"
+    )]
+    TooLarge {
+        /// Size of the whole envelope, in bytes.
+        size: usize,
+        /// The limit it was checked against.
+        limit: usize,
+    },
+    /// The value's `Serialize` implementation failed.
+    #[error(
+        "could not serialize a `{tag}` message: {source}; check the type's Serialize \
+         implementation (bincode needs sequence lengths up front, no `serialize_any`)"
+    )]
+    Serialize {
+        /// Tag name of the value.
+        tag: &'static str,
+        /// What the serializer reported.
+        #[source]
+        source: CodecError,
+    },
+}
+
+/// Why an envelope or its payload could not be decoded.
+///
+/// Decoding never panics and never allocates more than the payload could describe; every
+/// variant comes from bytes a peer sent, so handle it by dropping the message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer bytes than the envelope header.
+    #[error(
+        "envelope of {len} bytes is shorter than its {header}-byte header: the peer sent a \
+         truncated frame; drop it"
+    )]
+    Truncated {
+        /// Bytes received.
+        len: usize,
+        /// Bytes the header needs.
+        header: usize,
+    },
+    /// The envelope was written by an incompatible version of `gossip`.
+    #[error(
+        "envelope format version {version} is not supported (this node speaks version \
+         {supported}): run the same major version of gossip on every node"
+    )]
+    UnsupportedVersion {
+        /// Version byte found.
+        version: u8,
+        /// Version this node writes and reads.
+        supported: u8,
+    },
+    /// The payload was written with a codec this node does not know.
+    #[error(
+        "payload codec {codec} is unknown here (this node reads codec {supported}): upgrade \
+         this node, or keep the sender on the default codec"
+    )]
+    UnknownCodec {
+        /// Codec byte found.
+        codec: u8,
+        /// Codec this node reads.
+        supported: u8,
+    },
+    /// The envelope is larger than the limit.
+    #[error(
+        "envelope of {size} bytes exceeds the limit of {limit} bytes: drop it, or raise the \
+         maximum message size on every node"
+    )]
+    TooLarge {
+        /// Size of the envelope.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The message carries another tag than the type asked for.
+    #[error(
+        "message has tag `{actual}` but `{expected}` was asked for: check `Message::tag()` \
+         before decoding, or receive through a `Tags` enum"
+    )]
+    WrongTag {
+        /// Tag of the requested type.
+        expected: &'static str,
+        /// Tag the message carries (name, or id in hex when unknown here).
+        actual: String,
+    },
+    /// The payload does not decode as the requested type.
+    #[error(
+        "payload of a `{tag}` message does not decode: {source}; the sender's `{tag}` type \
+         differs from this node's (deploy the same definition everywhere, or rename the tag \
+         when the layout changes)"
+    )]
+    Payload {
+        /// Tag of the message.
+        tag: &'static str,
+        /// What the decoder reported.
+        #[source]
+        source: CodecError,
+    },
+    /// The payload decoded but bytes were left over.
+    #[error(
+        "payload of a `{tag}` message has {extra} trailing bytes: the sender's `{tag}` type \
+         has more fields than this node's; deploy the same definition everywhere"
+    )]
+    TrailingBytes {
+        /// Tag of the message.
+        tag: &'static str,
+        /// Bytes left after the value.
+        extra: usize,
+    },
+}
+
+/// Why a [`crate::Tags`] enum could not be built from a [`Message`].
+#[derive(Debug, thiserror::Error)]
+pub enum FromMessageError {
+    /// The enum lists no variant for this tag (and has no `#[tags(other)]` variant).
+    ///
+    /// The message is handed back untouched so the caller can log it, count it or route it
+    /// elsewhere.
+    #[error(
+        "no variant for tag `{}`: add a variant for it, or a `#[tags(other)] Other(gossip::Message)` \
+         variant to receive every unlisted tag",
+        .0.tag()
+    )]
+    Unlisted(Message),
+    /// The tag is listed but the payload did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// An error reported by the underlying binary codec (bincode), kept opaque so the codec can
+/// change without breaking the API.
+pub struct CodecError(Inner);
+
+enum Inner {
+    Encode(bincode::error::EncodeError),
+    Decode(bincode::error::DecodeError),
+}
+
+impl CodecError {
+    pub(crate) fn encode(e: bincode::error::EncodeError) -> Self {
+        Self(Inner::Encode(e))
+    }
+
+    pub(crate) fn decode(e: bincode::error::DecodeError) -> Self {
+        Self(Inner::Decode(e))
+    }
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Inner::Encode(e) => fmt::Display::fmt(e, f),
+            Inner::Decode(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+impl fmt::Debug for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Inner::Encode(e) => fmt::Debug::fmt(e, f),
+            Inner::Decode(e) => fmt::Debug::fmt(e, f),
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}
