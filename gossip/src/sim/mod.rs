@@ -33,8 +33,9 @@
 //!
 //! # Cost
 //!
-//! The queue holds 24-byte entries (time, sequence, slot); the events themselves live in a slab
-//! whose slots are reused, so the steady state allocates nothing per event in the simulator.
+//! The queue is a timing wheel of ~1 ms buckets holding the events inline (see `Queue`): a push
+//! appends to a bucket, a bucket is sorted once when the clock reaches it, and the buckets keep
+//! their capacity, so the steady state allocates nothing per event in the simulator.
 //! Payloads are [`Bytes`] shared by every copy of a message.
 //!
 //! [`scenario`] runs the benchmark scenario of the `sim` example; [`chaos`] runs the chaos
@@ -115,6 +116,8 @@ pub struct NetStats {
     pub broadcast_payload: u64,
     /// User payloads carried by broadcast-layer messages (a batch counts each payload).
     pub user_payloads: u64,
+    /// Broadcast-layer messages carrying a system payload (directory updates).
+    pub broadcast_system: u64,
     /// Broadcast-layer messages without a payload (IHAVE, GRAFT, PRUNE, digests).
     pub broadcast_control: u64,
     /// Heartbeats.
@@ -133,6 +136,8 @@ pub struct NetStats {
     pub disconnects: u64,
     /// Membership events emitted by the directory.
     pub member_events: u64,
+    /// Most events ever pending at once (in-flight messages and armed timers).
+    pub peak_pending: u64,
 }
 
 impl NetStats {
@@ -140,6 +145,7 @@ impl NetStats {
     pub fn total(&self) -> u64 {
         self.membership
             + self.broadcast_payload
+            + self.broadcast_system
             + self.broadcast_control
             + self.detector
             + self.directory
@@ -278,7 +284,7 @@ enum Event {
     },
 }
 
-/// FNV-1a, used for the trace hash and for discriminants.
+/// FNV-1a over 64-bit words (one multiply per word), for the trace hash and discriminants.
 #[derive(Debug, Clone, Copy)]
 struct Fnv(u64);
 
@@ -294,12 +300,179 @@ impl Hasher for Fnv {
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+            self.write_u64(u64::from(*b));
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.write(&v.to_le_bytes())
+        self.0 = (self.0 ^ v).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v))
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v))
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64)
+    }
+    fn write_isize(&mut self, v: isize) {
+        self.write_u64(v as u64)
+    }
+}
+
+/// One queued entry: due time in ns, insertion sequence (breaks ties), the event itself.
+#[derive(Debug)]
+struct Entry<T> {
+    at: u64,
+    seq: u64,
+    item: T,
+}
+
+impl<T> Entry<T> {
+    fn key(&self) -> (u64, u64) {
+        (self.at, self.seq)
+    }
+}
+
+impl<T> PartialEq for Entry<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl<T> Eq for Entry<T> {}
+impl<T> PartialOrd for Entry<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<T> Ord for Entry<T> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// log2 of a wheel bucket's width in ns (about 1 ms).
+const BUCKET_SHIFT: u32 = 20;
+/// Buckets in the wheel (a horizon of about 4.3 s).
+const WHEEL: u64 = 4096;
+
+/// The event queue: a timing wheel of ~1 ms buckets over the next ~4 s, a heap beyond.
+///
+/// It pops in exactly `(time, seq)` order, like a binary heap, but a push is an append to a
+/// bucket and each bucket is sorted once when the clock reaches it; events are stored inline, so
+/// draining a bucket reads memory sequentially (a heap, or a slab of events indexed from one,
+/// misses the cache on almost every pop once a million events are pending).
+#[derive(Debug)]
+struct Queue<T> {
+    buckets: Vec<Vec<Entry<T>>>,
+    /// Absolute index of the bucket being drained.
+    cursor: u64,
+    /// The bucket being drained, sorted descending: the next entry is last.
+    current: Vec<Entry<T>>,
+    /// Entries in `buckets`.
+    in_wheel: usize,
+    /// Entries beyond the wheel's horizon.
+    far: BinaryHeap<Reverse<Entry<T>>>,
+    /// Drained bucket vectors kept for reuse (bounded): buckets only hold capacity while they
+    /// hold entries, so memory follows the pending events, not the wheel's size.
+    spare: Vec<Vec<Entry<T>>>,
+}
+
+/// Drained vectors kept for reuse by the wheel, and the largest capacity worth keeping: a
+/// burst (ten thousand joins in one millisecond) must not stay allocated for the whole run.
+const SPARE_BUCKETS: usize = 64;
+const SPARE_CAPACITY: usize = 1024;
+
+impl<T> Queue<T> {
+    fn new() -> Self {
+        Self {
+            buckets: (0..WHEEL).map(|_| Vec::new()).collect(),
+            cursor: 0,
+            current: Vec::new(),
+            in_wheel: 0,
+            far: BinaryHeap::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    fn recycle(&mut self, v: Vec<Entry<T>>) {
+        if (1..=SPARE_CAPACITY).contains(&v.capacity()) && self.spare.len() < SPARE_BUCKETS {
+            self.spare.push(v);
+        }
+    }
+
+    fn bucket_push(&mut self, b: u64, e: Entry<T>) {
+        let bucket = &mut self.buckets[(b % WHEEL) as usize];
+        if bucket.capacity() == 0
+            && let Some(v) = self.spare.pop()
+        {
+            *bucket = v;
+        }
+        bucket.push(e);
+        self.in_wheel += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.in_wheel + self.far.len()
+    }
+
+    fn push(&mut self, e: Entry<T>) {
+        let b = e.at >> BUCKET_SHIFT;
+        if b <= self.cursor {
+            let key = e.key();
+            let pos = self.current.partition_point(|x| x.key() > key);
+            self.current.insert(pos, e);
+        } else if b < self.cursor + WHEEL {
+            self.bucket_push(b, e);
+        } else {
+            self.far.push(Reverse(e));
+        }
+    }
+
+    /// Due time of the earliest entry.
+    fn peek(&mut self) -> Option<u64> {
+        loop {
+            if let Some(e) = self.current.last() {
+                return Some(e.at);
+            }
+            if self.in_wheel == 0 {
+                // Jump straight to the far heap's first bucket.
+                let first = self.far.peek()?.0.at >> BUCKET_SHIFT;
+                self.cursor = self.cursor.max(first.saturating_sub(1));
+            }
+            self.cursor += 1;
+            while let Some(Reverse(e)) = self.far.peek() {
+                let b = e.at >> BUCKET_SHIFT;
+                if b >= self.cursor + WHEEL {
+                    break;
+                }
+                let Reverse(e) = self.far.pop().expect("peeked");
+                if b <= self.cursor {
+                    self.current.push(e);
+                } else {
+                    self.bucket_push(b, e);
+                }
+            }
+            let slot = (self.cursor % WHEEL) as usize;
+            let mut bucket = std::mem::take(&mut self.buckets[slot]);
+            if bucket.is_empty() {
+                self.recycle(bucket);
+                continue;
+            }
+            self.in_wheel -= bucket.len();
+            if self.current.is_empty() {
+                std::mem::swap(&mut self.current, &mut bucket);
+            } else {
+                self.current.append(&mut bucket);
+            }
+            self.recycle(bucket);
+            self.current.sort_unstable_by_key(|e| Reverse(e.key()));
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry<T>> {
+        self.peek()?;
+        self.current.pop()
     }
 }
 
@@ -338,9 +511,15 @@ fn timer_kind(timer: &Timer<u32>) -> u64 {
 
 /// How many user payloads a broadcast-layer message carries.
 fn user_payloads(msg: &plumtree::Message<u32>) -> u64 {
-    match msg {
-        plumtree::Message::Gossip(_) => 1,
-    }
+    msg.user_payloads() as u64
+}
+
+/// Whether a broadcast-layer message carries a payload (user or system).
+fn carries_payload(msg: &plumtree::Message<u32>) -> bool {
+    matches!(
+        msg,
+        plumtree::Message::Gossip(_) | plumtree::Message::CatchUp(_)
+    )
 }
 
 /// Everything but the nodes: split off so a node can be borrowed while its outputs are routed.
@@ -351,9 +530,7 @@ struct Net {
     now: u64,
     seq: u64,
     rng: SmallRng,
-    queue: BinaryHeap<Reverse<(u64, u64, u32)>>,
-    slab: Vec<Option<Event>>,
-    free: Vec<u32>,
+    queue: Queue<Event>,
     /// Links (sender, peer) with a `LinkFailed` on its way: one report per failure.
     failing: HashSet<(u32, u32)>,
     trace: Fnv,
@@ -367,18 +544,15 @@ impl Net {
     }
 
     fn push(&mut self, at: u64, event: Event) {
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slab[slot as usize] = Some(event);
-                slot
-            }
-            None => {
-                self.slab.push(Some(event));
-                (self.slab.len() - 1) as u32
-            }
-        };
         self.seq += 1;
-        self.queue.push(Reverse((at, self.seq, slot)));
+        self.queue.push(Entry {
+            at,
+            seq: self.seq,
+            item: event,
+        });
+        if self.seq.is_multiple_of(1024) {
+            self.stats.peak_pending = self.stats.peak_pending.max(self.queue.len() as u64);
+        }
     }
 
     fn link_latency(&self, a: u32, b: u32) -> u64 {
@@ -414,6 +588,8 @@ impl Net {
                         if n > 0 {
                             self.stats.broadcast_payload += 1;
                             self.stats.user_payloads += n;
+                        } else if carries_payload(m) {
+                            self.stats.broadcast_system += 1;
                         } else {
                             self.stats.broadcast_control += 1;
                         }
@@ -485,9 +661,7 @@ impl Sim {
                 now: 0,
                 seq: 0,
                 rng,
-                queue: BinaryHeap::new(),
-                slab: Vec::new(),
-                free: Vec::new(),
+                queue: Queue::new(),
                 failing: HashSet::new(),
                 trace: Fnv::default(),
                 stats: NetStats::default(),
@@ -670,16 +844,15 @@ impl Sim {
     pub fn step(&mut self, until: Duration) -> bool {
         let end = until.as_nanos() as u64;
         match self.net.queue.peek() {
-            Some(Reverse((t, _, _))) if *t <= end => {}
+            Some(t) if t <= end => {}
             _ => return false,
         }
-        let Some(Reverse((t, _, slot))) = self.net.queue.pop() else {
+        let Some(Entry {
+            at: t, item: event, ..
+        }) = self.net.queue.pop()
+        else {
             return false;
         };
-        let event = self.net.slab[slot as usize]
-            .take()
-            .expect("queued slot holds an event");
-        self.net.free.push(slot);
         self.net.now = self.net.now.max(t);
         self.dispatch(event);
         true
@@ -732,7 +905,14 @@ impl Sim {
                     }
                     return;
                 }
-                self.trace(t, to, message_kind(&msg) ^ u64::from(from) << 40);
+                let mut kind = message_kind(&msg) ^ u64::from(from) << 40;
+                if let Message::Broadcast(
+                    plumtree::Message::Gossip(g) | plumtree::Message::CatchUp(g),
+                ) = &msg
+                {
+                    kind ^= mix(u64::from(g.id.origin) << 32 ^ g.id.seq);
+                }
+                self.trace(t, to, kind);
                 self.handle(to, InEvent::RecvMessage(from, msg));
             }
             Event::Timer { node, timer } => {
@@ -810,13 +990,52 @@ mod tests {
         sim.net.push(10, Event::Stop { node: 0 });
         sim.net.push(10, Event::Stop { node: 1 });
         let mut order = Vec::new();
-        while let Some(Reverse((t, _, slot))) = sim.net.queue.pop() {
-            let Some(Event::Stop { node }) = sim.net.slab[slot as usize].take() else {
-                panic!("slot lost its event")
+        while let Some(Entry { at, item, .. }) = sim.net.queue.pop() {
+            let Event::Stop { node } = item else {
+                panic!("an event changed kind")
             };
-            order.push((t, node));
+            order.push((at, node));
         }
         assert_eq!(order, vec![(10, 0), (10, 1), (20, 2)]);
+    }
+
+    #[test]
+    fn wheel_queue_pops_in_the_same_order_as_a_heap() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut q = Queue::new();
+        let mut heap = BinaryHeap::new();
+        let (mut now, mut seq) = (0u64, 0u64);
+        for round in 0..20_000u32 {
+            // Mostly near-future entries, some at `now`, some far beyond the wheel.
+            for _ in 0..rng.random_range(0..4) {
+                seq += 1;
+                let delay = match rng.random_range(0..10) {
+                    0 => 0,
+                    1 => rng.random_range(0..20_000_000_000),
+                    _ => rng.random_range(0..200_000_000),
+                };
+                let e = (now + delay, seq, round);
+                q.push(Entry {
+                    at: e.0,
+                    seq: e.1,
+                    item: e.2,
+                });
+                heap.push(Reverse(e));
+            }
+            if rng.random_range(0..3) > 0 {
+                let a = q.pop().map(|e| (e.at, e.seq, e.item));
+                let b = heap.pop().map(|Reverse(e)| e);
+                assert_eq!(a, b);
+                if let Some(e) = a {
+                    now = e.0;
+                }
+            }
+            assert_eq!(q.len(), heap.len());
+        }
+        while let Some(Reverse(e)) = heap.pop() {
+            assert_eq!(q.pop().map(|e| (e.at, e.seq, e.item)), Some(e));
+        }
+        assert!(q.pop().is_none());
     }
 
     #[test]

@@ -115,6 +115,53 @@ pub struct Round {
     pub latency: Duration,
 }
 
+/// The shape of the overlay and the broadcast tree at one moment, over the live nodes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// Smallest active view.
+    pub active_min: usize,
+    /// Mean active view.
+    pub active_mean: f64,
+    /// Largest active view.
+    pub active_max: usize,
+    /// Mean passive view.
+    pub passive_mean: f64,
+    /// Mean eager (tree) links per node.
+    pub eager_mean: f64,
+    /// Most eager links of a node.
+    pub eager_max: usize,
+}
+
+impl Shape {
+    /// Measure it now.
+    pub fn of(sim: &Sim) -> Shape {
+        let mut s = Shape {
+            active_min: usize::MAX,
+            ..Shape::default()
+        };
+        let mut n = 0usize;
+        for id in sim.alive() {
+            let Some(node) = sim.node(id) else { continue };
+            let active = node.membership().active_view().count();
+            let eager = node.broadcast_layer().eager_peers().len();
+            s.active_min = s.active_min.min(active);
+            s.active_max = s.active_max.max(active);
+            s.active_mean += active as f64;
+            s.passive_mean += node.membership().passive_view().count() as f64;
+            s.eager_mean += eager as f64;
+            s.eager_max = s.eager_max.max(eager);
+            n += 1;
+        }
+        if n == 0 {
+            return Shape::default();
+        }
+        s.active_mean /= n as f64;
+        s.passive_mean /= n as f64;
+        s.eager_mean /= n as f64;
+        s
+    }
+}
+
 /// What the scenario measured. [`ScenarioReport::to_json`] is the `sim` example's last line.
 #[derive(Debug, Clone)]
 pub struct ScenarioReport {
@@ -132,6 +179,8 @@ pub struct ScenarioReport {
     pub directory: bool,
     /// Nodes with an empty active view after the bootstrap.
     pub isolated_after_bootstrap: usize,
+    /// Overlay and tree at the end of the stable phase.
+    pub shape_stable: Shape,
     /// Mean reliability of the stable phase.
     pub reliability_stable: f64,
     /// Mean RMR of the stable phase.
@@ -154,7 +203,8 @@ pub struct ScenarioReport {
     pub members_converged: Option<bool>,
     /// Seconds from the crash until the directory converged.
     pub converge_s: Option<f64>,
-    /// Seconds from the crash until every live neighbour of a crashed node dropped it.
+    /// Seconds from the crash until every live neighbour of a crashed node marked it dead (in
+    /// its directory; without the directory: dropped it from its active view).
     pub detection_s: Option<f64>,
     /// (neighbour, crashed) pairs still undetected at the end.
     pub undetected: usize,
@@ -198,6 +248,7 @@ impl ScenarioReport {
                 "\"latency_stable_s\":{:.3},\"crashed\":{},\"reliability_after_crash\":{},",
                 "\"reliability_after_repair\":{},\"missed_after_crash\":{},\"members_converged\":{},",
                 "\"converge_s\":{},\"detection_s\":{},\"undetected\":{},\"violations\":{},",
+                "\"active_view\":[{},{:.2},{}],\"eager_mean\":{:.2},\"eager_max\":{},",
                 "\"events\":{},\"messages\":{},\"virtual_s\":{:.1},\"wall_s\":{:.2},",
                 "\"peak_rss_mb\":{},\"trace_hash\":\"{:016x}\"}}"
             ),
@@ -223,6 +274,11 @@ impl ScenarioReport {
             opt(self.detection_s),
             self.undetected,
             self.violations,
+            self.shape_stable.active_min,
+            self.shape_stable.active_mean,
+            self.shape_stable.active_max,
+            self.shape_stable.eager_mean,
+            self.shape_stable.eager_max,
             m.events,
             m.total(),
             self.virtual_s,
@@ -269,11 +325,11 @@ impl ScenarioReport {
         let m = &self.messages;
         let _ = writeln!(
             s,
-            "messages: membership {} | broadcast payload {} (user payloads {}) control {} | \
+            "messages: membership {} | broadcast user {} system {} control {} | \
              detector {} | directory {} | lost {} | unreachable {} | link failures {}",
             m.membership,
             m.broadcast_payload,
-            m.user_payloads,
+            m.broadcast_system,
             m.broadcast_control,
             m.detector,
             m.directory,
@@ -294,10 +350,23 @@ impl ScenarioReport {
             self.isolated_after_bootstrap,
             self.violations
         );
+        let sh = &self.shape_stable;
         let _ = writeln!(
             s,
-            "events {} | virtual {:.1} s | wall {:.2} s | peak RSS {} MiB | trace {:016x}",
+            "after the stable phase: active view min {} mean {:.2} max {} | passive mean {:.1} | \
+             eager links mean {:.2} max {}",
+            sh.active_min,
+            sh.active_mean,
+            sh.active_max,
+            sh.passive_mean,
+            sh.eager_mean,
+            sh.eager_max
+        );
+        let _ = writeln!(
+            s,
+            "events {} (peak pending {}) | virtual {:.1} s | wall {:.2} s | peak RSS {} MiB | trace {:016x}",
             m.events,
+            m.peak_pending,
             self.virtual_s,
             self.wall_s,
             f(self.peak_rss_mb),
@@ -307,32 +376,47 @@ impl ScenarioReport {
     }
 }
 
-/// Whether `node` no longer counts `peer` as a live neighbour.
-fn dropped(node: &Node, peer: u32) -> bool {
-    !node.membership().active_view().any(|p| *p == peer)
+/// Whether `node` considers `peer` failed: with the directory, it lists it as dead (or has
+/// already reaped it); without, it dropped it from its active view.
+fn detected(node: &Node, peer: u32, directory: bool) -> bool {
+    if directory {
+        !matches!(
+            node.directory().get(&peer),
+            Some((MemberState::Alive | MemberState::Suspect, _))
+        )
+    } else {
+        !node.membership().active_view().any(|p| *p == peer)
+    }
 }
 
-/// Whether every live node lists exactly the live nodes as alive. Starts with `hint` (the node
-/// that failed last time) so that a check that fails usually fails at once; updates it.
+/// Whether every live node lists exactly the live nodes as alive.
+///
+/// One node (the first live one) is checked entry by entry; every other node must then have
+/// the same number of alive entries and the same directory checksum (an order-independent
+/// 64-bit hash of its alive and suspect entries), which makes the check O(n) instead of O(n^2).
+/// It starts with `hint` (the node that failed last time), so a failing check usually fails at
+/// once, and updates it.
 pub fn members_converged(sim: &Sim, hint: &mut u32) -> bool {
     let live: Vec<u32> = sim.alive().collect();
-    if live.is_empty() {
+    let Some(reference) = live.first().and_then(|&id| sim.node(id)) else {
         return true;
+    };
+    let dir = reference.directory();
+    if dir.alive_count() != live.len()
+        || !live
+            .iter()
+            .all(|id| matches!(dir.get(id), Some((MemberState::Alive, _))))
+    {
+        *hint = live[0];
+        return false;
     }
+    let checksum = dir.checksum();
     let start = live.iter().position(|&id| id == *hint).unwrap_or(0);
-    let mut listed = Vec::with_capacity(live.len());
     for k in 0..live.len() {
         let id = live[(start + k) % live.len()];
         let Some(node) = sim.node(id) else { continue };
-        listed.clear();
-        listed.extend(
-            node.members()
-                .iter()
-                .filter(|m| m.state == MemberState::Alive)
-                .map(|m| m.id),
-        );
-        listed.sort_unstable();
-        if listed != live {
+        let d = node.directory();
+        if d.alive_count() != live.len() || d.checksum() != checksum {
             *hint = id;
             return false;
         }
@@ -356,8 +440,11 @@ impl Runner {
             return;
         }
         let sim = &self.sim;
-        self.pending
-            .retain(|&(n, c)| sim.node(n).is_some_and(|node| !dropped(node, c)));
+        let directory = self.cfg.directory;
+        self.pending.retain(|&(n, c)| {
+            sim.node(n)
+                .is_some_and(|node| !detected(node, c, directory))
+        });
         if self.pending.is_empty() {
             self.detected_at = Some(sim.now());
         }
@@ -450,6 +537,7 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     for _ in 0..r.cfg.broadcasts {
         r.round(Phase::Stable, sender);
     }
+    let shape_stable = Shape::of(&r.sim);
 
     // 4. Crash a fraction at once, noting who must detect whom.
     let mut ids: Vec<u32> = r.sim.alive().collect();
@@ -536,14 +624,16 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     }
     r.poll_detection();
 
-    report(
+    let mut rep = report(
         r,
         isolated_after_bootstrap,
         crashed.len(),
         converged,
         converge_s,
         wall,
-    )
+    );
+    rep.shape_stable = shape_stable;
+    rep
 }
 
 fn report(
@@ -609,6 +699,7 @@ fn report(
         loss: r.cfg.sim.loss,
         directory: r.cfg.directory,
         isolated_after_bootstrap,
+        shape_stable: Shape::default(),
         reliability_stable: mean(of(&rounds, &stable).map(|x| x.reliability)).unwrap_or(1.0),
         rmr_stable: mean(of(&rounds, &stable).map(|x| x.rmr)).unwrap_or(0.0),
         ldh_max_stable: of(&rounds, &stable).map(|x| x.ldh).max().unwrap_or(0),
