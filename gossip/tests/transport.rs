@@ -792,3 +792,25 @@ async fn connections_over_the_inbound_limit_are_closed_at_once() {
     assert_eq!(from.generation, 77);
     assert_eq!(&f[..], b"admitted");
 }
+
+#[tokio::test]
+async fn unspecified_bind_needs_an_advertised_address() {
+    let err = TcpTransport::bind("0.0.0.0:0".parse().unwrap(), cfg(), 1)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("advertise_addr"), "{err}");
+    let mut a = TcpTransport::bind(
+        "0.0.0.0:0".parse().unwrap(),
+        TcpConfig {
+            advertise_addr: Some("127.0.0.1:0".parse().unwrap()),
+            ..cfg()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.local_addr().ip().to_string(), "127.0.0.1");
+    assert_ne!(a.local_addr().port(), 0);
+    let mut b = bind(cfg(), 2).await;
+    still_works(&mut b, &mut a, b"via the advertised address").await;
+}

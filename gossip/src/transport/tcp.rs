@@ -18,6 +18,11 @@
 //! new connection from a peer that already has one replaces it (the peer must have lost the old
 //! one).
 //!
+//! [`TransportEvent::LinkFailed`] is reported when a dial or handshake fails, when the
+//! connection holding a peer's queue breaks, and when the peer closes it; not when a connection
+//! closes for idleness, after [`disconnect`](Transport::disconnect), or when a redundant
+//! connection from a simultaneous dial is retired.
+//!
 //! Connection bookkeeping (which connection holds a peer's queue, failures, backoff) happens in
 //! [`poll_recv`](Transport::poll_recv): the node must keep polling it, as its actor loop does.
 //!
@@ -51,6 +56,11 @@
 //! through one bounded channel ([`TcpConfig::event_queue`]); when the node reads slowly, reading
 //! from sockets pauses and TCP pushes back on senders.
 //!
+//! Identities are claimed, not proven, unless the cluster is encrypted: without a keyring anyone
+//! who can reach the port and knows the label can pose as a member (the label separates
+//! clusters, it is not a secret). With a keyring, only holders of a cluster key can complete a
+//! handshake, and every frame is authenticated.
+//!
 //! Every bad input (malformed or oversized frame, wrong version, label or key, undecryptable
 //! frame, slow writer) closes only that connection, is logged at warn with a typed reason and
 //! counted in `rejected_connections`; the listener keeps serving everyone else.
@@ -83,6 +93,10 @@ use crate::wire::{self, Handshake, Hello, RejectReason};
 pub struct TcpConfig {
     /// Nodes with different labels refuse each other (at most 64 bytes). Default `"default"`.
     pub cluster_label: String,
+    /// The address other nodes reach this node at, when it is not the bound one (binding
+    /// `0.0.0.0`, NAT, containers). Port 0 means "the bound port". Default `None`: the bound
+    /// address, which must then be a specific IP.
+    pub advertise_addr: Option<SocketAddr>,
     /// Seal every frame with this keyring; `None` (the default) sends plaintext. Every node of
     /// a cluster must agree. Keep a clone to rotate keys at runtime.
     pub keyring: Option<Keyring>,
@@ -116,6 +130,7 @@ impl Default for TcpConfig {
     fn default() -> Self {
         Self {
             cluster_label: "default".into(),
+            advertise_addr: None,
             keyring: None,
             max_frame_size: 1 << 20,
             connect_timeout: Duration::from_secs(3),
@@ -398,9 +413,19 @@ impl TcpTransport {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| TcpError::Bind { addr, source })?;
-        let local_addr = listener
+        let bound = listener
             .local_addr()
             .map_err(|source| TcpError::Bind { addr, source })?;
+        let local_addr = match config.advertise_addr {
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => {
+                return Err(TcpError::Config(
+                    "bound to an unspecified IP (0.0.0.0 or ::): set advertise_addr to the address other nodes dial",
+                ));
+            }
+            None => bound,
+        };
         let (tx, rx) = mpsc::channel(config.event_queue);
         let shared = Arc::new(Shared {
             inbound_permits: Arc::new(Semaphore::new(config.max_inbound_connections)),
@@ -426,7 +451,8 @@ impl TcpTransport {
         })
     }
 
-    /// This node's identity: the bound address and the generation given to `bind`.
+    /// This node's identity: the advertised (or bound) address and the generation given to
+    /// `bind`.
     pub fn local_id(&self) -> NodeId {
         self.shared.local
     }
@@ -775,7 +801,9 @@ async fn dial_handshake(
     reply
         .check(&cfg.cluster_label, cfg.keyring.is_some(), shared.local)
         .map_err(ConnError::Handshake)?;
-    if reply.from.generation != peer.generation || reply.from.addr.port() != peer.addr.port() {
+    // The generation identifies a node's life; addresses may legitimately differ (advertised
+    // address, NAT), so only the generation is compared.
+    if reply.from.generation != peer.generation {
         return Err(ConnError::Handshake(RejectReason::NotThisNode {
             expected: peer,
             actual: reply.from,
