@@ -377,12 +377,16 @@ async fn silent_connection_hits_the_handshake_timeout() {
     let mut good = bind(cfg(), 1).await;
     let mut server = bind(cfg(), 2).await;
     let mut silent = TcpStream::connect(server.local_addr()).await.unwrap();
+    // Half a handshake: a length header and two bytes of a 100-byte hello, then nothing.
+    let mut half = TcpStream::connect(server.local_addr()).await.unwrap();
+    half.write_all(&[0, 0, 0, 100, b'G', b'S']).await.unwrap();
     let took = closed_by_server(&mut silent).await;
+    closed_by_server(&mut half).await;
     assert!(
         took >= Duration::from_millis(400) && took < Duration::from_secs(3),
         "closed after {took:?}"
     );
-    wait_stat(&server, "timeout counted", |s| s.handshake_timeouts == 1).await;
+    wait_stat(&server, "timeouts counted", |s| s.handshake_timeouts == 2).await;
     still_works(&mut good, &mut server, b"ok").await;
 }
 
@@ -813,4 +817,25 @@ async fn unspecified_bind_needs_an_advertised_address() {
     assert_ne!(a.local_addr().port(), 0);
     let mut b = bind(cfg(), 2).await;
     still_works(&mut b, &mut a, b"via the advertised address").await;
+}
+
+#[tokio::test]
+async fn close_flushes_queued_frames_before_stopping() {
+    let mut a = bind(cfg(), 1).await;
+    let mut b = bind(cfg(), 2).await;
+    let b_id = b.local_id();
+    still_works(&mut a, &mut b, b"up").await;
+    for i in 0..1000u32 {
+        a.send(b_id, Bytes::copy_from_slice(&i.to_be_bytes()));
+    }
+    let closing = tokio::spawn(a.close(Duration::from_secs(5)));
+    for i in 0..1000u32 {
+        let (_, f) = next_frame(&mut b).await;
+        assert_eq!(u32::from_be_bytes(f[..].try_into().unwrap()), i);
+    }
+    // The peer sees the link go once everything was delivered, and `close` returns promptly.
+    assert!(matches!(next(&mut b).await, TransportEvent::LinkFailed(_)));
+    let start = Instant::now();
+    closing.await.unwrap();
+    assert!(start.elapsed() < Duration::from_secs(2));
 }

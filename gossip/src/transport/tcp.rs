@@ -476,6 +476,32 @@ impl TcpTransport {
         self.shared.local
     }
 
+    /// Flushes every peer's queue, closes every connection gracefully and stops the transport,
+    /// waiting at most `deadline`. Use it after sending a last message (a graceful leave), since
+    /// merely dropping the transport closes connections at once, losing queued frames. Frames
+    /// received meanwhile are discarded.
+    pub async fn close(mut self, deadline: Duration) {
+        let mut open: HashSet<u64> = self.peers.values().map(|p| p.conn).collect();
+        // Dropping the queues' senders makes each writer flush, then shut its side down; the
+        // peer answers by closing, which ends the connection.
+        self.peers.clear();
+        let _ = timeout(deadline, async {
+            while !open.is_empty() {
+                match self.events.recv().await {
+                    Some(Internal::Closed { conn, .. } | Internal::DialFailed { conn, .. }) => {
+                        open.remove(&conn);
+                    }
+                    Some(Internal::Inbound { give, .. }) => {
+                        let _ = give.send(None);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        })
+        .await;
+    }
+
     /// The keyring this transport seals frames with, if any (rotate keys through it).
     pub fn keyring(&self) -> Option<&Keyring> {
         self.shared.cfg.keyring.as_ref()
