@@ -188,6 +188,7 @@ async fn a_restarted_node_is_another_identity() {
     }
     // Not a configuration problem: no Rejected event, and the acceptor saw no bad input.
     assert_eq!(a.stats().rejected_by_peer, 1);
+    assert_eq!(b.stats().rejected_connections, 0);
     // While backing off, sends fail fast.
     a.send(stale, Bytes::from_static(b"again"));
     assert!(matches!(next(&mut a).await, TransportEvent::LinkFailed(p) if p == stale));

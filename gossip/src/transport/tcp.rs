@@ -987,7 +987,11 @@ async fn dial_task(
         Err(e) => {
             let reason = match e {
                 ConnError::Handshake(reason) => {
-                    warn!(%peer, %reason, "handshake with peer failed");
+                    if reason.needs_user_action() {
+                        warn!(%peer, %reason, "peer refused the handshake");
+                    } else {
+                        debug!(%peer, %reason, "handshake failed");
+                    }
                     Some(reason)
                 }
                 e => {
@@ -1043,7 +1047,9 @@ async fn inbound_task(
             return;
         }
         Ok(Err(e)) => {
-            if matches!(e, ConnError::Handshake(_)) {
+            // A dialer that expected this node's previous life is routine, not bad input.
+            let routine = matches!(e, ConnError::Handshake(RejectReason::NotThisNode { .. }));
+            if matches!(e, ConnError::Handshake(_)) && !routine {
                 add(&shared.counters.rejected_connections, 1);
                 warn!(%addr, error = %e, "inbound connection rejected");
             } else {
@@ -1278,7 +1284,7 @@ async fn read_loop(
                 let now = shared.now_ms();
                 if !reader.read_buffer().is_empty() {
                     match partial_since {
-                        Some(t) if now - t >= cfg.read_timeout.as_millis() as u64 => {
+                        Some(t) if now.saturating_sub(t) >= cfg.read_timeout.as_millis() as u64 => {
                             return ReadEnd::Error(ConnError::SlowRead);
                         }
                         Some(_) => {}
