@@ -83,3 +83,23 @@ pub trait Transport: Send + 'static {
     /// Counters.
     fn stats(&self) -> TransportStats;
 }
+
+/// A boxed transport is a transport, so a node can hold `Box<dyn Transport>` and pick the
+/// memory or TCP transport at runtime.
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn local_addr(&self) -> SocketAddr {
+        (**self).local_addr()
+    }
+    fn send(&mut self, to: NodeId, frame: Bytes) {
+        (**self).send(to, frame)
+    }
+    fn disconnect(&mut self, peer: NodeId) {
+        (**self).disconnect(peer)
+    }
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
+        (**self).poll_recv(cx)
+    }
+    fn stats(&self) -> TransportStats {
+        (**self).stats()
+    }
+}
