@@ -341,7 +341,9 @@ impl Hello {
                 "encrypted hello without key proof".into(),
             ));
         }
+        // Generation 0 is a dialer that knows only the address (joining through it).
         if let Some(expected) = self.expected
+            && expected.generation != 0
             && expected.generation != me.generation
         {
             return Err(RejectReason::NotThisNode {

@@ -256,7 +256,11 @@ enum Internal {
         frame: Bytes,
     },
     Connected {
+        /// The id that was dialed (generation 0 when only the address was known).
         peer: NodeId,
+        /// The id the handshake revealed.
+        actual: NodeId,
+        conn: u64,
     },
     DialFailed {
         peer: NodeId,
@@ -540,8 +544,19 @@ impl TcpTransport {
     fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
         match ev {
             Internal::Frame { from, frame } => return Some(TransportEvent::Frame { from, frame }),
-            Internal::Connected { peer } => {
+            Internal::Connected { peer, actual, conn } => {
                 self.backoff.remove(&peer);
+                if peer != actual {
+                    // Dialed by address only: file the connection under the real identity,
+                    // so later sends to it reuse this connection.
+                    if let Some(p) = self.peers.get(&peer)
+                        && p.conn == conn
+                        && !self.peers.contains_key(&actual)
+                    {
+                        let p = self.peers.remove(&peer).expect("checked");
+                        self.peers.insert(actual, p);
+                    }
+                }
             }
             Internal::DialFailed { peer, conn, reason } => {
                 self.set_backoff(peer);
@@ -821,7 +836,7 @@ async fn dial_handshake(
     peer: NodeId,
     r: &mut Reader,
     w: &mut Writer,
-) -> Result<Option<Session>, ConnError> {
+) -> Result<(Option<Session>, NodeId), ConnError> {
     let cfg = &shared.cfg;
     let nonce_d = nonce();
     let hello = Hello {
@@ -848,14 +863,16 @@ async fn dial_handshake(
         .map_err(ConnError::Handshake)?;
     // The generation identifies a node's life; addresses may legitimately differ (advertised
     // address, NAT), so only the generation is compared.
-    if reply.from.generation != peer.generation {
+    // Generation 0 accepts whichever node listens at the address (joining through it).
+    if peer.generation != 0 && reply.from.generation != peer.generation {
         return Err(ConnError::Handshake(RejectReason::NotThisNode {
             expected: peer,
             actual: reply.from,
         }));
     }
+    let actual = reply.from;
     let Some(keyring) = cfg.keyring.clone() else {
-        return Ok(None);
+        return Ok((None, actual));
     };
     verify_proof(
         &keyring,
@@ -866,11 +883,14 @@ async fn dial_handshake(
     let mut id = [0u8; 32];
     id[..16].copy_from_slice(&nonce_d);
     id[16..].copy_from_slice(&reply.nonce);
-    Ok(Some(Session {
-        keyring,
-        id,
-        out_dir: 0,
-    }))
+    Ok((
+        Some(Session {
+            keyring,
+            id,
+            out_dir: 0,
+        }),
+        actual,
+    ))
 }
 
 /// Acceptor side of the handshake: the peer's id and the session.
@@ -973,7 +993,7 @@ async fn dial_task(
         {
             Err(_) => Err(ConnError::HandshakeTimeout),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(session)) => Ok((r, w, session)),
+            Ok(Ok((session, actual))) => Ok((r, w, session, actual)),
         }
     };
     let result = tokio::select! {
@@ -1004,16 +1024,17 @@ async fn dial_task(
                 .send(Internal::DialFailed { peer, conn, reason })
                 .await;
         }
-        Ok((r, w, session)) => {
+        Ok((r, w, session, actual)) => {
             if shared
                 .events
-                .send(Internal::Connected { peer })
+                .send(Internal::Connected { peer, actual, conn })
                 .await
                 .is_ok()
             {
+                // Frames on this connection come from the identity the handshake revealed.
                 run_conn(
                     shared.clone(),
-                    peer,
+                    actual,
                     conn,
                     r,
                     w,
