@@ -840,3 +840,39 @@ async fn close_flushes_queued_frames_before_stopping() {
     closing.await.unwrap();
     assert!(start.elapsed() < Duration::from_secs(2));
 }
+
+#[tokio::test]
+async fn when_our_dial_fails_the_peers_own_connection_carries_our_frames() {
+    // b advertises an address where something accepts but never answers, so a's dial to b hangs
+    // in the handshake; meanwhile b dials a, whose id is smaller, so a first keeps b's
+    // connection as a read-only spare (a's own dial should win), then promotes it when its dial
+    // times out.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let hole_addr = black_hole.local_addr().unwrap();
+    let _holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = black_hole.accept().await {
+            held.push(s);
+        }
+    });
+    let mut a = bind(cfg(), 1).await;
+    let mut b = bind(
+        TcpConfig {
+            advertise_addr: Some(hole_addr),
+            ..cfg()
+        },
+        2,
+    )
+    .await;
+    assert!(a.local_id() < b.local_id());
+    a.send(b.local_id(), Bytes::from_static(b"lost with the dial"));
+    b.send(a.local_id(), Bytes::from_static(b"from b"));
+    let (from, f) = next_frame(&mut a).await;
+    assert_eq!((from, &f[..]), (b.local_id(), &b"from b"[..]));
+    // a's dial times out (500 ms): its queued frame is reported lost...
+    assert!(matches!(next(&mut a).await, TransportEvent::LinkFailed(p) if p == b.local_id()));
+    // ...but b's connection now carries a's frames.
+    a.send(b.local_id(), Bytes::from_static(b"via b's connection"));
+    let (from, f) = next_frame(&mut b).await;
+    assert_eq!((from, &f[..]), (a.local_id(), &b"via b's connection"[..]));
+}

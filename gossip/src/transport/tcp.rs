@@ -257,6 +257,7 @@ enum Internal {
     },
     Connected {
         peer: NodeId,
+        conn: u64,
     },
     DialFailed {
         peer: NodeId,
@@ -386,6 +387,15 @@ struct Peer {
     dialed: bool,
     /// Asks `conn` to hand its queue to another connection.
     stop: Option<oneshot::Sender<Handover>>,
+    /// The peer's own connection, read-only because our dial won the tie-break; kept until our
+    /// dial is up, to take over if it fails.
+    spare: Option<Spare>,
+}
+
+struct Spare {
+    conn: u64,
+    give: Handover,
+    stop: oneshot::Sender<Handover>,
 }
 
 struct Backoff {
@@ -533,6 +543,7 @@ impl TcpTransport {
                 conn,
                 dialed: true,
                 stop: Some(stop_tx),
+                spare: None,
             },
         );
     }
@@ -540,8 +551,14 @@ impl TcpTransport {
     fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
         match ev {
             Internal::Frame { from, frame } => return Some(TransportEvent::Frame { from, frame }),
-            Internal::Connected { peer } => {
+            Internal::Connected { peer, conn } => {
                 self.backoff.remove(&peer);
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.conn == conn
+                    && let Some(spare) = p.spare.take()
+                {
+                    let _ = spare.give.send(None);
+                }
             }
             Internal::DialFailed { peer, conn, reason } => {
                 self.set_backoff(peer);
@@ -552,7 +569,9 @@ impl TcpTransport {
                     });
                 }
                 if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    self.peers.remove(&peer);
+                    // Frames queued for the dial are lost either way; the peer's own
+                    // connection, if it opened one, carries what comes next.
+                    self.promote_spare(peer);
                     self.push(TransportEvent::LinkFailed(peer));
                 }
             }
@@ -564,8 +583,11 @@ impl TcpTransport {
             } => self.on_inbound(peer, conn, give, stop),
             Internal::Closed { peer, conn, failed } => {
                 // Connections that no longer hold the queue (replaced, read-only) end quietly.
-                if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    self.peers.remove(&peer);
+                let p = self.peers.get_mut(&peer)?;
+                if p.spare.as_ref().is_some_and(|s| s.conn == conn) {
+                    p.spare = None;
+                } else if p.conn == conn {
+                    self.promote_spare(peer);
                     if failed {
                         self.push(TransportEvent::LinkFailed(peer));
                     }
@@ -588,7 +610,9 @@ impl TcpTransport {
             // Simultaneous dials: the connection dialed by the smaller id wins; ours does, and
             // the new one stays read-only until the peer closes it.
             Some(p) if p.dialed && local < peer => {
-                let _ = give.send(None);
+                if let Some(old) = p.spare.replace(Spare { conn, give, stop }) {
+                    let _ = old.give.send(None);
+                }
             }
             Some(p) => {
                 // The new connection takes over: the current one hands it the queue directly.
@@ -605,6 +629,9 @@ impl TcpTransport {
                 p.conn = conn;
                 p.dialed = false;
                 p.stop = Some(stop);
+                if let Some(old) = p.spare.take() {
+                    let _ = old.give.send(None);
+                }
             }
             None => {
                 let (tx, rx) = mpsc::channel(capacity);
@@ -616,9 +643,28 @@ impl TcpTransport {
                             conn,
                             dialed: false,
                             stop: Some(stop),
+                            spare: None,
                         },
                     );
                 }
+            }
+        }
+    }
+
+    /// The connection holding `peer`'s queue is gone: hand a fresh queue to the spare
+    /// connection if there is one, else forget the peer.
+    fn promote_spare(&mut self, peer: NodeId) {
+        let Some(mut p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if let Some(spare) = p.spare.take() {
+            let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
+            if spare.give.send(Some(rx)).is_ok() {
+                p.tx = tx;
+                p.conn = spare.conn;
+                p.dialed = false;
+                p.stop = Some(spare.stop);
+                self.peers.insert(peer, p);
             }
         }
     }
@@ -1007,7 +1053,7 @@ async fn dial_task(
         Ok((r, w, session)) => {
             if shared
                 .events
-                .send(Internal::Connected { peer })
+                .send(Internal::Connected { peer, conn })
                 .await
                 .is_ok()
             {
