@@ -876,3 +876,52 @@ async fn when_our_dial_fails_the_peers_own_connection_carries_our_frames() {
     let (from, f) = next_frame(&mut b).await;
     assert_eq!((from, &f[..]), (a.local_id(), &b"via b's connection"[..]));
 }
+
+#[tokio::test]
+async fn a_key_removed_too_early_closes_the_connection_as_undecryptable() {
+    let (k1, k2) = ([1u8; 32], [2u8; 32]);
+    let ring_b = Keyring::new(k1);
+    let mut a = bind(
+        TcpConfig {
+            keyring: Some(Keyring::new(k1)),
+            ..cfg()
+        },
+        1,
+    )
+    .await;
+    let mut b = bind(
+        TcpConfig {
+            keyring: Some(ring_b.clone()),
+            ..cfg()
+        },
+        2,
+    )
+    .await;
+    still_works(&mut a, &mut b, b"k1").await;
+    // b rotates alone and drops k1 while a still seals with it: a's next record is refused.
+    ring_b.add(k2).unwrap();
+    ring_b.set_primary(k2).unwrap();
+    ring_b.remove(k1).unwrap();
+    a.send(b.local_id(), Bytes::from_static(b"sealed with k1"));
+    wait_stat(&b, "undecryptable record counted", |s| {
+        s.rejected_connections == 1
+    })
+    .await;
+    // a sees the link go; its next dial is refused with a reason naming the key.
+    assert!(matches!(next(&mut a).await, TransportEvent::LinkFailed(p) if p == b.local_id()));
+    a.send(b.local_id(), Bytes::from_static(b"again"));
+    assert!(matches!(
+        next(&mut a).await,
+        TransportEvent::Rejected {
+            reason: RejectReason::WrongKey,
+            ..
+        }
+    ));
+    // b reports its side of the link as failed, and delivered nothing sealed with k1.
+    assert!(matches!(next(&mut b).await, TransportEvent::LinkFailed(p) if p == a.local_id()));
+    assert!(
+        timeout(Duration::from_millis(100), poll_fn(|cx| b.poll_recv(cx)))
+            .await
+            .is_err()
+    );
+}
