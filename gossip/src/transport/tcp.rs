@@ -46,7 +46,8 @@
 //! - read: a frame whose first bytes arrived must be complete within one to two
 //!   [`TcpConfig::read_timeout`] periods (slowloris writers are closed); a connection with no
 //!   traffic in either direction for [`TcpConfig::idle_timeout`] is closed quietly;
-//! - write: a batch of frames must be written within [`TcpConfig::write_timeout`];
+//! - write: a batch of frames (at most 64 frames or about 256 KiB, or one larger frame) must be
+//!   written within [`TcpConfig::write_timeout`];
 //! - at most [`TcpConfig::max_inbound_connections`] accepted connections and
 //!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
 //!   at once.
@@ -405,6 +406,8 @@ struct Backoff {
 
 const MAX_BACKOFF_ENTRIES: usize = 4096;
 const MAX_BATCH: usize = 64;
+/// A batch stops growing past this many bytes, so a write timeout applies to a bounded amount.
+const MAX_BATCH_BYTES: u64 = 256 * 1024;
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1239,7 +1242,8 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
     let _ = timeout(shared.cfg.write_timeout, SinkExt::<Bytes>::close(w)).await;
 }
 
-/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames), then flushes.
+/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
+/// [`MAX_BATCH_BYTES`]), then flushes.
 /// Encrypted, the frames are packed into records of at most `max_frame_size + 4` bytes
 /// (`u32` length and body per frame), each sealed once.
 async fn write_batch(
@@ -1274,7 +1278,8 @@ async fn write_batch(
             }
         }
         n += 1;
-        item = if n < MAX_BATCH {
+        let queued_bytes = bytes + record.len() as u64;
+        item = if n < MAX_BATCH && queued_bytes < MAX_BATCH_BYTES {
             queue.try_recv().ok()
         } else {
             None
