@@ -457,6 +457,11 @@ async fn two_hundred_garbage_connections_do_not_stop_a_good_peer() {
         "{s:?}"
     );
     still_works(&mut server, &mut good, b"reverse").await;
+    // Nothing of the attack stays open: only the good peer's connection.
+    wait_stat(&server, "attack connections gone", |s| {
+        s.open_connections == 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -557,9 +562,12 @@ async fn simultaneous_dials_settle_and_lose_nothing() {
         let want: Vec<u32> = (0..200).collect();
         assert_eq!(got_a, want);
         assert_eq!(got_b, want);
-        // Later frames flow both ways on whichever connection won.
+        // Later frames flow both ways on whichever connection won...
         still_works(&mut a, &mut b, b"later").await;
         still_works(&mut b, &mut a, b"later").await;
+        // ...and the redundant connection, if both dials got through, is retired.
+        wait_stat(&a, "one connection left", |s| s.open_connections == 1).await;
+        wait_stat(&b, "one connection left", |s| s.open_connections == 1).await;
     }
 }
 

@@ -238,6 +238,7 @@ struct Counters {
     dropped_oversized: AtomicU64,
     dropped_unreachable: AtomicU64,
     rejected_by_peer: AtomicU64,
+    open_connections: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -797,6 +798,7 @@ impl Transport for TcpTransport {
             dropped_oversized: g(&c.dropped_oversized),
             dropped_unreachable: g(&c.dropped_unreachable),
             rejected_by_peer: g(&c.rejected_by_peer),
+            open_connections: g(&c.open_connections),
         }
     }
 }
@@ -1162,6 +1164,14 @@ async fn run_conn(
     source: QueueSource,
     mut stop: Option<oneshot::Receiver<Handover>>,
 ) {
+    struct Open<'a>(&'a AtomicU64);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    add(&shared.counters.open_connections, 1);
+    let _open = Open(&shared.counters.open_connections);
     reader.decoder_mut().set_max_frame_length(shared.wire_max());
     let last_write = Arc::new(AtomicU64::new(shared.now_ms()));
     let mut read_task = AbortOnDrop(tokio::spawn(read_loop(
