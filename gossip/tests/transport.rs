@@ -795,9 +795,10 @@ async fn connections_over_the_inbound_limit_are_closed_at_once() {
     let _c1 = raw_client(&server).await;
     let _c2 = raw_client(&server).await;
     let mut c3 = TcpStream::connect(server.local_addr()).await.unwrap();
-    let took = closed_by_server(&mut c3).await;
-    assert!(took < Duration::from_millis(400), "{took:?}");
+    closed_by_server(&mut c3).await;
+    // Refused at accept (counted as a rejection), not left to the handshake timeout.
     wait_stat(&server, "refusal counted", |s| s.rejected_connections == 1).await;
+    assert_eq!(server.stats().handshake_timeouts, 0);
     // Frames on the admitted connections still flow.
     let mut c1 = _c1;
     c1.write_all(&raw_frame(b"admitted")).await.unwrap();
