@@ -67,6 +67,8 @@ pub struct TransportStats {
     /// Handshakes the peer refused (reported as [`TransportEvent::Rejected`] when the user must
     /// act).
     pub rejected_by_peer: u64,
+    /// Connections open now, past their handshake (a gauge, not a counter; 0 for memory).
+    pub open_connections: u64,
 }
 
 /// One duty each: `send` never blocks, `poll_recv` yields every event exactly once.

@@ -46,7 +46,8 @@
 //! - read: a frame whose first bytes arrived must be complete within one to two
 //!   [`TcpConfig::read_timeout`] periods (slowloris writers are closed); a connection with no
 //!   traffic in either direction for [`TcpConfig::idle_timeout`] is closed quietly;
-//! - write: a batch of frames must be written within [`TcpConfig::write_timeout`];
+//! - write: a batch of frames (at most 64 frames or about 256 KiB, or one larger frame) must be
+//!   written within [`TcpConfig::write_timeout`];
 //! - at most [`TcpConfig::max_inbound_connections`] accepted connections and
 //!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
 //!   at once.
@@ -237,6 +238,7 @@ struct Counters {
     dropped_oversized: AtomicU64,
     dropped_unreachable: AtomicU64,
     rejected_by_peer: AtomicU64,
+    open_connections: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -390,6 +392,15 @@ struct Peer {
     dialed: bool,
     /// Asks `conn` to hand its queue to another connection.
     stop: Option<oneshot::Sender<Handover>>,
+    /// The peer's own connection, read-only because our dial won the tie-break; kept until our
+    /// dial is up, to take over if it fails.
+    spare: Option<Spare>,
+}
+
+struct Spare {
+    conn: u64,
+    give: Handover,
+    stop: oneshot::Sender<Handover>,
 }
 
 struct Backoff {
@@ -399,6 +410,8 @@ struct Backoff {
 
 const MAX_BACKOFF_ENTRIES: usize = 4096;
 const MAX_BATCH: usize = 64;
+/// A batch stops growing past this many bytes, so a write timeout applies to a bounded amount.
+const MAX_BATCH_BYTES: u64 = 256 * 1024;
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -537,6 +550,7 @@ impl TcpTransport {
                 conn,
                 dialed: true,
                 stop: Some(stop_tx),
+                spare: None,
             },
         );
     }
@@ -546,16 +560,20 @@ impl TcpTransport {
             Internal::Frame { from, frame } => return Some(TransportEvent::Frame { from, frame }),
             Internal::Connected { peer, actual, conn } => {
                 self.backoff.remove(&peer);
-                if peer != actual {
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.conn == conn
+                    && let Some(spare) = p.spare.take()
+                {
+                    let _ = spare.give.send(None);
+                }
+                if peer != actual
+                    && self.peers.get(&peer).is_some_and(|p| p.conn == conn)
+                    && !self.peers.contains_key(&actual)
+                {
                     // Dialed by address only: file the connection under the real identity,
                     // so later sends to it reuse this connection.
-                    if let Some(p) = self.peers.get(&peer)
-                        && p.conn == conn
-                        && !self.peers.contains_key(&actual)
-                    {
-                        let p = self.peers.remove(&peer).expect("checked");
-                        self.peers.insert(actual, p);
-                    }
+                    let p = self.peers.remove(&peer).expect("checked");
+                    self.peers.insert(actual, p);
                 }
             }
             Internal::DialFailed { peer, conn, reason } => {
@@ -567,7 +585,9 @@ impl TcpTransport {
                     });
                 }
                 if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    self.peers.remove(&peer);
+                    // Frames queued for the dial are lost either way; the peer's own
+                    // connection, if it opened one, carries what comes next.
+                    self.promote_spare(peer);
                     self.push(TransportEvent::LinkFailed(peer));
                 }
             }
@@ -579,8 +599,11 @@ impl TcpTransport {
             } => self.on_inbound(peer, conn, give, stop),
             Internal::Closed { peer, conn, failed } => {
                 // Connections that no longer hold the queue (replaced, read-only) end quietly.
-                if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    self.peers.remove(&peer);
+                let p = self.peers.get_mut(&peer)?;
+                if p.spare.as_ref().is_some_and(|s| s.conn == conn) {
+                    p.spare = None;
+                } else if p.conn == conn {
+                    self.promote_spare(peer);
                     if failed {
                         self.push(TransportEvent::LinkFailed(peer));
                     }
@@ -603,7 +626,9 @@ impl TcpTransport {
             // Simultaneous dials: the connection dialed by the smaller id wins; ours does, and
             // the new one stays read-only until the peer closes it.
             Some(p) if p.dialed && local < peer => {
-                let _ = give.send(None);
+                if let Some(old) = p.spare.replace(Spare { conn, give, stop }) {
+                    let _ = old.give.send(None);
+                }
             }
             Some(p) => {
                 // The new connection takes over: the current one hands it the queue directly.
@@ -620,6 +645,9 @@ impl TcpTransport {
                 p.conn = conn;
                 p.dialed = false;
                 p.stop = Some(stop);
+                if let Some(old) = p.spare.take() {
+                    let _ = old.give.send(None);
+                }
             }
             None => {
                 let (tx, rx) = mpsc::channel(capacity);
@@ -631,9 +659,28 @@ impl TcpTransport {
                             conn,
                             dialed: false,
                             stop: Some(stop),
+                            spare: None,
                         },
                     );
                 }
+            }
+        }
+    }
+
+    /// The connection holding `peer`'s queue is gone: hand a fresh queue to the spare
+    /// connection if there is one, else forget the peer.
+    fn promote_spare(&mut self, peer: NodeId) {
+        let Some(mut p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if let Some(spare) = p.spare.take() {
+            let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
+            if spare.give.send(Some(rx)).is_ok() {
+                p.tx = tx;
+                p.conn = spare.conn;
+                p.dialed = false;
+                p.stop = Some(spare.stop);
+                self.peers.insert(peer, p);
             }
         }
     }
@@ -763,6 +810,7 @@ impl Transport for TcpTransport {
             dropped_oversized: g(&c.dropped_oversized),
             dropped_unreachable: g(&c.dropped_unreachable),
             rejected_by_peer: g(&c.rejected_by_peer),
+            open_connections: g(&c.open_connections),
         }
     }
 }
@@ -1134,6 +1182,14 @@ async fn run_conn(
     source: QueueSource,
     mut stop: Option<oneshot::Receiver<Handover>>,
 ) {
+    struct Open<'a>(&'a AtomicU64);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    add(&shared.counters.open_connections, 1);
+    let _open = Open(&shared.counters.open_connections);
     reader.decoder_mut().set_max_frame_length(shared.wire_max());
     let last_write = Arc::new(AtomicU64::new(shared.now_ms()));
     let mut read_task = AbortOnDrop(tokio::spawn(read_loop(
@@ -1214,7 +1270,8 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
     let _ = timeout(shared.cfg.write_timeout, SinkExt::<Bytes>::close(w)).await;
 }
 
-/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames), then flushes.
+/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
+/// [`MAX_BATCH_BYTES`]), then flushes.
 /// Encrypted, the frames are packed into records of at most `max_frame_size + 4` bytes
 /// (`u32` length and body per frame), each sealed once.
 async fn write_batch(
@@ -1249,7 +1306,8 @@ async fn write_batch(
             }
         }
         n += 1;
-        item = if n < MAX_BATCH {
+        let queued_bytes = bytes + record.len() as u64;
+        item = if n < MAX_BATCH && queued_bytes < MAX_BATCH_BYTES {
             queue.try_recv().ok()
         } else {
             None
