@@ -278,7 +278,7 @@ fn graft_answers_with_the_payload_and_makes_the_link_eager() {
 fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     b.recv(3, Message::Prune);
-    // Came over 6 hops from 1; 3 announces it at 2 hops: shorter by 4 >= 3.
+    // Came over 6 hops from 1; 3 announces it at 2 hops: shorter by 4 >= 2.
     b.recv(1, gossip(9, 1, 6));
     let out = b.recv(
         3,
@@ -298,7 +298,7 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
     assert_eq!(b.state.lazy_peers(), &[1]);
     assert_eq!(b.state.stats().optimizations, 1);
     // Shorter by less than the threshold: nothing.
-    b.recv(3, gossip(9, 2, 4));
+    b.recv(3, gossip(9, 2, 3));
     assert!(
         b.recv(
             1,
@@ -309,6 +309,54 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
         )
         .is_empty()
     );
+}
+
+#[test]
+fn an_ihave_that_overtook_the_payload_still_reshapes_the_tree() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    b.recv(3, Message::Prune);
+    // 3 announces at 2 hops before the eager copy arrives from 1 at 7 hops.
+    b.recv(
+        3,
+        Message::IHave(vec![IHave {
+            id: id(9, 1),
+            hops: 2,
+        }]),
+    );
+    let out = b.recv(1, gossip(9, 1, 7));
+    assert_eq!(deliveries(&out), vec![id(9, 1)]);
+    assert!(out.contains(&OutEvent::SendMessage(3, Message::Graft(None))));
+    assert!(out.contains(&OutEvent::SendMessage(1, Message::Prune)));
+    assert_eq!(b.state.eager_peers(), &[3]);
+    // And the stale graft timer does nothing.
+    assert!(b.timer(Timer::SendGraft(id(9, 1))).is_empty());
+}
+
+#[test]
+fn a_shorter_duplicate_keeps_its_link_and_prunes_the_longer_one() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4]);
+    b.recv(1, gossip(9, 1, 8));
+    // The copy from 3 is 5 hops shorter: prune 1, keep 3.
+    let out = b.recv(3, gossip(9, 1, 3));
+    assert_eq!(out, vec![OutEvent::SendMessage(1, Message::Prune)]);
+    assert_eq!(b.state.lazy_peers(), &[1]);
+    assert!(b.state.eager_peers().contains(&3));
+    // 3 prunes us for the copy we forwarded before we knew: answered with a GRAFT, link kept.
+    assert_eq!(
+        b.recv(3, Message::Prune),
+        vec![OutEvent::SendMessage(3, Message::Graft(None))]
+    );
+    assert!(b.state.eager_peers().contains(&3));
+    // A later PRUNE from 3 is honoured.
+    assert!(b.recv(3, Message::Prune).is_empty());
+    assert!(b.state.lazy_peers().contains(&3));
+    // A longer duplicate prunes its sender as usual; one from the link it came by does not.
+    assert_eq!(
+        b.recv(4, gossip(9, 1, 9)),
+        vec![OutEvent::SendMessage(4, Message::Prune)]
+    );
+    b.recv(1, gossip(9, 2, 2));
+    assert!(b.recv(1, gossip(9, 2, 2)).is_empty());
 }
 
 #[test]
@@ -1040,8 +1088,20 @@ fn measure() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(35);
     let start = std::time::Instant::now();
-    let links = random_links(n, 5, 1);
-    let mut net = Net::new(n, &links, Config::default(), 1);
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut config = Config::default();
+    if let Some(v) = env("PLUMTREE_T1") {
+        config.graft_timeout_1 = Duration::from_millis(v);
+    }
+    if let Some(v) = env("PLUMTREE_T2") {
+        config.graft_timeout_2 = Duration::from_millis(v);
+    }
+    if let Some(v) = env("PLUMTREE_OPT") {
+        config.optimization_threshold = v as u16;
+    }
+    let seed = env("PLUMTREE_SEED").unwrap_or(1);
+    let links = random_links(n, 5, seed);
+    let mut net = Net::new(n, &links, config, seed);
     let mut rows = Vec::new();
     for i in 0..b + 2 {
         let id = net.broadcast(0);
@@ -1056,7 +1116,11 @@ fn measure() {
     let opt: u64 = net.nodes.iter().map(|s| s.stats().optimizations).sum();
     let grafts: u64 = net.nodes.iter().map(|s| s.stats().graft_sent).sum();
     println!("warm-up: {:?}", &rows[..2]);
-    println!("last: {:?}", rows.last());
+    if env("PLUMTREE_ROWS").is_some() {
+        for r in &rows {
+            println!("{r:?}");
+        }
+    }
     println!(
         "n={n} b={b} reliability_min={rel} rmr_mean={rmr:.4} ldh_max={ldh} optimizations={opt} grafts={grafts} control={} wall={:.2}s",
         net.control_sends,
