@@ -103,7 +103,7 @@ pub struct Config {
     /// How many holes (missing sequence numbers) are tracked per origin (default 128); a hole
     /// pushed out of this window is given up.
     pub max_holes_per_origin: usize,
-    /// How often the cache and the record are swept for expired entries (default 1 s).
+    /// How often the cache and the record are swept for expired entries (default 5 s).
     pub evict_interval: Duration,
     /// Cap on ids in one IHAVE, applied when sending and on receipt (default 512).
     pub max_ihave_ids: usize,
@@ -143,7 +143,7 @@ impl Default for Config {
             max_origins: 65536,
             record_retention: Duration::from_secs(300),
             max_holes_per_origin: 128,
-            evict_interval: Duration::from_secs(1),
+            evict_interval: Duration::from_secs(5),
             max_ihave_ids: 512,
             max_missing: 8192,
             max_announcers: 4,
@@ -942,34 +942,69 @@ impl<P: PeerId> State<P> {
             }),
             None => Bound::Unbounded,
         };
+        // Walk the cache one origin at a time, seeking straight to what the digest lacks: the
+        // holes, then everything above its high mark (everything, for an origin it does not
+        // list). Cost: a few lookups per cached origin, not one per cached message.
+        let cap = self.config.max_catchup_reply;
+        let min_age = self.config.catchup_min_age;
+        let cache = &self.cache;
+        let stats = &mut self.stats;
         let mut sent = 0;
-        let mut entries = d.entries.iter().peekable();
-        for (id, c) in self.cache.range((lower, upper)) {
-            if sent >= self.config.max_catchup_reply {
-                break;
+        // Offers one message; false once the reply is full.
+        let mut offer = |id: MessageId<P>, c: &Cached<P>| {
+            if sent >= cap {
+                return false;
             }
-            if id.origin == from
-                || now.saturating_duration_since(c.at) < self.config.catchup_min_age
-            {
+            if now.saturating_duration_since(c.at) < min_age {
+                return true;
+            }
+            sent += 1;
+            stats.catchup_sent += 1;
+            let g = Gossip {
+                id,
+                kind: c.kind,
+                payload: c.payload.clone(),
+                hops: c.hops.saturating_add(1),
+            };
+            out.push_back(OutEvent::SendMessage(from, Message::CatchUp(g)));
+            true
+        };
+        let mut entries = d.entries.iter().peekable();
+        let mut cursor = lower;
+        'origins: while let Some((&first, _)) = cache.range((cursor, upper)).next() {
+            let origin = first.origin;
+            cursor = Bound::Excluded(MessageId {
+                origin,
+                seq: u64::MAX,
+            });
+            if origin == from {
                 continue;
             }
-            while entries.next_if(|e| e.origin < id.origin).is_some() {}
-            let lacks = match entries.peek() {
-                Some(e) if e.origin == id.origin => {
-                    id.seq > e.high || e.holes.binary_search(&id.seq).is_ok()
+            while entries.next_if(|e| e.origin < origin).is_some() {}
+            let above = match entries.peek() {
+                Some(e) if e.origin == origin => {
+                    for &seq in &e.holes {
+                        if let Some(c) = cache.get(&MessageId { origin, seq })
+                            && !offer(MessageId { origin, seq }, c)
+                        {
+                            break 'origins;
+                        }
+                    }
+                    match e.high.checked_add(1) {
+                        Some(next) => next,
+                        None => continue,
+                    }
                 }
-                _ => true,
+                _ => 0,
             };
-            if lacks {
-                sent += 1;
-                self.stats.catchup_sent += 1;
-                let g = Gossip {
-                    id: *id,
-                    kind: c.kind,
-                    payload: c.payload.clone(),
-                    hops: c.hops.saturating_add(1),
-                };
-                out.push_back(OutEvent::SendMessage(from, Message::CatchUp(g)));
+            let range = MessageId { origin, seq: above }..=MessageId {
+                origin,
+                seq: u64::MAX,
+            };
+            for (&id, c) in cache.range(range) {
+                if !offer(id, c) {
+                    break 'origins;
+                }
             }
         }
     }
