@@ -1074,6 +1074,39 @@ fn reachable(n: usize, links: &[(u32, u32)], alive: &[bool], from: usize) -> Vec
 }
 
 #[test]
+fn after_a_partition_heals_each_side_gets_the_other_sides_broadcasts() {
+    // Two groups of 20, each a ring with chords; broadcasts on both sides while apart.
+    let half = 20;
+    let mut links = random_links(half, 4, 21);
+    links.extend(
+        random_links(half, 4, 22)
+            .into_iter()
+            .map(|(a, b)| (a + half as u32, b + half as u32)),
+    );
+    let mut net = Net::new(2 * half, &links, Config::default(), 21);
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(net.broadcast(if i % 2 == 0 { 1 } else { 25 }));
+        net.run_until(net.now_us + 1_000_000);
+    }
+    assert!(!net.delivered[30].contains_key(&ids[0]) && !net.delivered[3].contains_key(&ids[1]));
+    // Heal with a single new link: one digest exchange, then IHAVE and GRAFT spread the
+    // missed messages through each side.
+    net.input(5, InEvent::NeighborUp(33));
+    net.input(33, InEvent::NeighborUp(5));
+    net.run_until(net.now_us + 10_000_000);
+    for node in 0..2 * half as u32 {
+        for id in &ids {
+            assert!(
+                id.origin == node || net.delivered[node as usize].contains_key(id),
+                "node {node} lacks {id:?}"
+            );
+        }
+    }
+    assert_eq!(net.duplicate_deliveries, 0);
+}
+
+#[test]
 fn a_late_joiner_catches_up_on_recent_broadcasts() {
     let n = 20;
     let links = random_links(n, 4, 3);
@@ -1294,6 +1327,7 @@ proptest! {
             timers: &mut Vec<(u32, Timer<u32>)>,
             delivered: &mut [BTreeSet<Id>],
             sent: &BTreeSet<Id>,
+            fifo: bool,
         ) -> Result<(), TestCaseError> {
             while let Some(ev) = out.pop_front() {
                 match ev {
@@ -1303,6 +1337,13 @@ proptest! {
                         prop_assert!(sent.contains(&d.id), "delivered a message never sent: {:?}", d.id);
                         prop_assert!(d.id.origin != node, "self delivery");
                         prop_assert!(delivered[node as usize].insert(d.id), "delivered twice: {:?}", d.id);
+                        if fifo {
+                            // Per origin, in increasing sequence order.
+                            let later = delivered[node as usize]
+                                .range(d.id..=id(d.id.origin, u64::MAX))
+                                .nth(1);
+                            prop_assert!(later.is_none(), "out of order: {:?} after {:?}", d.id, later);
+                        }
                     }
                 }
             }
@@ -1311,13 +1352,13 @@ proptest! {
 
         for i in 0..N as u32 {
             nodes[i as usize].start(now, &mut rngs[i as usize], &mut out);
-            drain(i, &mut out, &mut inflight, &mut timers, &mut delivered, &sent)?;
+            drain(i, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
         }
         for (a, b) in [(0u32, 1u32), (1, 2), (2, 3), (3, 4), (4, 0), (0, 2)] {
             links.insert((a, b));
             for (x, y) in [(a, b), (b, a)] {
                 nodes[x as usize].handle(InEvent::NeighborUp(y), now, &mut rngs[x as usize], &mut out);
-                drain(x, &mut out, &mut inflight, &mut timers, &mut delivered, &sent)?;
+                drain(x, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
             }
         }
         for op in ops {
@@ -1326,7 +1367,7 @@ proptest! {
                     let n = n as usize % N;
                     let id = nodes[n].broadcast(Bytes::from_static(b"p"), PayloadKind::User, now, &mut rngs[n], &mut out);
                     sent.insert(id);
-                    drain(n as u32, &mut out, &mut inflight, &mut timers, &mut delivered, &sent)?;
+                    drain(n as u32, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
                 }
                 Op::Deliver(i) | Op::Duplicate(i) if !inflight.is_empty() => {
                     let i = i as usize % inflight.len();
@@ -1336,7 +1377,7 @@ proptest! {
                         inflight.swap_remove(i)
                     };
                     nodes[to as usize].handle(InEvent::RecvMessage(from, m), now, &mut rngs[to as usize], &mut out);
-                    drain(to, &mut out, &mut inflight, &mut timers, &mut delivered, &sent)?;
+                    drain(to, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
                 }
                 Op::Drop(i) if !inflight.is_empty() => {
                     let i = i as usize % inflight.len();
@@ -1345,7 +1386,7 @@ proptest! {
                 Op::FireTimer(i) if !timers.is_empty() => {
                     let (node, t) = timers.swap_remove(i as usize % timers.len());
                     nodes[node as usize].handle(InEvent::TimerExpired(t), now, &mut rngs[node as usize], &mut out);
-                    drain(node, &mut out, &mut inflight, &mut timers, &mut delivered, &sent)?;
+                    drain(node, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
                 }
                 Op::Down(a, b) | Op::Up(a, b) => {
                     let (a, b) = (a as u32 % N as u32, b as u32 % N as u32);
@@ -1354,7 +1395,7 @@ proptest! {
                         for (x, y) in [(a, b), (b, a)] {
                             let ev = if up { InEvent::NeighborUp(y) } else { InEvent::NeighborDown(y) };
                             nodes[x as usize].handle(ev, now, &mut rngs[x as usize], &mut out);
-                            drain(x, &mut out, &mut inflight, &mut timers, &mut delivered, &sent)?;
+                            drain(x, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
                         }
                     }
                 }
@@ -1375,7 +1416,7 @@ proptest! {
                         _ => Message::Graft(None),
                     };
                     nodes[to as usize].handle(InEvent::RecvMessage(from, m), now, &mut rngs[to as usize], &mut out);
-                    drain(to, &mut out, &mut inflight, &mut timers, &mut delivered, &sent)?;
+                    drain(to, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
                 }
                 _ => {}
             }
