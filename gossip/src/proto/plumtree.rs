@@ -103,6 +103,9 @@ pub struct Config {
     /// How many holes (missing sequence numbers) are tracked per origin (default 128); a hole
     /// pushed out of this window is given up.
     pub max_holes_per_origin: usize,
+    /// How many holes are tracked over all origins (default 65536, about 1.5 MiB), so forged
+    /// sequence numbers cannot make the record large.
+    pub max_holes_total: usize,
     /// How often the cache and the record are swept for expired entries (default 5 s).
     pub evict_interval: Duration,
     /// Cap on ids in one IHAVE, applied when sending and on receipt (default 512).
@@ -143,6 +146,7 @@ impl Default for Config {
             max_origins: 65536,
             record_retention: Duration::from_secs(300),
             max_holes_per_origin: 128,
+            max_holes_total: 65536,
             evict_interval: Duration::from_secs(5),
             max_ihave_ids: 512,
             max_missing: 8192,
@@ -412,6 +416,8 @@ pub struct State<P: PeerId> {
     cache: BTreeMap<MessageId<P>, Cached<P>>,
     cache_order: VecDeque<(Instant, MessageId<P>)>,
     records: BTreeMap<P, OriginRecord>,
+    /// Holes over all records.
+    total_holes: usize,
     /// Roughly in order of last activity; at most one entry per origin.
     record_order: VecDeque<(Instant, P)>,
     missing: BTreeMap<MessageId<P>, Missing<P>>,
@@ -440,6 +446,7 @@ impl<P: PeerId> State<P> {
             cache: BTreeMap::new(),
             cache_order: VecDeque::new(),
             records: BTreeMap::new(),
+            total_holes: 0,
             record_order: VecDeque::new(),
             missing: BTreeMap::new(),
             digest_cursor: None,
@@ -586,6 +593,11 @@ impl<P: PeerId> State<P> {
     /// Origins in the received-id record.
     pub fn received_len(&self) -> usize {
         self.records.len()
+    }
+
+    /// Holes (missing sequence numbers) tracked over all origins.
+    pub fn holes_len(&self) -> usize {
+        self.total_holes
     }
 
     /// Messages announced to this node that it is waiting for.
@@ -1235,34 +1247,41 @@ impl<P: PeerId> State<P> {
             };
         }
         let window = self.config.max_holes_per_origin as u64;
+        let budget = self.config.max_holes_total.saturating_sub(self.total_holes) as u64;
         let Some(r) = self.records.get_mut(&id.origin) else {
             while self.records.len() >= self.config.max_origins.max(1) {
                 let Some((_, old)) = self.record_order.pop_front() else {
                     break;
                 };
-                self.records.remove(&old);
+                if let Some(r) = self.records.remove(&old) {
+                    self.total_holes -= r.holes.len();
+                }
             }
             // First contact: the last `window` numbers below are holes catch-up may fill.
-            let low = id.seq.saturating_sub(window).max(1);
-            let holes = (low..id.seq).map(|s| (s, now)).collect();
-            self.records.insert(
-                id.origin,
-                OriginRecord {
-                    high: id.seq,
-                    holes,
-                    last: now,
-                    delivered: low - 1,
-                },
-            );
+            let low = id.seq.saturating_sub(window.min(budget)).max(1);
+            let holes: Vec<_> = (low..id.seq).map(|s| (s, now)).collect();
+            self.total_holes += holes.len();
+            let record = OriginRecord {
+                high: id.seq,
+                holes,
+                last: now,
+                delivered: low - 1,
+            };
+            self.records.insert(id.origin, record);
             self.record_order.push_back((now, id.origin));
             return Accept::New;
         };
         if id.seq > r.high {
-            let low = r.high.saturating_add(1).max(id.seq.saturating_sub(window));
-            r.holes.extend((low..id.seq).map(|s| (s, now)));
+            // The numbers skipped become holes: the nearest `window`, within the global budget.
+            let skipped = id.seq - r.high - 1;
+            let kept = skipped.min(window).min(budget);
+            self.stats.holes_given_up += skipped - kept;
+            r.holes.extend((id.seq - kept..id.seq).map(|s| (s, now)));
+            self.total_holes += kept as usize;
             if r.holes.len() > window as usize {
                 let excess = r.holes.len() - window as usize;
                 r.holes.drain(..excess);
+                self.total_holes -= excess;
                 self.stats.holes_given_up += excess as u64;
             }
             r.high = id.seq;
@@ -1272,6 +1291,7 @@ impl<P: PeerId> State<P> {
             match r.holes.binary_search_by_key(&id.seq, |(s, _)| *s) {
                 Ok(i) => {
                     r.holes.remove(i);
+                    self.total_holes -= 1;
                     r.last = now;
                     Accept::New
                 }
@@ -1299,6 +1319,7 @@ impl<P: PeerId> State<P> {
                 continue;
             };
             if now.saturating_duration_since(r.last) >= retention {
+                self.total_holes -= r.holes.len();
                 self.records.remove(&origin);
             } else {
                 // Still active: look again once its latest activity is old enough.
@@ -1327,6 +1348,7 @@ impl<P: PeerId> State<P> {
             r.holes
                 .retain(|(_, since)| now.saturating_duration_since(*since) < hole_age);
             self.stats.holes_given_up += (before - r.holes.len()) as u64;
+            self.total_holes -= before - r.holes.len();
             let holes = r
                 .holes
                 .iter()

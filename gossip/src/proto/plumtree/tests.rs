@@ -1291,18 +1291,22 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
     fn random_interleavings_keep_the_invariants(fifo in any::<bool>(), ops in prop::collection::vec(op(), 1..300)) {
         const N: usize = 5;
         let config = Config {
             fifo,
             cache_capacity: 8,
-            max_origins: 4,
+            // 4 honest origins and 8 forged ones: no record is evicted by count here, so a
+            // replayed message must always be recognised.
+            max_origins: 12,
             max_missing: 6,
             max_ihave_ids: 4,
             fifo_max_held: 3,
             max_digest_origins: 2,
+            max_holes_per_origin: 5,
+            max_holes_total: 12,
             catchup_min_age: Duration::ZERO,
             // A message delayed longer than the record retention can be delivered again (see
             // `Config::record_retention`); this harness delays messages for hours.
@@ -1404,7 +1408,7 @@ proptest! {
                     let to = to as u32 % N as u32;
                     let from = (to + 1) % N as u32;
                     let mid = id(origin as u32 % 8, seq % 16);
-                    let m = match kind % 5 {
+                    let m = match kind % 6 {
                         0 => Message::IHave((0..(seq % 40)).map(|s| IHave { id: id(origin as u32 % 8, s), hops: 1 }).collect()),
                         1 => Message::Graft(Some(mid)),
                         2 => Message::Prune,
@@ -1413,7 +1417,16 @@ proptest! {
                             until: None,
                             entries: (0..(seq % 6) as u32).map(|o| DigestEntry { origin: o, high: seq % 7, holes: vec![seq % 3, 1, 0] }).collect(),
                         }),
-                        _ => Message::Graft(None),
+                        4 => Message::Graft(None),
+                        _ => {
+                            // A payload under a forged origin, any sequence number: it is a
+                            // "broadcast" too, and must be delivered at most once.
+                            let fid = id(100 + origin as u32 % 8, seq);
+                            if seq != 0 {
+                                sent.insert(fid);
+                            }
+                            Message::Gossip(Gossip { id: fid, kind: PayloadKind::User, payload: Bytes::new(), hops: 1 })
+                        }
                     };
                     nodes[to as usize].handle(InEvent::RecvMessage(from, m), now, &mut rngs[to as usize], &mut out);
                     drain(to, &mut out, &mut inflight, &mut timers, &mut delivered, &sent, fifo)?;
@@ -1425,6 +1438,7 @@ proptest! {
                 prop_assert!(s.received_len() <= config.max_origins);
                 prop_assert!(s.missing_len() <= config.max_missing);
                 prop_assert!(s.fifo_held_len() <= config.fifo_max_held);
+                prop_assert!(s.holes_len() <= config.max_holes_total);
             }
             // Keep the harness itself bounded.
             if inflight.len() > 400 {
