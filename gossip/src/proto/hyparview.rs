@@ -804,7 +804,20 @@ impl<P: PeerId> State<P> {
             out.push_back(OutEvent::NeighborDown(peer));
             out.push_back(OutEvent::Disconnect(peer));
         }
-        self.pending.clear();
+        // A peer we asked for a link may accept after we are gone: this DISCONNECT follows
+        // the request and undoes that link.
+        for pending in std::mem::take(&mut self.pending) {
+            let peers = active.clone();
+            send(
+                out,
+                pending.peer,
+                Message::Disconnect {
+                    leaving: true,
+                    peers,
+                },
+            );
+            out.push_back(OutEvent::Disconnect(pending.peer));
+        }
         self.passive.clear();
         self.cooldown.clear();
         self.shuffle_sent = None;
@@ -1438,6 +1451,56 @@ mod tests {
             a.handle(InEvent::TimerExpired(Timer::Shuffle), at(50))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn leave_also_undoes_requests_in_flight() {
+        let (mut a, mut b) = (Node::new(1), Node::new(2));
+        link(&mut a, &mut b, at(0));
+        a.handle(InEvent::Reach(7), at(10));
+        let out = a.handle(InEvent::Leave, at(20));
+        let mut s = sends(&out);
+        s.sort_by_key(|(to, _)| *to);
+        assert_eq!(
+            s,
+            vec![
+                (
+                    2,
+                    Message::Disconnect {
+                        leaving: true,
+                        peers: vec![]
+                    }
+                ),
+                (
+                    7,
+                    Message::Disconnect {
+                        leaving: true,
+                        peers: vec![2]
+                    }
+                ),
+            ]
+        );
+        // 7 accepted the request before the goodbye arrived: the goodbye undoes it.
+        let mut n7 = Node::new(7);
+        n7.recv(
+            1,
+            Message::Neighbor {
+                priority: Priority::Low,
+            },
+            at(30),
+        );
+        assert_eq!(n7.active(), vec![1]);
+        n7.recv(
+            1,
+            Message::Disconnect {
+                leaving: true,
+                peers: vec![2],
+            },
+            at(31),
+        );
+        assert!(n7.active().is_empty());
+        assert!(!n7.passive().contains(&1));
+        assert!(a.state.has_left());
     }
 
     #[test]
@@ -2111,6 +2174,7 @@ mod tests {
             Timer(u8),
             Crash(u8),
             BreakLink(u8, u8),
+            Leave(u8),
             Advance(u16),
         }
 
@@ -2122,6 +2186,7 @@ mod tests {
                 4 => any::<u8>().prop_map(Op::Timer),
                 1 => any::<u8>().prop_map(Op::Crash),
                 1 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::BreakLink(a, b)),
+                1 => any::<u8>().prop_map(Op::Leave),
                 2 => (0u16..3000).prop_map(Op::Advance),
             ]
         }
@@ -2242,6 +2307,18 @@ mod tests {
                             for i in 0..N {
                                 self.input(i, InEvent::PeerFailed(c));
                             }
+                        }
+                    }
+                    Op::Leave(c) => {
+                        let c = u32::from(c) % N;
+                        if self.nodes.iter().flatten().count() > 2
+                            && self.nodes[c as usize].is_some()
+                        {
+                            // The node says goodbye, then its process ends: later messages to
+                            // it fail at the transport.
+                            self.input(c, InEvent::Leave);
+                            assert!(self.up[c as usize].is_empty());
+                            self.nodes[c as usize] = None;
                         }
                     }
                     Op::BreakLink(a, b) => {
