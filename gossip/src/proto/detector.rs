@@ -283,10 +283,9 @@ impl<P: PeerId> State<P> {
     fn arm_tick(&mut self, out: &mut VecDeque<OutEvent<P>>) {
         if !self.tick_armed && !self.links.is_empty() {
             self.tick_armed = true;
-            out.push_back(OutEvent::ScheduleTimer(
-                self.config.tick_interval,
-                Timer::Tick,
-            ));
+            // Never zero: a zero interval would spin the driver.
+            let tick = self.config.tick_interval.max(Duration::from_millis(1));
+            out.push_back(OutEvent::ScheduleTimer(tick, Timer::Tick));
         }
     }
 

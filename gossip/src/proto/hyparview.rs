@@ -40,12 +40,25 @@
 //!
 //! # Symmetry
 //!
-//! Links form only through a request and an accepting reply, and end only through `DISCONNECT`
-//! or a failure. A reply that arrives after the requester gave up (the request timed out) is
-//! declined with `DISCONNECT`, so both ends agree. A link-only message (`FORWARDJOIN`,
-//! forwarded `SHUFFLE`) from a peer that is not an active neighbour is answered with
-//! `DISCONNECT`, which removes a half-open link on the other side. The driver must deliver the
-//! messages between two nodes in order (TCP does; the simulator must too).
+//! Links form only through a request and an accepting reply (the replier adds the link when it
+//! accepts, the requester when it reads the acceptance), and end only through `DISCONNECT` or a
+//! failure. The driver must deliver the messages between two nodes in order (TCP does; the
+//! simulator must too); on that basis:
+//!
+//! - an acceptance that arrives after the requester gave up (its request timed out) is declined
+//!   with `DISCONNECT`, so the replier drops the link it just added;
+//! - crossed requests (each asked the other) both succeed and open a single link;
+//! - a link-only message (`FORWARDJOIN`, a forwarded `SHUFFLE`) from a peer that is not an
+//!   active neighbour is answered with `DISCONNECT`, which closes a half-open link on the other
+//!   side, except while our own request to that peer is in flight: the answer would arrive after
+//!   the request and close only the far end of the link the request opens;
+//! - a node that leaves says goodbye to its neighbours and to every peer it has a request out
+//!   to, so a late acceptance is undone too.
+//!
+//! A `DISCONNECT` that drops a neighbour to make room offers the sender's other neighbours as
+//! replacements, and the dropped node does not ask the sender again before
+//! [`Config::repair_interval`]: otherwise isolated nodes that only know one full hub would
+//! evict each other from it forever with high-priority requests.
 //!
 //! # Hostile input
 //!
@@ -100,6 +113,10 @@ pub struct Config {
     pub join_timeout: Duration,
     /// How many join contacts are remembered to retry and rejoin through (default 8).
     pub max_join_contacts: usize,
+    /// Cap on outstanding `NEIGHBOR` requests (default 16). Walks ending here while that many
+    /// are in flight are dropped and counted: a flood of `FORWARDJOIN`s cannot make this node
+    /// open unbounded requests.
+    pub max_pending_requests: usize,
 }
 
 impl Default for Config {
@@ -118,6 +135,7 @@ impl Default for Config {
             repair_interval: Duration::from_secs(1),
             join_timeout: Duration::from_secs(1),
             max_join_contacts: 8,
+            max_pending_requests: 16,
         }
     }
 }
@@ -246,6 +264,8 @@ pub struct Stats {
     pub evictions: u64,
     /// Shuffles started.
     pub shuffles: u64,
+    /// Requests not sent because [`Config::max_pending_requests`] were in flight.
+    pub requests_dropped: u64,
 }
 
 /// An outstanding `NEIGHBOR` or `JOIN` request.
@@ -264,7 +284,7 @@ pub struct State<P: PeerId> {
     active: Vec<P>,
     passive: Vec<P>,
     pending: Vec<Pending<P>>,
-    /// Peers not to ask again before the instant (they rejected us).
+    /// Peers not to ask again before the instant (they rejected us, timed out or dropped us).
     cooldown: Vec<(P, Instant)>,
     /// Join contacts, kept to retry and to rejoin when isolated.
     contacts: Vec<P>,
@@ -301,15 +321,11 @@ impl<P: PeerId> State<P> {
     /// Arm the periodic timers (shuffle, repair). Called once by the composed state.
     pub fn start<R: Rng>(&mut self, _now: Instant, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
         // Random first phases keep nodes started together from shuffling in lockstep.
-        let first_shuffle = self
-            .config
-            .shuffle_interval
-            .mul_f64(rng.random_range(0.5..1.5));
+        let first_shuffle =
+            periodic(self.config.shuffle_interval).mul_f64(rng.random_range(0.5..1.5));
         out.push_back(OutEvent::ScheduleTimer(first_shuffle, Timer::Shuffle));
-        let first_repair = self
-            .config
-            .repair_interval
-            .mul_f64(rng.random_range(0.5..1.5));
+        let first_repair =
+            periodic(self.config.repair_interval).mul_f64(rng.random_range(0.5..1.5));
         out.push_back(OutEvent::ScheduleTimer(first_repair, Timer::Repair));
     }
 
@@ -635,10 +651,7 @@ impl<P: PeerId> State<P> {
     // ---- timers and commands ----
 
     fn on_shuffle_timer<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
-        let next = self
-            .config
-            .shuffle_interval
-            .mul_f64(rng.random_range(0.9..1.1));
+        let next = periodic(self.config.shuffle_interval).mul_f64(rng.random_range(0.9..1.1));
         out.push_back(OutEvent::ScheduleTimer(next, Timer::Shuffle));
         let Some(&target) = self.active.choose(rng) else {
             return;
@@ -679,10 +692,7 @@ impl<P: PeerId> State<P> {
         rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
-        let next = self
-            .config
-            .repair_interval
-            .mul_f64(rng.random_range(0.9..1.1));
+        let next = periodic(self.config.repair_interval).mul_f64(rng.random_range(0.9..1.1));
         out.push_back(OutEvent::ScheduleTimer(next, Timer::Repair));
         self.refill(now, rng, out);
         let backoff_over = self.next_join_at.is_none_or(|t| t <= now);
@@ -925,6 +935,10 @@ impl<P: PeerId> State<P> {
         now: Instant,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
+        if self.pending.iter().filter(|p| !p.join).count() >= self.config.max_pending_requests {
+            self.stats.requests_dropped += 1;
+            return;
+        }
         self.stats.neighbor_requests += 1;
         let timeout = self.config.neighbor_request_timeout;
         self.pending.push(Pending {
@@ -1002,6 +1016,11 @@ impl<P: PeerId> State<P> {
         let me = self.me;
         nodes.retain(|p| *p != me);
     }
+}
+
+/// A periodic timer's interval, never zero (a zero interval would spin the driver).
+fn periodic(interval: Duration) -> Duration {
+    interval.max(Duration::from_millis(1))
 }
 
 fn send<P: PeerId>(out: &mut VecDeque<OutEvent<P>>, to: P, message: Message<P>) {
@@ -1729,6 +1748,21 @@ mod tests {
         // Messages claiming to come from ourselves are dropped.
         assert!(x.recv(100, Message::Join, at(30)).is_empty());
         assert_eq!(x.active(), vec![1]);
+    }
+
+    #[test]
+    fn forward_join_flood_cannot_open_unbounded_requests() {
+        let mut x = Node::new(100);
+        let mut n1 = Node::new(1);
+        link(&mut x, &mut n1, at(0));
+        let mut sent = 0;
+        for peer in 1000..2000 {
+            let out = x.recv(1, Message::ForwardJoin { peer, ttl: 0 }, at(10));
+            sent += sends(&out).len();
+        }
+        assert_eq!(sent, 16);
+        assert_eq!(x.state.pending_requests(), 16);
+        assert_eq!(x.state.stats().requests_dropped, 1000 - 16);
     }
 
     #[test]
