@@ -56,7 +56,8 @@ pub struct Config {
     /// jitter and scheduling pauses. Raising it delays detection by `z * delta` (z ≈ 5.2 at φ 8).
     pub min_std_deviation: Duration,
     /// Extra silence tolerated before suspicion grows (default 100 ms), added to the mean gap:
-    /// covers the heartbeat being sent on the sender's next tick and short pauses.
+    /// covers the heartbeat being sent on the sender's next tick and short pauses. On a WAN,
+    /// raise it to cover the round-trip time and its jitter.
     pub acceptable_pause: Duration,
 }
 
@@ -208,9 +209,15 @@ impl<P: PeerId> State<P> {
         match event {
             InEvent::LinkUp(peer) => {
                 if !self.links.iter().any(|l| l.peer == peer) {
+                    // Due at once: the first heartbeat goes out on the next tick, so the peer,
+                    // whose end of the link may have opened a round trip earlier, hears from
+                    // us soon.
+                    let last_sent = now
+                        .checked_sub(self.config.heartbeat_interval)
+                        .unwrap_or(now);
                     self.links.push(Link {
                         peer,
-                        last_sent: now,
+                        last_sent,
                         last_arrival: now,
                         gaps: VecDeque::new(),
                         sum: 0.0,
@@ -470,6 +477,19 @@ mod tests {
     }
 
     #[test]
+    fn first_heartbeat_goes_out_on_the_next_tick() {
+        let mut h = Harness::new(Config::default());
+        h.now = 5_000;
+        h.input(InEvent::LinkUp(1));
+        h.advance(5_100);
+        assert_eq!(h.heartbeats, vec![(5_100, 1)]);
+        h.advance(5_400);
+        assert_eq!(h.heartbeats.len(), 1, "then one per heartbeat interval");
+        h.advance(5_500);
+        assert_eq!(h.heartbeats, vec![(5_100, 1), (5_500, 1)]);
+    }
+
+    #[test]
     fn busy_link_turning_idle_is_not_suspected() {
         let mut h = Harness::new(Config::default());
         h.input(InEvent::LinkUp(1));
@@ -658,7 +678,7 @@ mod tests {
 
         #[test]
         fn quiet_cluster_has_no_false_suspicions_and_little_idle_traffic() {
-            for latency in [(200, 2_000), (10_000, 100_000)] {
+            for latency in [(200, 2_000), (10_000, 100_000), (100_000, 200_000)] {
                 let mut net = cluster(latency);
                 let downs = net.downs.len();
                 let bytes = net.bytes;
