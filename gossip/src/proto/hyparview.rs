@@ -14,9 +14,10 @@
 //! - the **passive view**, a larger list (default 30) of addresses with no link. It is the
 //!   reserve from which the active view is repaired.
 //!
-//! A new node sends `JOIN` to a contact. The contact adds it to its active view (dropping a
-//! random neighbour with `DISCONNECT` if full) and starts a random walk, `FORWARDJOIN`, through
-//! each of its other neighbours. A walk carries a time to live (the *active random walk length*,
+//! A new node sends `JOIN` to a contact. The contact adds it to its active view if it has room
+//! (the paper also drops a random neighbour when full; see [`Config::contact_evicts`] for why
+//! we do not by default) and starts a random walk, `FORWARDJOIN`, through each of its other
+//! neighbours. A walk carries a time to live (the *active random walk length*,
 //! ARWL, default 6); the node where it ends opens a link to the new node, and the node the walk
 //! passes when the TTL equals the *passive random walk length* (PRWL, default 3) remembers the
 //! new node in its passive view. A new node thus gets links spread over the overlay instead of
@@ -113,6 +114,16 @@ pub struct Config {
     pub join_timeout: Duration,
     /// How many join contacts are remembered to retry and rejoin through (default 8).
     pub max_join_contacts: usize,
+    /// Whether a full contact makes room for a joining node by dropping a random neighbour,
+    /// as in the paper (default false). When many nodes join through the same contacts at
+    /// once, a contact that keeps every joiner only has brand-new neighbours with a single
+    /// link; the `FORWARDJOIN` walks it starts then stop after one hop, and joiners end up
+    /// linked only to each other: at 10,000 nodes joining 1 ms apart through 5 contacts the
+    /// overlay's diameter exceeded 140 hops. A full contact that keeps its links starts every
+    /// walk into the settled overlay, and the joiner is linked where the walks end (diameter 8
+    /// in the same run). The joiner reads a rejection from its contact and waits for the
+    /// walks; without them, it retries after `join_timeout`.
+    pub contact_evicts: bool,
     /// Cap on outstanding `NEIGHBOR` requests (default 16). Walks ending here while that many
     /// are in flight are dropped and counted: a flood of `FORWARDJOIN`s cannot make this node
     /// open unbounded requests.
@@ -135,6 +146,7 @@ impl Default for Config {
             repair_interval: Duration::from_secs(1),
             join_timeout: Duration::from_secs(1),
             max_join_contacts: 8,
+            contact_evicts: false,
             max_pending_requests: 16,
         }
     }
@@ -425,9 +437,15 @@ impl<P: PeerId> State<P> {
             send(out, from, Message::NeighborReply { accepted: true });
             return;
         }
-        self.add_active(from, rng, out);
-        send(out, from, Message::NeighborReply { accepted: true });
         let ttl = self.config.active_random_walk_length;
+        if self.active.len() < self.config.active_view_capacity || self.config.contact_evicts {
+            self.add_active(from, rng, out);
+            send(out, from, Message::NeighborReply { accepted: true });
+        } else {
+            // A full contact keeps its links and lets the walks find the new node's
+            // neighbours: see `Config::contact_evicts`.
+            send(out, from, Message::NeighborReply { accepted: false });
+        }
         for &peer in self.active.iter().filter(|p| **p != from) {
             send(out, peer, Message::ForwardJoin { peer: from, ttl });
         }
@@ -1217,6 +1235,45 @@ mod tests {
             ]
         );
         assert_eq!(c.active(), vec![1, 3, 4]);
+    }
+
+    #[test]
+    fn full_contact_keeps_its_links_and_walks_the_joiner_through_all_of_them() {
+        let mut c = full_node();
+        let out = c.recv(50, Message::Join, at(10));
+        let mut s = sends(&out);
+        s.sort_by_key(|(to, _)| *to);
+        let mut expect: Vec<(u32, Message<u32>)> = (1..=5)
+            .map(|p| (p, Message::ForwardJoin { peer: 50, ttl: 6 }))
+            .collect();
+        expect.push((50, Message::NeighborReply { accepted: false }));
+        assert_eq!(s, expect);
+        assert_eq!(c.active(), vec![1, 2, 3, 4, 5]);
+        // The joiner waits for the walks' ends, which link to it with high priority.
+        let mut n = Node::new(50);
+        n.handle(InEvent::RequestJoin(100), at(0));
+        let out = n.recv(100, Message::NeighborReply { accepted: false }, at(20));
+        assert!(sends(&out).is_empty());
+        let out = n.recv(
+            7,
+            Message::Neighbor {
+                priority: Priority::High,
+            },
+            at(30),
+        );
+        assert!(out.contains(&OutEvent::NeighborUp(7)));
+        // With the paper's behaviour the contact makes room instead.
+        let mut c = full_node();
+        c.state.config.contact_evicts = true;
+        let out = c.recv(50, Message::Join, at(10));
+        assert!(out.contains(&OutEvent::NeighborUp(50)));
+        assert_eq!(
+            sends(&out)
+                .iter()
+                .filter(|(_, m)| matches!(m, Message::ForwardJoin { .. }))
+                .count(),
+            4
+        );
     }
 
     #[test]
@@ -2075,6 +2132,31 @@ mod tests {
             count
         }
 
+        /// Largest and mean hop distance from `sources` to every live node (BFS): the lower
+        /// bound on a broadcast's last delivery hop count.
+        fn distances(&self, sources: &[u32]) -> (usize, f64) {
+            let (mut max, mut sum, mut count) = (0, 0usize, 0usize);
+            for &src in sources {
+                let mut dist = vec![usize::MAX; self.nodes.len()];
+                dist[src as usize] = 0;
+                let mut queue = VecDeque::from([src]);
+                while let Some(x) = queue.pop_front() {
+                    for y in self.active(x) {
+                        if dist[y as usize] == usize::MAX {
+                            dist[y as usize] = dist[x as usize] + 1;
+                            queue.push_back(y);
+                        }
+                    }
+                }
+                for d in dist.into_iter().filter(|d| *d != usize::MAX) {
+                    max = max.max(d);
+                    sum += d;
+                    count += 1;
+                }
+            }
+            (max, sum as f64 / count.max(1) as f64)
+        }
+
         fn degree_histogram(&self) -> Vec<usize> {
             let mut h = vec![0; self.config.active_view_capacity + 1];
             for a in self.live() {
@@ -2150,8 +2232,12 @@ mod tests {
             .and_then(|s| s.parse().ok())
             .unwrap_or(10_000);
         let started = std::time::Instant::now();
-        let mut sim = bootstrap(n, 11, 1);
-        sim.run_until(n as u64 + 30_000);
+        let gap: u64 = std::env::var("HPV_GAP")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        let mut sim = bootstrap(n, 11, gap);
+        sim.run_until(n as u64 * gap + 30_000);
         let boot = started.elapsed();
         println!(
             "n={n} bootstrap: {:?} wall, {} messages, degrees {:?}, components {}",
@@ -2161,6 +2247,8 @@ mod tests {
             sim.components()
         );
         assert_healthy(&sim);
+        let (ecc, mean) = sim.distances(&[0, 1, 2, 3, 4, 5000 % n as u32, 9999 % n as u32]);
+        println!("hops from 7 sources (the contacts among them): max {ecc}, mean {mean:.2}");
         let mut rng = SmallRng::seed_from_u64(5);
         let mut ids: Vec<u32> = (0..n as u32).collect();
         ids.shuffle(&mut rng);
