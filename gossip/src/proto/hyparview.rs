@@ -2530,8 +2530,72 @@ mod tests {
             replay(ops).unwrap();
         }
 
+        fn hostile_message() -> impl Strategy<Value = Message<u32>> {
+            let peer = 0u32..40;
+            let nodes = proptest::collection::vec(0u32..40, 0..200);
+            let priority = prop_oneof![Just(Priority::High), Just(Priority::Low)];
+            prop_oneof![
+                Just(Message::Join),
+                (peer.clone(), any::<u16>())
+                    .prop_map(|(peer, ttl)| Message::ForwardJoin { peer, ttl }),
+                priority.prop_map(|priority| Message::Neighbor { priority }),
+                any::<bool>().prop_map(|accepted| Message::NeighborReply { accepted }),
+                (any::<bool>(), nodes.clone())
+                    .prop_map(|(leaving, peers)| Message::Disconnect { leaving, peers }),
+                (peer, any::<u16>(), nodes.clone())
+                    .prop_map(|(origin, ttl, nodes)| Message::Shuffle { origin, ttl, nodes }),
+                nodes.prop_map(|nodes| Message::ShuffleReply { nodes }),
+            ]
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            /// Any message from any peer (ourselves included), at any time, between timers and
+            /// failures: no panic, and every view and list stays within its bound.
+            #[test]
+            fn hostile_messages_keep_every_bound(
+                inputs in proptest::collection::vec(
+                    (0u32..40, hostile_message(), 0u8..8, 0u16..700),
+                    1..400,
+                ),
+            ) {
+                let me = 0;
+                let config = Config::default();
+                let mut node = Node::with_config(me, config.clone());
+                let mut now = 0u64;
+                for (from, message, extra, dt) in inputs {
+                    now += u64::from(dt);
+                    let event = match extra {
+                        0 => InEvent::TimerExpired(Timer::Shuffle),
+                        1 => InEvent::TimerExpired(Timer::Repair),
+                        2 => InEvent::TimerExpired(Timer::PendingExpired(from)),
+                        3 => InEvent::PeerFailed(from),
+                        4 => InEvent::Reach(from),
+                        5 => InEvent::RequestJoin(from),
+                        _ => InEvent::RecvMessage(from, message),
+                    };
+                    let out = node.handle(event, at(now));
+                    for ev in &out {
+                        if let OutEvent::SendMessage(to, m) = ev {
+                            prop_assert_ne!(*to, me, "sent to ourselves: {:?}", m);
+                        }
+                    }
+                    let s = &node.state;
+                    prop_assert!(s.active.len() <= config.active_view_capacity);
+                    prop_assert!(s.passive.len() <= config.passive_view_capacity);
+                    prop_assert!(
+                        s.pending.len() <= config.max_pending_requests + config.max_join_contacts
+                    );
+                    prop_assert!(s.cooldown.len() <= config.passive_view_capacity);
+                    prop_assert!(s.contacts.len() <= config.max_join_contacts);
+                    prop_assert!(!s.active.contains(&me) && !s.passive.contains(&me));
+                    let mut all: Vec<u32> = s.active.iter().chain(&s.passive).copied().collect();
+                    all.sort();
+                    all.dedup();
+                    prop_assert_eq!(all.len(), s.active.len() + s.passive.len(), "views overlap");
+                }
+            }
 
             #[test]
             fn random_interleavings_keep_views_bounded_and_symmetric_once_quiet(
