@@ -184,6 +184,10 @@ pub enum Message<P: PeerId> {
     NeighborReply {
         /// True: the receiver added the sender to its active view.
         accepted: bool,
+        /// With a rejection: peers whose own requests the replier rejected lately, so they
+        /// likely have room. Nodes below capacity find each other through them instead of
+        /// asking full nodes at random.
+        hints: Vec<P>,
     },
     /// The sender closed its active link to the receiver (or declines one). The receiver
     /// does not ask the sender for a link again before its cooldown is over.
@@ -298,6 +302,8 @@ pub struct State<P: PeerId> {
     pending: Vec<Pending<P>>,
     /// Peers not to ask again before the instant (they rejected us, timed out or dropped us).
     cooldown: Vec<(P, Instant)>,
+    /// Peers whose requests we rejected lately, until the instant: they had room then.
+    seekers: VecDeque<(P, Instant)>,
     /// Join contacts, kept to retry and to rejoin when isolated.
     contacts: Vec<P>,
     next_contact: usize,
@@ -319,6 +325,7 @@ impl<P: PeerId> State<P> {
             passive: Vec::with_capacity(config.passive_view_capacity),
             pending: Vec::new(),
             cooldown: Vec::new(),
+            seekers: VecDeque::new(),
             contacts: Vec::new(),
             next_contact: 0,
             join_attempts: 0,
@@ -363,9 +370,11 @@ impl<P: PeerId> State<P> {
                     Message::ForwardJoin { peer, ttl } => {
                         self.on_forward_join(from, peer, ttl, now, rng, out)
                     }
-                    Message::Neighbor { priority } => self.on_neighbor(from, priority, rng, out),
-                    Message::NeighborReply { accepted } => {
-                        self.on_neighbor_reply(from, accepted, now, rng, out)
+                    Message::Neighbor { priority } => {
+                        self.on_neighbor(from, priority, now, rng, out)
+                    }
+                    Message::NeighborReply { accepted, hints } => {
+                        self.on_neighbor_reply(from, accepted, hints, now, rng, out)
                     }
                     Message::Disconnect { leaving, peers } => {
                         self.on_disconnect(from, leaving, peers, now, rng, out)
@@ -434,17 +443,39 @@ impl<P: PeerId> State<P> {
     ) {
         if self.active.contains(&from) {
             // A retried join whose first answer was slow: answer again, walk only once.
-            send(out, from, Message::NeighborReply { accepted: true });
+            send(
+                out,
+                from,
+                Message::NeighborReply {
+                    accepted: true,
+                    hints: Vec::new(),
+                },
+            );
             return;
         }
         let ttl = self.config.active_random_walk_length;
         if self.active.len() < self.config.active_view_capacity || self.config.contact_evicts {
             self.add_active(from, rng, out);
-            send(out, from, Message::NeighborReply { accepted: true });
+            send(
+                out,
+                from,
+                Message::NeighborReply {
+                    accepted: true,
+                    hints: Vec::new(),
+                },
+            );
         } else {
             // A full contact keeps its links and lets the walks find the new node's
             // neighbours: see `Config::contact_evicts`.
-            send(out, from, Message::NeighborReply { accepted: false });
+            let hints = Vec::new();
+            send(
+                out,
+                from,
+                Message::NeighborReply {
+                    accepted: false,
+                    hints,
+                },
+            );
         }
         for &peer in self.active.iter().filter(|p| **p != from) {
             send(out, peer, Message::ForwardJoin { peer: from, ttl });
@@ -497,11 +528,19 @@ impl<P: PeerId> State<P> {
         &mut self,
         from: P,
         priority: Priority,
+        now: Instant,
         rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
         if self.active.contains(&from) {
-            send(out, from, Message::NeighborReply { accepted: true });
+            send(
+                out,
+                from,
+                Message::NeighborReply {
+                    accepted: true,
+                    hints: Vec::new(),
+                },
+            );
             return;
         }
         // Accept a low-priority request when there is room, or when we asked the sender too
@@ -511,11 +550,26 @@ impl<P: PeerId> State<P> {
             || self.is_pending(&from);
         if accept {
             self.add_active(from, rng, out);
-            send(out, from, Message::NeighborReply { accepted: true });
+            send(
+                out,
+                from,
+                Message::NeighborReply {
+                    accepted: true,
+                    hints: Vec::new(),
+                },
+            );
         } else {
             self.stats.rejected_by_us += 1;
             self.add_passive(from, &[], rng);
-            send(out, from, Message::NeighborReply { accepted: false });
+            let hints = self.seekers(from, now);
+            send(
+                out,
+                from,
+                Message::NeighborReply {
+                    accepted: false,
+                    hints,
+                },
+            );
         }
     }
 
@@ -523,6 +577,7 @@ impl<P: PeerId> State<P> {
         &mut self,
         from: P,
         accepted: bool,
+        mut hints: Vec<P>,
         now: Instant,
         rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
@@ -557,6 +612,21 @@ impl<P: PeerId> State<P> {
             self.stats.rejected_by_peer += 1;
             self.cool_down(from, now);
             out.push_back(OutEvent::Disconnect(from));
+            // Peers the replier also turned away likely have room: ask them first.
+            self.cap_nodes(&mut hints);
+            for hint in hints {
+                if self.active.len() + self.pending.len() >= self.config.active_view_capacity {
+                    break;
+                }
+                if self.active.contains(&hint)
+                    || self.is_pending(&hint)
+                    || self.cooldown.iter().any(|(p, _)| *p == hint)
+                {
+                    continue;
+                }
+                self.add_passive(hint, &[], rng);
+                self.request_neighbor(hint, Priority::Low, now, out);
+            }
             self.refill(now, rng, out);
         }
     }
@@ -1007,6 +1077,20 @@ impl<P: PeerId> State<P> {
         }
     }
 
+    /// Hints for a rejected requester: up to three other peers rejected lately; then remember
+    /// the requester itself for the next ones.
+    fn seekers(&mut self, requester: P, now: Instant) -> Vec<P> {
+        self.seekers
+            .retain(|(p, until)| *until > now && *p != requester);
+        let hints = self.seekers.iter().rev().take(3).map(|(p, _)| *p).collect();
+        if self.seekers.len() >= 4 {
+            self.seekers.pop_front();
+        }
+        self.seekers
+            .push_back((requester, now + self.config.repair_interval));
+        hints
+    }
+
     fn is_pending(&self, peer: &P) -> bool {
         self.pending.iter().any(|p| p.peer == *peer)
     }
@@ -1143,7 +1227,14 @@ mod tests {
             now,
         );
         assert!(out.contains(&OutEvent::NeighborUp(ida)));
-        let out = a.recv(idb, Message::NeighborReply { accepted: true }, now);
+        let out = a.recv(
+            idb,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            now,
+        );
         assert!(out.contains(&OutEvent::NeighborUp(idb)));
     }
 
@@ -1164,10 +1255,23 @@ mod tests {
             out,
             vec![
                 OutEvent::NeighborUp(1),
-                OutEvent::SendMessage(1, Message::NeighborReply { accepted: true }),
+                OutEvent::SendMessage(
+                    1,
+                    Message::NeighborReply {
+                        accepted: true,
+                        hints: vec![]
+                    }
+                ),
             ]
         );
-        let out = a.recv(2, Message::NeighborReply { accepted: true }, at(20));
+        let out = a.recv(
+            2,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(20),
+        );
         assert_eq!(out, vec![OutEvent::NeighborUp(2)]);
         assert_eq!(a.active(), vec![2]);
         assert_eq!(b.active(), vec![1]);
@@ -1200,7 +1304,14 @@ mod tests {
             OutEvent::ScheduleTimer(Duration::from_secs(4), Timer::PendingExpired(2))
         );
         // The previous contact answers late: declined, so it drops us too.
-        let out = a.recv(3, Message::NeighborReply { accepted: true }, at(3500));
+        let out = a.recv(
+            3,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(3500),
+        );
         assert_eq!(
             sends(&out),
             vec![(
@@ -1212,7 +1323,14 @@ mod tests {
             )]
         );
         // The current one answers in time.
-        let out = a.recv(2, Message::NeighborReply { accepted: true }, at(3600));
+        let out = a.recv(
+            2,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(3600),
+        );
         assert_eq!(out, vec![OutEvent::NeighborUp(2)]);
     }
 
@@ -1229,7 +1347,13 @@ mod tests {
         assert_eq!(
             s,
             vec![
-                (1, Message::NeighborReply { accepted: true }),
+                (
+                    1,
+                    Message::NeighborReply {
+                        accepted: true,
+                        hints: vec![]
+                    }
+                ),
                 (3, Message::ForwardJoin { peer: 1, ttl: 6 }),
                 (4, Message::ForwardJoin { peer: 1, ttl: 6 }),
             ]
@@ -1246,13 +1370,26 @@ mod tests {
         let mut expect: Vec<(u32, Message<u32>)> = (1..=5)
             .map(|p| (p, Message::ForwardJoin { peer: 50, ttl: 6 }))
             .collect();
-        expect.push((50, Message::NeighborReply { accepted: false }));
+        expect.push((
+            50,
+            Message::NeighborReply {
+                accepted: false,
+                hints: vec![],
+            },
+        ));
         assert_eq!(s, expect);
         assert_eq!(c.active(), vec![1, 2, 3, 4, 5]);
         // The joiner waits for the walks' ends, which link to it with high priority.
         let mut n = Node::new(50);
         n.handle(InEvent::RequestJoin(100), at(0));
-        let out = n.recv(100, Message::NeighborReply { accepted: false }, at(20));
+        let out = n.recv(
+            100,
+            Message::NeighborReply {
+                accepted: false,
+                hints: vec![],
+            },
+            at(20),
+        );
         assert!(sends(&out).is_empty());
         let out = n.recv(
             7,
@@ -1352,7 +1489,14 @@ mod tests {
             at(20),
         );
         assert!(out.contains(&OutEvent::NeighborUp(5)));
-        let out = x.recv(1, Message::NeighborReply { accepted: true }, at(30));
+        let out = x.recv(
+            1,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(30),
+        );
         assert_eq!(out, vec![OutEvent::NeighborUp(1)]);
         assert_eq!(x.active(), vec![1, 10]);
     }
@@ -1381,7 +1525,10 @@ mod tests {
             out,
             vec![OutEvent::SendMessage(
                 50,
-                Message::NeighborReply { accepted: false }
+                Message::NeighborReply {
+                    accepted: false,
+                    hints: vec![]
+                }
             )]
         );
         assert_eq!(x.active(), vec![1, 2, 3, 4, 5]);
@@ -1427,13 +1574,95 @@ mod tests {
         assert!(out.contains(&OutEvent::NeighborUp(60)));
         assert!(out.contains(&OutEvent::SendMessage(
             60,
-            Message::NeighborReply { accepted: true }
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![]
+            }
         )));
         assert_eq!(x.active().len(), 5);
         assert!(x.active().contains(&60));
         assert!(
             x.passive().contains(&victim),
             "an evicted peer is kept in the passive view"
+        );
+    }
+
+    #[test]
+    fn rejection_hints_let_nodes_with_room_find_each_other() {
+        let mut x = full_node();
+        let out = x.recv(
+            50,
+            Message::Neighbor {
+                priority: Priority::Low,
+            },
+            at(10),
+        );
+        assert_eq!(
+            sends(&out),
+            vec![(
+                50,
+                Message::NeighborReply {
+                    accepted: false,
+                    hints: vec![]
+                }
+            )]
+        );
+        let out = x.recv(
+            60,
+            Message::Neighbor {
+                priority: Priority::Low,
+            },
+            at(20),
+        );
+        assert_eq!(
+            sends(&out),
+            vec![(
+                60,
+                Message::NeighborReply {
+                    accepted: false,
+                    hints: vec![50]
+                }
+            )]
+        );
+        // 60 asks 50 first.
+        let mut n60 = Node::new(60);
+        let mut n1 = Node::new(1);
+        link(&mut n60, &mut n1, at(0));
+        n60.handle(InEvent::Reach(100), at(5));
+        let out = n60.recv(
+            100,
+            Message::NeighborReply {
+                accepted: false,
+                hints: vec![50, 60],
+            },
+            at(30),
+        );
+        assert_eq!(
+            sends(&out)[0],
+            (
+                50,
+                Message::Neighbor {
+                    priority: Priority::Low
+                }
+            )
+        );
+        // Hints expire after the repair interval.
+        let out = x.recv(
+            70,
+            Message::Neighbor {
+                priority: Priority::Low,
+            },
+            at(5_000),
+        );
+        assert_eq!(
+            sends(&out),
+            vec![(
+                70,
+                Message::NeighborReply {
+                    accepted: false,
+                    hints: vec![]
+                }
+            )]
         );
     }
 
@@ -1451,7 +1680,13 @@ mod tests {
             out,
             vec![
                 OutEvent::NeighborUp(50),
-                OutEvent::SendMessage(50, Message::NeighborReply { accepted: true })
+                OutEvent::SendMessage(
+                    50,
+                    Message::NeighborReply {
+                        accepted: true,
+                        hints: vec![]
+                    }
+                )
             ]
         );
     }
@@ -1608,7 +1843,14 @@ mod tests {
             }));
         let (first, second, third) = (reqs[0].0, reqs[1].0, reqs[2].0);
         // One rejects: it is not asked again right away, and it stays in the passive view.
-        let out = x.recv(second, Message::NeighborReply { accepted: false }, at(20));
+        let out = x.recv(
+            second,
+            Message::NeighborReply {
+                accepted: false,
+                hints: vec![],
+            },
+            at(20),
+        );
         assert!(sends(&out).is_empty(), "no other candidate: {out:?}");
         assert!(x.passive().contains(&second));
         // One times out: dropped from the passive view.
@@ -1617,7 +1859,14 @@ mod tests {
         assert!(!x.passive().contains(&third));
         assert_eq!(x.state.stats().request_timeouts, 1);
         // One accepts.
-        let out = x.recv(first, Message::NeighborReply { accepted: true }, at(30));
+        let out = x.recv(
+            first,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(30),
+        );
         assert_eq!(out, vec![OutEvent::NeighborUp(first)]);
         // The repair timer asks the rejecting peer again once its cooldown is over.
         x.state.add_passive(11, &[], &mut x.rng);
@@ -1634,7 +1883,14 @@ mod tests {
         let mut x = Node::new(100);
         x.handle(InEvent::Reach(7), at(0));
         x.handle(InEvent::TimerExpired(Timer::PendingExpired(7)), at(500));
-        let out = x.recv(7, Message::NeighborReply { accepted: true }, at(600));
+        let out = x.recv(
+            7,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(600),
+        );
         assert_eq!(
             out,
             vec![OutEvent::SendMessage(
@@ -1647,7 +1903,14 @@ mod tests {
         );
         assert!(x.active().is_empty());
         let mut x = full_node();
-        let out = x.recv(8, Message::NeighborReply { accepted: true }, at(700));
+        let out = x.recv(
+            8,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(700),
+        );
         assert_eq!(
             out,
             vec![OutEvent::SendMessage(
@@ -1661,8 +1924,15 @@ mod tests {
         assert_eq!(x.state.stats().ignored_messages, 1);
         // A rejection nobody asked for changes nothing.
         assert!(
-            x.recv(9, Message::NeighborReply { accepted: false }, at(800))
-                .is_empty()
+            x.recv(
+                9,
+                Message::NeighborReply {
+                    accepted: false,
+                    hints: vec![]
+                },
+                at(800)
+            )
+            .is_empty()
         );
     }
 
@@ -1689,12 +1959,26 @@ mod tests {
         assert!(out_b.contains(&OutEvent::NeighborUp(1)));
         // The replies cross too: no second NeighborUp.
         assert!(
-            a.recv(2, Message::NeighborReply { accepted: true }, at(20))
-                .is_empty()
+            a.recv(
+                2,
+                Message::NeighborReply {
+                    accepted: true,
+                    hints: vec![]
+                },
+                at(20)
+            )
+            .is_empty()
         );
         assert!(
-            b.recv(1, Message::NeighborReply { accepted: true }, at(20))
-                .is_empty()
+            b.recv(
+                1,
+                Message::NeighborReply {
+                    accepted: true,
+                    hints: vec![]
+                },
+                at(20)
+            )
+            .is_empty()
         );
         assert_eq!((a.active(), b.active()), (vec![2], vec![1]));
     }
@@ -2539,7 +2823,8 @@ mod tests {
                 (peer.clone(), any::<u16>())
                     .prop_map(|(peer, ttl)| Message::ForwardJoin { peer, ttl }),
                 priority.prop_map(|priority| Message::Neighbor { priority }),
-                any::<bool>().prop_map(|accepted| Message::NeighborReply { accepted }),
+                (any::<bool>(), nodes.clone())
+                    .prop_map(|(accepted, hints)| Message::NeighborReply { accepted, hints }),
                 (any::<bool>(), nodes.clone())
                     .prop_map(|(leaving, peers)| Message::Disconnect { leaving, peers }),
                 (peer, any::<u16>(), nodes.clone())
@@ -2588,6 +2873,7 @@ mod tests {
                         s.pending.len() <= config.max_pending_requests + config.max_join_contacts
                     );
                     prop_assert!(s.cooldown.len() <= config.passive_view_capacity);
+                    prop_assert!(s.seekers.len() <= 4);
                     prop_assert!(s.contacts.len() <= config.max_join_contacts);
                     prop_assert!(!s.active.contains(&me) && !s.passive.contains(&me));
                     let mut all: Vec<u32> = s.active.iter().chain(&s.passive).copied().collect();
