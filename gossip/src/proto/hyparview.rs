@@ -25,8 +25,10 @@
 //!
 //! Links open with `NEIGHBOR` requests. A request is *high priority* when the requester has no
 //! active link at all: the receiver then accepts even when full, dropping a random neighbour.
-//! A *low priority* request is accepted only when the receiver has room. The requester adds the
-//! link once it reads the accepting `NEIGHBORREPLY`; a `JOIN` is answered the same way.
+//! A *low priority* request is accepted only when the receiver has room; a rejection names a few
+//! peers the receiver rejected lately (they had room), so nodes below capacity find each other.
+//! The requester adds the link once it reads the accepting `NEIGHBORREPLY`; a `JOIN` is answered
+//! the same way.
 //!
 //! When an active neighbour fails (the transport or the failure detector says so), it is dropped
 //! from both views and replaced by a `NEIGHBOR` request to a random passive peer; a timeout or a
