@@ -116,6 +116,15 @@ pub struct Config {
     pub join_timeout: Duration,
     /// How many join contacts are remembered to retry and rejoin through (default 8).
     pub max_join_contacts: usize,
+    /// How often a full node may force a link to a peer it is asked to reach
+    /// ([`InEvent::Reach`], default every 10 s; `None`: never). Reach is how the directory
+    /// heals partitions: after a partition heals, every node on both sides has a full active
+    /// view, so a reached peer would only land in the passive view, which a full overlay never
+    /// uses, and the two sides would stay apart. A forced reach is a high-priority request:
+    /// the peer drops a random neighbour to accept, and so do we when its answer arrives
+    /// (both dropped nodes get replacement hints). Each costs a little churn, hence the limit;
+    /// the directory should reach for peers it believes are cut off, not at random.
+    pub forced_reach_interval: Option<Duration>,
     /// Whether a full contact makes room for a joining node by dropping a random neighbour,
     /// as in the paper (default false). When many nodes join through the same contacts at
     /// once, a contact that keeps every joiner only has brand-new neighbours with a single
@@ -149,6 +158,7 @@ impl Default for Config {
             join_timeout: Duration::from_secs(1),
             max_join_contacts: 8,
             contact_evicts: false,
+            forced_reach_interval: Some(Duration::from_secs(10)),
             max_pending_requests: 16,
         }
     }
@@ -241,7 +251,8 @@ pub enum InEvent<P: PeerId> {
     /// The link to this peer failed (transport error or failure detector).
     PeerFailed(P),
     /// Try to open an active link to this peer if the active view has room (partition healing);
-    /// otherwise remember it in the passive view.
+    /// otherwise remember it in the passive view, and at most once per
+    /// [`Config::forced_reach_interval`] link to it anyway.
     Reach(P),
     /// Leave: tell the active view and stop.
     Leave,
@@ -284,6 +295,8 @@ pub struct Stats {
     pub shuffles: u64,
     /// Requests not sent because [`Config::max_pending_requests`] were in flight.
     pub requests_dropped: u64,
+    /// High-priority requests sent on a reach while full ([`Config::forced_reach_interval`]).
+    pub forced_reaches: u64,
 }
 
 /// An outstanding `NEIGHBOR` or `JOIN` request.
@@ -312,6 +325,8 @@ pub struct State<P: PeerId> {
     join_attempts: u32,
     /// No new join before this instant (backoff after a failed one).
     next_join_at: Option<Instant>,
+    /// When a full node last forced a link on a reach.
+    last_forced_reach: Option<Instant>,
     /// What our outstanding shuffle sent: replaced first when the reply is merged.
     shuffle_sent: Option<Vec<P>>,
     left: bool,
@@ -332,6 +347,7 @@ impl<P: PeerId> State<P> {
             next_contact: 0,
             join_attempts: 0,
             next_join_at: None,
+            last_forced_reach: None,
             shuffle_sent: None,
             left: false,
             stats: Stats::default(),
@@ -886,6 +902,18 @@ impl<P: PeerId> State<P> {
             self.request_neighbor(peer, priority, now, out);
         } else {
             self.add_passive(peer, &[], rng);
+            // A full overlay never uses its passive view, so after a partition heals both
+            // sides would stay full and apart. Now and then, link to the reached peer anyway.
+            let due = match (self.config.forced_reach_interval, self.last_forced_reach) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(interval), Some(last)) => now >= last + interval,
+            };
+            if due {
+                self.last_forced_reach = Some(now);
+                self.stats.forced_reaches += 1;
+                self.request_neighbor(peer, Priority::High, now, out);
+            }
         }
     }
 
@@ -2122,9 +2150,52 @@ mod tests {
             )]
         );
         let mut x = full_node();
+        x.state.config.forced_reach_interval = None;
         let out = x.handle(InEvent::Reach(30), at(0));
         assert!(sends(&out).is_empty());
         assert!(x.passive().contains(&30));
+        // By default a full node links anyway, at most once per interval.
+        let mut x = full_node();
+        let out = x.handle(InEvent::Reach(30), at(0));
+        assert_eq!(
+            sends(&out),
+            vec![(
+                30,
+                Message::Neighbor {
+                    priority: Priority::High
+                }
+            )]
+        );
+        let out = x.handle(InEvent::Reach(31), at(5_000));
+        assert!(sends(&out).is_empty());
+        assert!(x.passive().contains(&31));
+        let out = x.handle(InEvent::Reach(32), at(10_000));
+        assert_eq!(
+            sends(&out),
+            vec![(
+                32,
+                Message::Neighbor {
+                    priority: Priority::High
+                }
+            )]
+        );
+        // The answer makes room by dropping one neighbour, who is offered replacements.
+        let out = x.recv(
+            32,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(10_010),
+        );
+        assert!(out.contains(&OutEvent::NeighborUp(32)));
+        assert_eq!(
+            out.iter()
+                .filter(|e| matches!(e, OutEvent::NeighborDown(_)))
+                .count(),
+            1
+        );
+        assert_eq!(x.active().len(), 5);
     }
 
     // ---- deterministic harness ----
@@ -2495,6 +2566,31 @@ mod tests {
         assert_eq!(sim.live().len(), 100);
         assert_healthy(&sim);
         sim.assert_symmetric();
+    }
+
+    #[test]
+    fn harness_two_overlays_merge_after_a_reach() {
+        // Two halves that never met, as after a long partition: every view is full.
+        let mut sim = Sim::new(100, Config::default(), 21);
+        for i in 1..50u32 {
+            sim.join_at(i, 0, u64::from(i) * 20);
+            sim.join_at(i + 50, 50, u64::from(i) * 20);
+        }
+        sim.run_until(20_000);
+        assert_eq!(sim.components(), 2);
+        // Each half may keep one node below capacity asking around, so the overlay is never
+        // globally quiet: check symmetry pair by pair.
+        sim.assert_symmetric_except_in_flight(true);
+        // The directory of one node reaches for a member of the other half.
+        let t = sim.now;
+        sim.push(t, Ev::Input(5, InEvent::Reach(60)));
+        sim.run_until(t / 1000 + 10_000);
+        assert_healthy(&sim);
+        let forced: u64 = (0..100)
+            .filter_map(|i| sim.nodes[i].as_ref())
+            .map(|s| s.stats().forced_reaches)
+            .sum();
+        assert_eq!(forced, 1);
     }
 
     #[test]
