@@ -46,8 +46,8 @@
 //! Every [`Config::anti_entropy_interval`] a node sends one random neighbour a digest: 64 bucket
 //! checksums over its `Alive` and `Suspect` entries (tombstones are left out so that nodes reaping
 //! at different moments still agree). The neighbour answers only for the buckets that differ, and
-//! asks for the same buckets back; facts that change state during such an exchange are
-//! re-broadcast, which is how a healed partition learns the other side.
+//! asks for the same buckets back. Facts learned this way are not re-broadcast (the node only
+//! missed them), except in a *healing* exchange, described below.
 //!
 //! # Failure handling
 //!
@@ -66,8 +66,11 @@
 //!
 //! Every [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
 //! (the join contacts; always a seed when it has no neighbour). If it answers, the node asks the
-//! overlay to reach it ([`OutEvent::Reach`]) and starts an anti-entropy exchange with it, so both
-//! sides learn each other and wrongly dead members refute.
+//! overlay to reach it ([`OutEvent::Reach`]) and starts a *healing* anti-entropy exchange with
+//! it: facts that change either side during it are re-announced (through the collector), so each
+//! former partition learns the other's news, and members the other side declared dead hear it
+//! and refute. Expect a refutation broadcast from each wrongly dead member, and `Down`/`Up`
+//! flaps on the side that learns of a death before the refutation.
 //!
 //! # Tombstones
 //!
@@ -90,7 +93,6 @@
 //! a full directory ([`Config::max_members`]) make a fact be ignored. Nothing from a peer can panic
 //! or grow memory without bound; what is ignored is counted in [`Stats`].
 
-use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
@@ -309,6 +311,9 @@ pub enum Message<P: PeerId> {
     Digest {
         /// [`DIGEST_BUCKETS`] checksums.
         buckets: Vec<u64>,
+        /// A healing exchange (the peer was dead here): facts that change either side are
+        /// re-broadcast, so both former partitions learn them.
+        heal: bool,
     },
     /// Are you there?
     Ping {
@@ -469,8 +474,8 @@ enum Source {
 #[derive(Debug, Clone)]
 struct Pending<P: PeerId> {
     fact: Fact<P>,
-    /// When it was forwarded to the collector, if it was.
-    forwarded_at: Option<Instant>,
+    /// Forwarded to the collector: broadcast it ourselves if still uncovered at this time.
+    deadline: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -589,8 +594,12 @@ pub struct State<P: PeerId> {
     graveyard_order: VecDeque<P>,
     buckets: [u64; DIGEST_BUCKETS],
     alive: usize,
-    outbox: Vec<Option<Pending<P>>>,
-    outbox_index: Map<P, usize>,
+    /// First-hand facts not yet covered by a broadcast, by member.
+    outbox: Map<P, Pending<P>>,
+    /// Ids pushed since the outbox was last processed (may repeat or be stale).
+    fresh: Vec<P>,
+    /// Forwarded facts by fallback deadline, oldest first (entries may be stale).
+    waiting: VecDeque<(Instant, P)>,
     /// When the earliest pending `Flush` timer fires.
     flush_at: Option<Instant>,
     /// The collector lost its `Alive` state: re-forward the outbox at the end of this input.
@@ -624,8 +633,9 @@ impl<P: PeerId> State<P> {
             graveyard_order: VecDeque::new(),
             buckets: [0; DIGEST_BUCKETS],
             alive: 0,
-            outbox: Vec::new(),
-            outbox_index: Map::default(),
+            outbox: Map::default(),
+            fresh: Vec::new(),
+            waiting: VecDeque::new(),
             flush_at: None,
             reforward: false,
             collector: None,
@@ -992,20 +1002,18 @@ impl<P: PeerId> State<P> {
 
     /// Someone already broadcast a fact at least as strong as the one waiting in our outbox.
     fn drop_covered_outbox(&mut self, fact: &Fact<P>, incarnation: u32) {
-        if self.outbox_index.is_empty() {
+        if self.outbox.is_empty() {
             return;
         }
-        if let Some(&i) = self.outbox_index.get(&fact.id) {
-            let covered = self.outbox[i].as_ref().map(|p| &p.fact).is_some_and(|f| {
-                (f.incarnation, f.state.rank()) <= (incarnation as u64, fact.state.rank())
-                    && (f.metadata.is_none()
-                        || fact.metadata.is_some()
-                        || incarnation as u64 > f.incarnation)
-            });
-            if covered {
-                self.outbox[i] = None;
-                self.outbox_index.remove(&fact.id);
-            }
+        let covered = self.outbox.get(&fact.id).is_some_and(|p| {
+            let f = &p.fact;
+            (f.incarnation, f.state.rank()) <= (incarnation as u64, fact.state.rank())
+                && (f.metadata.as_ref().is_none_or(|m| m.is_empty())
+                    || fact.metadata.is_some()
+                    || incarnation as u64 > f.incarnation)
+        });
+        if covered {
+            self.outbox.remove(&fact.id);
         }
     }
 
@@ -1071,18 +1079,16 @@ impl<P: PeerId> State<P> {
     }
 
     fn push_outbox(&mut self, fact: Fact<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
-        let pending = Pending {
-            fact,
-            forwarded_at: None,
-        };
-        match self.outbox_index.entry(pending.fact.id) {
-            MapEntry::Occupied(slot) => self.outbox[*slot.get()] = Some(pending),
-            MapEntry::Vacant(slot) => {
-                slot.insert(self.outbox.len());
-                self.outbox.push(Some(pending));
-            }
-        }
-        if self.outbox_index.len() >= self.config.max_batch_entries {
+        let id = fact.id;
+        self.outbox.insert(
+            id,
+            Pending {
+                fact,
+                deadline: None,
+            },
+        );
+        self.fresh.push(id);
+        if self.fresh.len() >= self.config.max_batch_entries {
             self.process_outbox(now, out);
         } else {
             let delay = if self.collector() == self.me {
@@ -1107,64 +1113,67 @@ impl<P: PeerId> State<P> {
     }
 
     /// Forward new facts to the collector, or broadcast them if this node is the collector;
-    /// broadcast forwarded facts nobody broadcast within the grace period.
+    /// broadcast forwarded facts nobody broadcast within the grace period. Costs the number of
+    /// new and expired facts, not the size of the outbox.
     fn process_outbox(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
-        if self.outbox_index.is_empty() {
-            self.outbox.clear();
-            return;
-        }
-        let collector = self.collector();
-        let grace = self.config.forward_grace;
         let mut broadcast = Vec::new();
-        let mut forward = Vec::new();
-        let mut next_deadline: Option<Instant> = None;
-        for slot in &mut self.outbox {
-            let Some(p) = slot else { continue };
-            match p.forwarded_at {
-                Some(t) if now.saturating_duration_since(t) >= grace => {
-                    broadcast.push(slot.take().expect("checked").fact)
-                }
-                Some(t) => {
-                    let d = t + grace;
-                    next_deadline = Some(next_deadline.map_or(d, |n| n.min(d)));
-                }
-                None if collector == self.me => broadcast.push(slot.take().expect("checked").fact),
-                None => {
-                    p.forwarded_at = Some(now);
-                    forward.push(p.fact.clone());
-                    let d = now + grace;
-                    next_deadline = Some(next_deadline.map_or(d, |n| n.min(d)));
-                }
+        while let Some(&(deadline, id)) = self.waiting.front() {
+            if deadline > now {
+                break;
+            }
+            self.waiting.pop_front();
+            if self
+                .outbox
+                .get(&id)
+                .is_some_and(|p| p.deadline == Some(deadline))
+            {
+                broadcast.push(self.outbox.remove(&id).expect("checked").fact);
             }
         }
-        // Compact: keep the facts still waiting for the collector's broadcast.
-        let waiting: Vec<Pending<P>> = self.outbox.drain(..).flatten().collect();
-        self.outbox_index.clear();
-        for (i, p) in waiting.iter().enumerate() {
-            self.outbox_index.insert(p.fact.id, i);
-        }
-        self.outbox = waiting.into_iter().map(Some).collect();
-        for chunk in forward.chunks(self.config.max_batch_entries.max(1)) {
-            out.push_back(OutEvent::SendMessage(
-                collector,
-                Message::Announce {
-                    facts: chunk.to_vec(),
-                },
-            ));
+        let mut forward = Vec::new();
+        if !self.fresh.is_empty() {
+            let collector = self.collector();
+            let deadline = now + self.config.forward_grace;
+            for id in std::mem::take(&mut self.fresh) {
+                let Some(p) = self.outbox.get_mut(&id) else {
+                    continue;
+                };
+                if p.deadline.is_some() {
+                    continue; // a repeated id, already handled
+                }
+                if collector == self.me {
+                    broadcast.push(self.outbox.remove(&id).expect("checked").fact);
+                } else {
+                    p.deadline = Some(deadline);
+                    forward.push(p.fact.clone());
+                    self.waiting.push_back((deadline, id));
+                }
+            }
+            for chunk in forward.chunks(self.config.max_batch_entries.max(1)) {
+                out.push_back(OutEvent::SendMessage(
+                    collector,
+                    Message::Announce {
+                        facts: chunk.to_vec(),
+                    },
+                ));
+            }
         }
         for chunk in broadcast.chunks(self.config.max_batch_entries.max(1)) {
             self.send_batch(chunk, out);
         }
-        if let Some(d) = next_deadline {
-            self.flush_at_latest(d, now, out);
+        if let Some(&(deadline, _)) = self.waiting.front() {
+            self.flush_at_latest(deadline, now, out);
         }
     }
 
     /// The collector is no longer alive here: forward the waiting facts again, to the next one.
     fn after_input(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
-        if std::mem::take(&mut self.reforward) && !self.outbox_index.is_empty() {
-            for p in self.outbox.iter_mut().flatten() {
-                p.forwarded_at = None;
+        if std::mem::take(&mut self.reforward) && !self.outbox.is_empty() {
+            self.waiting.clear();
+            self.fresh.clear();
+            for (id, p) in self.outbox.iter_mut() {
+                p.deadline = None;
+                self.fresh.push(*id);
             }
             let at = now + self.config.forward_delay;
             self.flush_at_latest(at, now, out);
@@ -1173,8 +1182,9 @@ impl<P: PeerId> State<P> {
 
     /// Broadcast everything in the outbox now (refutations, leaving).
     fn flush(&mut self, out: &mut VecDeque<OutEvent<P>>) {
-        self.outbox_index.clear();
-        let facts: Vec<Fact<P>> = self.outbox.drain(..).flatten().map(|p| p.fact).collect();
+        self.fresh.clear();
+        self.waiting.clear();
+        let facts: Vec<Fact<P>> = self.outbox.drain().map(|(_, p)| p.fact).collect();
         for chunk in facts.chunks(self.config.max_batch_entries.max(1)) {
             self.send_batch(chunk, out);
         }
@@ -1387,7 +1397,7 @@ impl<P: PeerId> State<P> {
                     && mask != 0
                     && !self.left
                 {
-                    self.send_state(from, mask, true, None, out);
+                    self.send_state(from, mask, announce, None, out);
                 }
             }
             Message::Announce { facts } => {
@@ -1402,7 +1412,7 @@ impl<P: PeerId> State<P> {
                     self.merge(fact, Source::FirstHand, now, out);
                 }
             }
-            Message::Digest { buckets } => {
+            Message::Digest { buckets, heal } => {
                 if buckets.len() != DIGEST_BUCKETS {
                     self.stats.invalid_messages += 1;
                     return;
@@ -1413,7 +1423,7 @@ impl<P: PeerId> State<P> {
                 let mask = self.differing_buckets(&buckets);
                 if mask != 0 {
                     self.stats.exchanges += 1;
-                    self.send_state(from, mask, true, Some(mask), out);
+                    self.send_state(from, mask, heal, Some(mask), out);
                 }
             }
             Message::Ping { seq } => {
@@ -1459,7 +1469,13 @@ impl<P: PeerId> State<P> {
             self.heal_probe = None;
             out.push_back(OutEvent::Reach(target));
             let buckets = self.buckets.to_vec();
-            out.push_back(OutEvent::SendMessage(target, Message::Digest { buckets }));
+            out.push_back(OutEvent::SendMessage(
+                target,
+                Message::Digest {
+                    buckets,
+                    heal: true,
+                },
+            ));
             return;
         }
         if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
@@ -1606,7 +1622,13 @@ impl<P: PeerId> State<P> {
                 if !self.neighbours.is_empty() {
                     let to = self.neighbours[rng.random_range(0..self.neighbours.len())];
                     let buckets = self.buckets.to_vec();
-                    out.push_back(OutEvent::SendMessage(to, Message::Digest { buckets }));
+                    out.push_back(OutEvent::SendMessage(
+                        to,
+                        Message::Digest {
+                            buckets,
+                            heal: false,
+                        },
+                    ));
                 }
             }
             Timer::Heal => {

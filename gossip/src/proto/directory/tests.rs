@@ -793,19 +793,68 @@ fn anti_entropy_exchanges_only_differing_buckets_and_converges() {
     assert_eq!(a.st.get(&41), Some((Dead, 0)));
     assert_eq!(a.st.get(&65), Some((Alive, 0)));
     assert_eq!(b.st.get(&45), Some((Alive, 0)));
-    // What changed during the exchange is re-broadcast, so the rest of each side learns it.
-    let announced: Vec<u32> = broadcasts(&a.timer(Timer::Flush))
-        .into_iter()
-        .flatten()
-        .map(|f| f.id)
-        .collect();
-    assert!(announced.contains(&41) && announced.contains(&65));
+    // A node that merely missed news does not broadcast it again.
+    assert!(broadcasts(&a.timer(Timer::Flush)).is_empty());
+    assert!(broadcasts(&b.timer(Timer::Flush)).is_empty());
     // Equal digests cost one message and no reply.
     let o = a.timer(Timer::AntiEntropy);
     let s = sends(&o);
     assert_eq!(s.len(), 1);
     assert!(sends(&b.recv(0, s[0].1.clone())).is_empty());
     assert!(b.st.stats().exchanges == 1);
+}
+
+#[test]
+fn a_healing_exchange_reannounces_what_each_side_lacked() {
+    // Two former partitions: `a` (node 0) holds 1..=5 alive and thinks 100 dead; `b` (node 100)
+    // holds 100..=104 alive and thinks 0 dead. Both are their side's collector.
+    let mut a = T::new(0);
+    let mut b = T::new(100);
+    a.update(9, &(1..=5).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    a.update(9, &[alive(100, 0)]);
+    a.update(9, &[fact(100, 0, Dead)]);
+    b.update(9, &(101..=104).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    b.update(9, &[alive(0, 0)]);
+    b.update(9, &[fact(0, 0, Dead)]);
+    a.handle(InEvent::NeighborUp(7)); // not isolated: heal a dead member, not a seed
+    let s = sends(&a.timer(Timer::Heal));
+    let [(100, Message::Ping { seq })] = s[..] else {
+        panic!("{s:?}")
+    };
+    let o = a.recv(100, Message::Ack { seq });
+    let o: Vec<_> = o
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                OutEvent::SendMessage(_, Message::Digest { heal: true, .. })
+            )
+        })
+        .collect();
+    assert_eq!(o.len(), 1);
+    let mut rebroadcast = pump(&mut a, &mut b, o, true);
+    // Each learned it is dead on the other side, and refuted at once.
+    assert_eq!(a.st.incarnation(), 1);
+    assert_eq!(b.st.incarnation(), 1);
+    assert!(rebroadcast.iter().any(|f| f.id == 0 && f.incarnation == 1));
+    assert!(
+        rebroadcast
+            .iter()
+            .any(|f| f.id == 100 && f.incarnation == 1)
+    );
+    // What each side lacked goes out to its own side: broadcast, or sent to the collector
+    // (for `b`, now 1: the smallest id it believes alive).
+    for o in [a.timer(Timer::Flush), b.timer(Timer::Flush)] {
+        rebroadcast.extend(broadcasts(&o).into_iter().flatten());
+        for (_, m) in sends(&o) {
+            if let Message::Announce { facts } = m {
+                rebroadcast.extend(facts);
+            }
+        }
+    }
+    for id in (1..=5).chain(101..=104) {
+        assert!(rebroadcast.iter().any(|f| f.id == id), "{id} re-announced");
+    }
 }
 
 #[test]
@@ -906,6 +955,7 @@ fn hostile_input_is_ignored_and_counted() {
         9,
         Message::Digest {
             buckets: vec![0; 3],
+            heal: false,
         },
     );
     t.recv(9, Message::SyncRequest { entry: alive(8, 0) }); // not the sender's own entry
