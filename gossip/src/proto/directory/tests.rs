@@ -1387,3 +1387,15 @@ fn merge_cost() {
     );
     assert_eq!(st.len(), n as usize + 1);
 }
+
+#[test]
+#[ignore]
+fn print_sizes() {
+    println!(
+        "dir OutEvent {} | state OutEvent {} | Member {} | Fact {}",
+        std::mem::size_of::<OutEvent<u32>>(),
+        std::mem::size_of::<crate::proto::OutEvent<u32>>(),
+        std::mem::size_of::<Member<u32>>(),
+        std::mem::size_of::<Fact<u32>>()
+    );
+}
