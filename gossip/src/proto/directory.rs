@@ -55,7 +55,9 @@
 //! failed probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
 //! incarnation; when it fires and the member is still suspect at that incarnation it is declared
 //! `Dead`. Only nodes that observed the failure run that timer, so a crash costs a handful of
-//! facts, not one per node. A suspected member refutes as soon as the suspicion reaches it.
+//! facts, not one per node. The suspecter also tells the member directly; a live member
+//! refutes at once, by broadcast and by a direct answer to the suspecter, so a false suspicion
+//! costs one round trip, not two trips through the broadcast tree.
 //!
 //! Members nobody is adjacent to are *probed* (SWIM): every [`Config::probe_interval`] one random
 //! `Alive` or `Suspect` member outside the active view gets a [`Message::Ping`]; with no
@@ -153,8 +155,9 @@ pub struct Config {
     /// Neighbours asked to ping an unresponsive member (SWIM's k).
     pub indirect_probes: usize,
     /// How long a member stays suspect before the node that suspected it declares it dead.
-    /// Must exceed the time a suspicion takes to reach the member and its refutation to come
-    /// back: flush interval plus two broadcast latencies.
+    /// The suspecter tells the member directly and the member answers directly, so this must
+    /// exceed one round trip between them plus scheduling delays; longer gives overloaded
+    /// nodes more time to refute, shorter detects crashes sooner.
     pub suspicion_timeout: Duration,
     /// How long `Dead` and `Left` entries are kept before they are removed.
     pub reap_after: Duration,
@@ -190,7 +193,7 @@ impl Default for Config {
             probe_timeout: Duration::from_millis(400),
             indirect_probe_timeout: Duration::from_millis(600),
             indirect_probes: 3,
-            suspicion_timeout: Duration::from_millis(800),
+            suspicion_timeout: Duration::from_millis(500),
             reap_after: Duration::from_secs(60),
             heal_interval: Duration::from_secs(5),
             max_metadata_len: 1024,
@@ -968,6 +971,13 @@ impl<P: PeerId> State<P> {
                     if new.state() != MemberState::Suspect {
                         self.suspecting.remove(&id);
                     }
+                    // A waiting first-hand fact older than what we now know is useless.
+                    if self.outbox.get(&id).is_some_and(|p| {
+                        (p.fact.incarnation, p.fact.state.rank())
+                            < (incarnation as u64, fact.state.rank())
+                    }) {
+                        self.outbox.remove(&id);
+                    }
                 }
                 if newer || metadata_changed {
                     self.recount(&id, before);
@@ -1331,6 +1341,14 @@ impl<P: PeerId> State<P> {
                 self.recount(&peer, before);
                 self.emit(out, peer, Some(e.state()), false);
                 let f = self.fact_of(peer, new);
+                // Tell the member itself at once: if it is alive it refutes in one round trip,
+                // long before the suspicion timer fires. If it is dead the send fails quietly.
+                out.push_back(OutEvent::SendMessage(
+                    peer,
+                    Message::Announce {
+                        facts: vec![f.clone()],
+                    },
+                ));
                 self.push_outbox(f, _now, out);
                 self.arm_suspicion(peer, e.incarnation(), out);
             }
@@ -1408,8 +1426,21 @@ impl<P: PeerId> State<P> {
                 if self.left {
                     return;
                 }
+                let refutations = self.stats.refutations;
                 for fact in facts {
-                    self.merge(fact, Source::FirstHand, now, out);
+                    // A member's word about itself (a refutation sent back to its suspecter) was
+                    // broadcast by the member: merge it without announcing it again.
+                    let source = if fact.id == from {
+                        Source::Snapshot
+                    } else {
+                        Source::FirstHand
+                    };
+                    self.merge(fact, source, now, out);
+                }
+                if self.stats.refutations > refutations {
+                    // Someone suspects us: answer it directly, the broadcast may take longer.
+                    let facts = vec![self.own_fact()];
+                    out.push_back(OutEvent::SendMessage(from, Message::Announce { facts }));
                 }
             }
             Message::Digest { buckets, heal } => {

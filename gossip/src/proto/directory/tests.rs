@@ -545,6 +545,55 @@ fn a_suspected_node_refutes_at_once() {
 }
 
 #[test]
+fn a_suspected_member_is_told_directly_and_answers_directly() {
+    let mut suspecter = T::new(0);
+    suspecter.update(9, &[alive(5, 0)]);
+    let o = suspecter.handle(InEvent::PeerFailed(5));
+    let s = sends(&o);
+    assert_eq!(
+        s,
+        [(
+            5,
+            Message::Announce {
+                facts: vec![fact(5, 0, Suspect)]
+            }
+        )]
+    );
+    let mut member = T::new(5);
+    let o = member.recv(0, s[0].1.clone());
+    assert_eq!(broadcasts(&o).len(), 1, "the refutation is broadcast");
+    let back = sends(&o);
+    assert_eq!(
+        back,
+        [(
+            0,
+            Message::Announce {
+                facts: vec![Fact {
+                    metadata: Some(Bytes::new()),
+                    ..alive(5, 1)
+                }]
+            }
+        )]
+    );
+    let o = suspecter.recv(5, back[0].1.clone());
+    assert_eq!(
+        events(&o).iter().map(event_kind).collect::<Vec<_>>(),
+        [("up", 5)]
+    );
+    // The member's own broadcast spreads it; the suspecter only drops its pending suspicion.
+    suspecter.now += Config::default().suspicion_timeout;
+    let o = suspecter.timer(Timer::Suspect {
+        id: 5,
+        incarnation: 0,
+    });
+    assert!(events(&o).is_empty());
+    assert!(
+        broadcasts(&suspecter.timer(Timer::Flush)).is_empty(),
+        "the superseded suspicion is not broadcast"
+    );
+}
+
+#[test]
 fn a_stale_suspicion_timer_is_harmless() {
     let mut t = T::new(0);
     t.update(9, &[alive(5, 0)]);
