@@ -814,10 +814,15 @@ impl<P: PeerId> State<P> {
 
     /// What one entry adds to its digest bucket, and whether it counts as alive.
     fn contribution(&self, id: &P) -> (u64, bool) {
+        self.contribution_hashed(id, id_hash(id))
+    }
+
+    /// [`State::contribution`] with the id's hash already computed.
+    fn contribution_hashed(&self, id: &P, id_hash: u64) -> (u64, bool) {
         match self.entries.get(id) {
             Some(e) if e.state().is_live() => {
-                let has_metadata = self.metadata.contains_key(id);
-                let h = entry_hash(id_hash(id), e.incarnation(), e.state(), has_metadata);
+                let has_metadata = !self.metadata.is_empty() && self.metadata.contains_key(id);
+                let h = entry_hash(id_hash, e.incarnation(), e.state(), has_metadata);
                 (h, e.state() == MemberState::Alive)
             }
             _ => (0, false),
@@ -827,7 +832,8 @@ impl<P: PeerId> State<P> {
     /// Keep the bucket checksums and the alive count in step with a change of `id`'s entry or
     /// metadata; `before` is its [`State::contribution`] before the change.
     fn recount(&mut self, id: &P, before: (u64, bool)) {
-        let after = self.contribution(id);
+        let h = id_hash(id);
+        let after = self.contribution_hashed(id, h);
         if before == after {
             return;
         }
@@ -835,7 +841,7 @@ impl<P: PeerId> State<P> {
             self.collector = None;
             self.reforward = true;
         }
-        let b = bucket_of(id_hash(id));
+        let b = bucket_of(h);
         self.buckets[b] = self.buckets[b].wrapping_sub(before.0).wrapping_add(after.0);
         self.alive = self.alive + after.1 as usize - before.1 as usize;
     }
