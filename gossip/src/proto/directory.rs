@@ -146,6 +146,10 @@ pub struct Config {
     pub sync_timeout: Duration,
     /// How often a digest is exchanged with one random neighbour (10-30 s is sensible).
     pub anti_entropy_interval: Duration,
+    /// An anti-entropy round is skipped while the live view changed within this time: news is
+    /// still arriving by broadcast and the digests would differ for nothing. At most three
+    /// rounds in a row are skipped. A busy node also declines digests for the same reason.
+    pub anti_entropy_quiet: Duration,
     /// How often one member outside the active view is probed.
     pub probe_interval: Duration,
     /// How long a direct probe waits for its ack before asking neighbours to help.
@@ -189,6 +193,7 @@ impl Default for Config {
             sync_chunk_entries: 256,
             sync_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(15),
+            anti_entropy_quiet: Duration::from_secs(3),
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(400),
             indirect_probe_timeout: Duration::from_millis(600),
@@ -609,6 +614,13 @@ pub struct State<P: PeerId> {
     reforward: bool,
     /// Cached collector: the smallest `Alive` id (valid while it stays `Alive`).
     collector: Option<P>,
+    /// Changes of the live view so far, and how many of them `last_change` accounts for.
+    changes: u64,
+    changes_seen: u64,
+    /// When the live view last changed.
+    last_change: Option<Instant>,
+    /// Anti-entropy rounds skipped in a row.
+    ae_skipped: u32,
     neighbours: Vec<P>,
     seeds: Vec<P>,
     synced: bool,
@@ -642,6 +654,10 @@ impl<P: PeerId> State<P> {
             flush_at: None,
             reforward: false,
             collector: None,
+            changes: 0,
+            changes_seen: 0,
+            last_change: None,
+            ae_skipped: 0,
             neighbours: Vec::new(),
             seeds: Vec::new(),
             synced: false,
@@ -837,6 +853,7 @@ impl<P: PeerId> State<P> {
         if before == after {
             return;
         }
+        self.changes += 1;
         if before.1 && !after.1 && self.collector == Some(*id) {
             self.collector = None;
             self.reforward = true;
@@ -1184,6 +1201,10 @@ impl<P: PeerId> State<P> {
 
     /// The collector is no longer alive here: forward the waiting facts again, to the next one.
     fn after_input(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if self.changes != self.changes_seen {
+            self.changes_seen = self.changes;
+            self.last_change = Some(now);
+        }
         if std::mem::take(&mut self.reforward) && !self.outbox.is_empty() {
             self.waiting.clear();
             self.fresh.clear();
@@ -1454,7 +1475,7 @@ impl<P: PeerId> State<P> {
                     self.stats.invalid_messages += 1;
                     return;
                 }
-                if self.left {
+                if self.left || (!heal && self.busy(now)) {
                     return;
                 }
                 let mask = self.differing_buckets(&buckets);
@@ -1524,6 +1545,12 @@ impl<P: PeerId> State<P> {
                 },
             ));
         }
+    }
+
+    /// The live view changed within [`Config::anti_entropy_quiet`].
+    fn busy(&self, now: Instant) -> bool {
+        self.last_change
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.anti_entropy_quiet)
     }
 
     fn differing_buckets(&self, theirs: &[u64]) -> u64 {
@@ -1656,6 +1683,11 @@ impl<P: PeerId> State<P> {
                     jitter(rng, self.config.anti_entropy_interval),
                     Timer::AntiEntropy,
                 ));
+                if self.busy(now) && self.ae_skipped < 3 {
+                    self.ae_skipped += 1;
+                    return;
+                }
+                self.ae_skipped = 0;
                 if !self.neighbours.is_empty() {
                     let to = self.neighbours[rng.random_range(0..self.neighbours.len())];
                     let buckets = self.buckets.to_vec();
