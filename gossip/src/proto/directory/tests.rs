@@ -1459,3 +1459,28 @@ fn print_sizes() {
         std::mem::size_of::<Fact<u32>>()
     );
 }
+
+#[test]
+fn the_graveyard_is_bounded() {
+    let config = Config {
+        reap_after: Duration::from_secs(1),
+        graveyard_capacity: 4,
+        ..Config::default()
+    };
+    let mut t = T::with(0, config, Bytes::new());
+    for round in 0..50u32 {
+        // Ten members die and are reaped; some come back later with a higher incarnation.
+        let ids: Vec<u32> = (1..=10).map(|i| i + 10 * (round % 3)).collect();
+        let inc = round as u64 + 1;
+        t.update(9, &ids.iter().map(|i| alive(*i, inc)).collect::<Vec<_>>());
+        t.update(
+            9,
+            &ids.iter().map(|i| fact(*i, inc, Dead)).collect::<Vec<_>>(),
+        );
+        t.now += Duration::from_secs(2);
+        t.timer(Timer::Reap);
+        assert!(t.st.graveyard.len() <= 4);
+        assert!(t.st.graveyard_order.len() <= 8);
+        assert_eq!(t.st.len(), 1, "everything but ourselves was reaped");
+    }
+}
