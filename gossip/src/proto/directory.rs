@@ -83,10 +83,12 @@
 //!
 //! # Memory
 //!
-//! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2) and one
-//! id in a vector used for random picks; metadata lives in a side map holding only members that
-//! have any, and tombstone times in another holding only `Dead`/`Left` ones. With `P = u32` that
-//! is about 19 bytes per member. Incarnations above [`MAX_INCARNATION`] are refused.
+//! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2); metadata
+//! lives in a side map holding only members that have any, and tombstone times in another
+//! holding only `Dead`/`Left` ones. With `P = u32` that is about 15 bytes per member (a hash
+//! table with one control byte per slot, at its usual load). Random picks for probing come from a
+//! small pool refilled by reservoir sampling, not from a second list of every id. Incarnations
+//! above [`MAX_INCARNATION`] are refused.
 //!
 //! # Hostile input
 //!
@@ -119,6 +121,9 @@ const BATCH_VERSION: u8 = 1;
 
 /// Relayed ping-requests remembered at once (older ones are forgotten).
 const MAX_RELAYS: usize = 64;
+
+/// Members drawn at a time for probing.
+const PROBE_POOL: usize = 64;
 
 /// Seeds remembered from `Join`.
 const MAX_SEEDS: usize = 16;
@@ -593,8 +598,8 @@ pub struct State<P: PeerId> {
     me: P,
     config: Config,
     entries: Map<P, Entry>,
-    /// Every id in `entries` (and possibly reaped ones until the next compaction): random picks.
-    ids: Vec<P>,
+    /// A random sample of members still to probe, refilled from `entries` when empty.
+    probe_pool: Vec<P>,
     metadata: Map<P, Bytes>,
     /// When each `Dead`/`Left` entry became so here.
     tombstones: Map<P, Instant>,
@@ -641,7 +646,7 @@ impl<P: PeerId> State<P> {
             me,
             config,
             entries: Map::default(),
-            ids: Vec::new(),
+            probe_pool: Vec::new(),
             metadata: Map::default(),
             tombstones: Map::default(),
             graveyard: Map::default(),
@@ -672,7 +677,6 @@ impl<P: PeerId> State<P> {
         };
         let entry = Entry::new(0, MemberState::Alive);
         state.entries.insert(me, entry);
-        state.ids.push(me);
         if !metadata.is_empty() {
             state.metadata.insert(me, metadata);
         }
@@ -954,11 +958,6 @@ impl<P: PeerId> State<P> {
                     return false;
                 }
                 self.entries.insert(id, new);
-                if self.ids.len() == self.ids.capacity() {
-                    // Grow by an eighth, not double: this vector is a fifth of the footprint.
-                    self.ids.reserve_exact(self.ids.len() / 8 + 16);
-                }
-                self.ids.push(id);
                 if let Some(m) = fact.metadata.as_ref().filter(|m| !m.is_empty()) {
                     self.metadata.insert(id, m.clone());
                 }
@@ -1737,11 +1736,16 @@ impl<P: PeerId> State<P> {
     }
 
     fn start_probe<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
-        if self.probe.is_some() || self.ids.len() < 2 {
+        if self.probe.is_some() || self.entries.len() < 2 {
             return;
         }
         for _ in 0..16 {
-            let id = self.ids[rng.random_range(0..self.ids.len())];
+            if self.probe_pool.is_empty() {
+                self.refill_probe_pool(rng);
+            }
+            let Some(id) = self.probe_pool.pop() else {
+                return;
+            };
             if id == self.me || self.neighbours.contains(&id) {
                 continue;
             }
@@ -1905,8 +1909,28 @@ impl<P: PeerId> State<P> {
                 self.bury(*id, e.incarnation());
             }
         }
-        let entries = &self.entries;
-        self.ids.retain(|id| entries.contains_key(id));
+    }
+
+    /// Draw [`PROBE_POOL`] random members (reservoir sampling over the entries): probes take
+    /// them one by one, so every member is probed in turn without keeping a second list of all
+    /// ids (which would cost a fifth of the directory's memory).
+    fn refill_probe_pool<R: Rng>(&mut self, rng: &mut R) {
+        self.probe_pool.clear();
+        for (i, id) in self.entries.keys().enumerate() {
+            if i < PROBE_POOL {
+                self.probe_pool.push(*id);
+            } else {
+                let j = rng.random_range(0..=i);
+                if j < PROBE_POOL {
+                    self.probe_pool[j] = *id;
+                }
+            }
+        }
+        // Reservoir order follows the map's; shuffle so the pool is drawn in random order.
+        for i in (1..self.probe_pool.len()).rev() {
+            let j = rng.random_range(0..=i);
+            self.probe_pool.swap(i, j);
+        }
     }
 }
 
