@@ -67,7 +67,8 @@
 //! # Partition healing
 //!
 //! Every [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
-//! (the join contacts; always a seed when it has no neighbour). If it answers, the node asks the
+//! (the join contacts; always a seed when it has no neighbour). In a large cluster only about
+//! [`Config::heal_fanout`] nodes do so per interval. If it answers, the node asks the
 //! overlay to reach it ([`OutEvent::Reach`]) and starts a *healing* anti-entropy exchange with
 //! it: facts that change either side during it are re-announced (through the collector), so each
 //! former partition learns the other's news, and members the other side declared dead hear it
@@ -170,8 +171,12 @@ pub struct Config {
     pub suspicion_timeout: Duration,
     /// How long `Dead` and `Left` entries are kept before they are removed.
     pub reap_after: Duration,
-    /// How often a dead member or a seed is pinged to heal partitions.
+    /// How often a dead member or a seed may be pinged to heal partitions.
     pub heal_interval: Duration,
+    /// About how many nodes of the whole cluster ping a dead member or a seed each heal
+    /// interval (each node does with probability `heal_fanout / alive members`; an isolated
+    /// node always does).
+    pub heal_fanout: usize,
     /// Largest metadata accepted, in bytes; facts with more are ignored, and so is
     /// [`InEvent::SetMetadata`] with more (the runtime should check first).
     pub max_metadata_len: usize,
@@ -206,6 +211,7 @@ impl Default for Config {
             suspicion_timeout: Duration::from_millis(500),
             reap_after: Duration::from_secs(60),
             heal_interval: Duration::from_secs(5),
+            heal_fanout: 32,
             max_metadata_len: 1024,
             max_members: 1 << 20,
             graveyard_capacity: 4096,
@@ -1525,14 +1531,22 @@ impl<P: PeerId> State<P> {
         {
             self.heal_probe = None;
             out.push_back(OutEvent::Reach(target));
-            let buckets = self.buckets.to_vec();
-            out.push_back(OutEvent::SendMessage(
-                target,
-                Message::Digest {
-                    buckets,
-                    heal: true,
-                },
-            ));
+            // A member we hold alive needs no exchange: anti-entropy covers it. One we hold dead
+            // (or do not know) answering means two views split: exchange and re-announce.
+            if !self
+                .entries
+                .get(&target)
+                .is_some_and(|e| e.state() == MemberState::Alive)
+            {
+                let buckets = self.buckets.to_vec();
+                out.push_back(OutEvent::SendMessage(
+                    target,
+                    Message::Digest {
+                        buckets,
+                        heal: true,
+                    },
+                ));
+            }
             return;
         }
         if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
@@ -1829,6 +1843,15 @@ impl<P: PeerId> State<P> {
             .copied()
             .filter(|s| !self.neighbours.contains(s))
             .collect();
+        // An isolated node always tries a seed. Otherwise only about `heal_fanout` nodes of the
+        // whole cluster ping someone each round: one exchange across a healed cut is enough
+        // (it re-announces what each side lacked), thousands at once would flood both sides.
+        if !self.neighbours.is_empty() {
+            let p = (self.config.heal_fanout as f64 / self.alive.max(1) as f64).min(1.0);
+            if !rng.random_bool(p) {
+                return;
+            }
+        }
         let use_seed = !seeds.is_empty() && (self.neighbours.is_empty() || rng.random_bool(0.5));
         let target = if use_seed {
             Some(seeds[rng.random_range(0..seeds.len())])

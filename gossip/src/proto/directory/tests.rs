@@ -1497,3 +1497,33 @@ fn probes_visit_every_member_outside_the_active_view() {
     }
     assert_eq!(seen.len(), 296, "every non-neighbour is probed");
 }
+
+#[test]
+fn in_a_large_cluster_few_nodes_ping_for_healing() {
+    let mut t = T::new(0);
+    for chunk in (1..=3200).collect::<Vec<u32>>().chunks(1000) {
+        t.update(9, &chunk.iter().map(|i| alive(*i, 0)).collect::<Vec<_>>());
+    }
+    t.update(9, &[fact(77, 0, Dead)]);
+    assert_eq!(t.st.alive_count(), 3200);
+    t.handle(InEvent::NeighborUp(1));
+    let pings = (0..1000)
+        .filter(|_| !sends(&t.timer(Timer::Heal)).is_empty())
+        .count();
+    // heal_fanout 32 of 3,200 alive: 1% of the rounds.
+    assert!((3..=25).contains(&pings), "{pings} pings in 1,000 rounds");
+}
+
+#[test]
+fn an_alive_seed_that_answers_is_reached_without_an_exchange() {
+    let mut t = T::new(0);
+    t.handle(InEvent::Join(vec![9]));
+    t.update(9, &[alive(9, 0)]);
+    let s = sends(&t.timer(Timer::Heal));
+    let [(9, Message::Ping { seq })] = s[..] else {
+        panic!("{s:?}")
+    };
+    let o = t.recv(9, Message::Ack { seq });
+    assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))));
+    assert!(sends(&o).is_empty());
+}
