@@ -14,6 +14,7 @@ pub mod keyring;
 mod message;
 mod node;
 pub mod proto;
+pub mod sim;
 mod tag;
 pub mod transport;
 pub mod wire;
