@@ -47,7 +47,8 @@ fn config() -> Configuration {
 /// [`EncodeError::TooLarge`] when the envelope would exceed `limit` (nothing larger than
 /// `limit` is ever buffered), [`EncodeError::Serialize`] when the value's `Serialize` fails.
 pub fn encode<T: Tag>(msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
-    let mut buf = Vec::with_capacity(HEADER_LEN + 64);
+    // Most messages are small: one allocation for them, doubling for the others.
+    let mut buf = Vec::with_capacity((HEADER_LEN + 118).min(limit));
     buf.push(FORMAT_VERSION);
     buf.push(CODEC_BINCODE);
     buf.extend_from_slice(&T::ID.to_le_bytes());

@@ -37,6 +37,69 @@ pub enum Error {
     /// A message could not be decoded.
     #[error(transparent)]
     Decode(#[from] DecodeError),
+    /// The node has stopped (it left, its transport failed, or every handle was dropped).
+    #[error("the node has stopped: build a new node to rejoin the cluster")]
+    Closed,
+    /// This receiver fell behind and the receive queue overflowed: this many messages were
+    /// skipped. Receiving again continues with the oldest message still queued.
+    #[error(
+        "{0} messages were skipped because they were not received fast enough: receive faster \
+         or raise Config::recv_capacity"
+    )]
+    Lagged(u64),
+    /// No member answered the join in time.
+    #[error(
+        "no member answered at {} within {waited:?}: check that a node listens there, that it is \
+         reachable from this host, and that both use the same cluster label and keys",
+        fmt_addrs(addrs)
+    )]
+    JoinTimeout {
+        /// The addresses that were tried.
+        addrs: Vec<std::net::SocketAddr>,
+        /// How long the node kept trying ([`crate::Config::join_timeout`]).
+        waited: std::time::Duration,
+    },
+    /// The member refused this node's handshake for a reason the user must fix.
+    #[error("{addr} rejected this node: {reason}")]
+    JoinRejected {
+        /// The member that refused.
+        addr: std::net::SocketAddr,
+        /// Why (label, protocol version, cluster key).
+        reason: crate::wire::RejectReason,
+    },
+    /// An address to join through could not be resolved.
+    #[error("could not resolve the address to join through: {0}")]
+    Resolve(String),
+    /// Metadata over [`crate::Config::max_metadata_size`].
+    #[error(
+        "metadata of {size} bytes exceeds the limit of {limit} bytes: keep metadata small (it is \
+         copied to every member) or raise Config::max_metadata_size"
+    )]
+    MetadataTooLarge {
+        /// Size given.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The transport could not start (for TCP: the address could not be bound).
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Why a transport could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// TCP listener error.
+    #[error(transparent)]
+    Tcp(#[from] crate::transport::TcpError),
+    /// In-memory network error.
+    #[error(transparent)]
+    Memory(#[from] crate::transport::memory::MemoryError),
+}
+
+fn fmt_addrs(addrs: &[std::net::SocketAddr]) -> String {
+    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 /// Why a value could not be turned into an envelope.

@@ -6,10 +6,13 @@
 extern crate self as gossip;
 
 pub mod codec;
+mod config;
 pub mod error;
 mod id;
+mod inbox;
 pub mod keyring;
 mod message;
+mod node;
 pub mod proto;
 pub mod sim;
 mod tag;
@@ -17,7 +20,13 @@ pub mod transport;
 pub mod wire;
 
 pub use error::{DecodeError, EncodeError, Error, FromMessageError};
+pub use config::Config;
 pub use id::NodeId;
+pub use node::{Builder, Event, Node, NodeStats};
+pub use proto::directory::MemberState;
+
+/// A member of the cluster as this node knows it: id, state, incarnation, metadata.
+pub type Member = proto::directory::Member<NodeId>;
 pub use message::Message;
 pub use tag::{RegisteredTag, Registry, Tag, Tags, check_registry, tag_id};
 

@@ -35,6 +35,8 @@ pub struct Message {
     origin: Option<NodeId>,
     /// Broadcast sequence number of `origin`; 0 when not a broadcast (sequences start at 1).
     seq: u64,
+    /// Hops the broadcast travelled to reach this node (0 when not a broadcast).
+    hops: u16,
     /// `0x` and 16 hex digits of `id`, for [`Message::tag`] when the id is not registered.
     hex: [u8; 18],
 }
@@ -83,17 +85,29 @@ impl Message {
             id,
             origin: None,
             seq: 0,
+            hops: 0,
             hex: hex_id(id),
         }
     }
 
     /// Record who broadcast this message and its broadcast id (set by the runtime).
-    #[allow(dead_code)] // Used by the runtime.
-    pub(crate) fn with_source(mut self, origin: NodeId, message_id: Option<MessageId>) -> Self {
+    pub(crate) fn with_source(
+        mut self,
+        origin: NodeId,
+        message_id: Option<MessageId>,
+        hops: u16,
+    ) -> Self {
         debug_assert!(message_id.is_none_or(|id| id.origin == origin && id.seq != 0));
         self.origin = Some(origin);
         self.seq = message_id.map_or(0, |id| id.seq);
+        self.hops = hops;
         self
+    }
+
+    /// How many hops the broadcast travelled from its origin to this node (1 for a direct
+    /// neighbour of the origin; 0 for a message that was not received as a broadcast).
+    pub fn hops(&self) -> u16 {
+        self.hops
     }
 
     /// The tag name: the registered name of [`Message::id`], or the id in hex (`0x…`, 16
@@ -306,7 +320,7 @@ mod tests {
         };
         let msg = Message::encode(&Doom, 64).unwrap();
         assert_eq!((msg.origin(), msg.message_id()), (None, None));
-        let msg = msg.with_source(node, Some(id));
+        let msg = msg.with_source(node, Some(id), 3);
         assert_eq!((msg.origin(), msg.message_id()), (Some(node), Some(id)));
     }
 }

@@ -341,7 +341,9 @@ impl Hello {
                 "encrypted hello without key proof".into(),
             ));
         }
+        // Generation 0 is a dialer that knows only the address (joining through it).
         if let Some(expected) = self.expected
+            && expected.generation != 0
             && expected.generation != me.generation
         {
             return Err(RejectReason::NotThisNode {
@@ -494,6 +496,34 @@ mod tests {
         match Handshake::decode(&Handshake::Reject(r).encode()).unwrap() {
             Handshake::Reject(RejectReason::Malformed(s)) => assert!(s.len() <= MAX_LABEL_LEN),
             other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes as a handshake frame: an error or a bounded value, never a panic.
+        #[test]
+        fn any_bytes_as_a_handshake_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Ok(Handshake::Hello(h)) = Handshake::decode(&bytes) {
+                proptest::prop_assert!(h.label.len() <= MAX_LABEL_LEN);
+            }
+        }
+
+        /// A valid header followed by any body.
+        #[test]
+        fn any_body_after_a_valid_header_never_panics(kind in 0u8..4, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..500)) {
+            let mut f = MAGIC.to_vec();
+            f.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+            f.push(kind);
+            f.extend_from_slice(&body);
+            let _ = Handshake::decode(&f);
+        }
+
+        /// Any bytes as a message of nested sequences: bounded decode, never a panic.
+        #[test]
+        fn any_bytes_as_a_message_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = decode::<Vec<(String, Vec<u64>, Option<NodeId>)>>(&bytes, 300);
         }
     }
 }

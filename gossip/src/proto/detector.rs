@@ -56,7 +56,8 @@ pub struct Config {
     /// jitter and scheduling pauses. Raising it delays detection by `z * delta` (z ≈ 5.2 at φ 8).
     pub min_std_deviation: Duration,
     /// Extra silence tolerated before suspicion grows (default 100 ms), added to the mean gap:
-    /// covers the heartbeat being sent on the sender's next tick and short pauses.
+    /// covers the heartbeat being sent on the sender's next tick and short pauses. On a WAN,
+    /// raise it to cover the round-trip time and its jitter.
     pub acceptable_pause: Duration,
 }
 
@@ -208,9 +209,15 @@ impl<P: PeerId> State<P> {
         match event {
             InEvent::LinkUp(peer) => {
                 if !self.links.iter().any(|l| l.peer == peer) {
+                    // Due at once: the first heartbeat goes out on the next tick, so the peer,
+                    // whose end of the link may have opened a round trip earlier, hears from
+                    // us soon.
+                    let last_sent = now
+                        .checked_sub(self.config.heartbeat_interval)
+                        .unwrap_or(now);
                     self.links.push(Link {
                         peer,
-                        last_sent: now,
+                        last_sent,
                         last_arrival: now,
                         gaps: VecDeque::new(),
                         sum: 0.0,
@@ -283,10 +290,9 @@ impl<P: PeerId> State<P> {
     fn arm_tick(&mut self, out: &mut VecDeque<OutEvent<P>>) {
         if !self.tick_armed && !self.links.is_empty() {
             self.tick_armed = true;
-            out.push_back(OutEvent::ScheduleTimer(
-                self.config.tick_interval,
-                Timer::Tick,
-            ));
+            // Never zero: a zero interval would spin the driver.
+            let tick = self.config.tick_interval.max(Duration::from_millis(1));
+            out.push_back(OutEvent::ScheduleTimer(tick, Timer::Tick));
         }
     }
 
@@ -471,6 +477,19 @@ mod tests {
     }
 
     #[test]
+    fn first_heartbeat_goes_out_on_the_next_tick() {
+        let mut h = Harness::new(Config::default());
+        h.now = 5_000;
+        h.input(InEvent::LinkUp(1));
+        h.advance(5_100);
+        assert_eq!(h.heartbeats, vec![(5_100, 1)]);
+        h.advance(5_400);
+        assert_eq!(h.heartbeats.len(), 1, "then one per heartbeat interval");
+        h.advance(5_500);
+        assert_eq!(h.heartbeats, vec![(5_100, 1), (5_500, 1)]);
+    }
+
+    #[test]
     fn busy_link_turning_idle_is_not_suspected() {
         let mut h = Harness::new(Config::default());
         h.input(InEvent::LinkUp(1));
@@ -525,5 +544,200 @@ mod tests {
             phi(1023.0, 500.0, 100.0)
         );
         assert!(phi(1e9, 500.0, 100.0).is_infinite() || phi(1e9, 500.0, 100.0) > 100.0);
+    }
+
+    /// The detector and the overlay composed in [`crate::proto::State`], driven the way the
+    /// runtime drives them: crashed nodes go silent (no transport error), so only heartbeats
+    /// and phi can notice.
+    mod composed {
+        use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+        use bytes::Bytes;
+
+        use super::*;
+        use crate::proto;
+
+        struct Net {
+            nodes: Vec<Option<proto::State<u32, SmallRng>>>,
+            queue: BTreeMap<(u64, u64), (u32, proto::InEvent<u32>)>,
+            seq: u64,
+            now: u64,
+            link_free: HashMap<(u32, u32), u64>,
+            net: SmallRng,
+            latency_us: (u64, u64),
+            /// Overlay and detector bytes sent (bincode), to measure idle traffic.
+            bytes: u64,
+            /// (node, peer, time) of every active link that closed.
+            downs: Vec<(u32, u32, u64)>,
+        }
+
+        impl Net {
+            fn new(n: u32, seed: u64, latency_us: (u64, u64)) -> Self {
+                let mut net = Self {
+                    nodes: Vec::new(),
+                    queue: BTreeMap::new(),
+                    seq: 0,
+                    now: 0,
+                    link_free: HashMap::new(),
+                    net: SmallRng::seed_from_u64(seed),
+                    latency_us,
+                    bytes: 0,
+                    downs: Vec::new(),
+                };
+                for i in 0..n {
+                    let rng = SmallRng::seed_from_u64(seed.wrapping_mul(31) ^ u64::from(i));
+                    let state =
+                        proto::State::new(i, proto::Config::default(), rng, Bytes::new(), net.at());
+                    net.nodes.push(Some(state));
+                    net.drain(i);
+                }
+                net
+            }
+
+            fn at(&self) -> Instant {
+                base() + Duration::from_micros(self.now)
+            }
+
+            fn push(&mut self, t: u64, node: u32, ev: proto::InEvent<u32>) {
+                self.seq += 1;
+                self.queue.insert((t, self.seq), (node, ev));
+            }
+
+            fn drain(&mut self, node: u32) {
+                loop {
+                    let Some(state) = self.nodes[node as usize].as_mut() else {
+                        return;
+                    };
+                    let Some(ev) = state.poll() else { return };
+                    match ev {
+                        proto::OutEvent::SendMessage(to, m) => {
+                            if matches!(
+                                m,
+                                proto::Message::Membership(_) | proto::Message::Detector(_)
+                            ) {
+                                let cfg = bincode::config::standard();
+                                self.bytes += bincode::serde::encode_to_vec(&m, cfg)
+                                    .expect("encodes")
+                                    .len() as u64;
+                            }
+                            let lat = self.net.random_range(self.latency_us.0..self.latency_us.1);
+                            let free = self.link_free.entry((node, to)).or_insert(0);
+                            let t = (self.now + lat).max(*free + 1);
+                            *free = t;
+                            self.push(t, to, proto::InEvent::RecvMessage(node, m));
+                        }
+                        proto::OutEvent::ScheduleTimer(when, timer) => {
+                            let t = when.saturating_duration_since(base()).as_micros() as u64;
+                            self.push(t.max(self.now), node, proto::InEvent::TimerExpired(timer));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+
+            fn active(&self, i: u32) -> BTreeSet<u32> {
+                self.nodes[i as usize]
+                    .as_ref()
+                    .map(|s| s.membership().active_view().copied().collect())
+                    .unwrap_or_default()
+            }
+
+            fn run_until(&mut self, t_ms: u64) {
+                let end = t_ms * 1000;
+                while let Some(entry) = self.queue.first_entry() {
+                    if entry.key().0 > end {
+                        break;
+                    }
+                    let ((t, _), (node, ev)) = entry.remove_entry();
+                    self.now = t;
+                    let before = self.active(node);
+                    let now = self.at();
+                    // A crashed node hears nothing; its peers get no transport error either.
+                    let Some(state) = self.nodes[node as usize].as_mut() else {
+                        continue;
+                    };
+                    state.handle(ev, now);
+                    self.drain(node);
+                    let after = self.active(node);
+                    for p in before.difference(&after) {
+                        self.downs.push((node, *p, t));
+                    }
+                }
+                self.now = self.now.max(end);
+            }
+        }
+
+        fn cluster(latency_us: (u64, u64)) -> Net {
+            let mut net = Net::new(30, 42, latency_us);
+            for i in 1..30u32 {
+                net.push(u64::from(i) * 50_000, i, proto::InEvent::Join(vec![0]));
+            }
+            net.run_until(20_000);
+            net
+        }
+
+        #[test]
+        fn quiet_cluster_has_no_false_suspicions_and_little_idle_traffic() {
+            for latency in [(200, 2_000), (10_000, 100_000), (100_000, 200_000)] {
+                let mut net = cluster(latency);
+                let downs = net.downs.len();
+                let bytes = net.bytes;
+                net.run_until(80_000);
+                let churn: Vec<_> = net.downs[downs..].to_vec();
+                assert!(
+                    churn.is_empty(),
+                    "links closed in a quiet cluster: {churn:?}"
+                );
+                let per_node_s = (net.bytes - bytes) as f64 / 30.0 / 60.0;
+                println!("latency {latency:?} us: idle {per_node_s:.0} bytes/node/s");
+                assert!(
+                    per_node_s < 1_000.0,
+                    "{per_node_s} bytes per node per second"
+                );
+            }
+        }
+
+        #[test]
+        fn silent_crash_is_detected_within_two_seconds_and_replaced() {
+            let mut net = cluster((200, 2_000));
+            let victims = [3u32, 17, 25];
+            let neighbours: Vec<(u32, u32)> = (0..30u32)
+                .filter(|i| !victims.contains(i))
+                .flat_map(|i| net.active(i).into_iter().map(move |p| (i, p)))
+                .filter(|(_, p)| victims.contains(p))
+                .collect();
+            assert!(!neighbours.is_empty());
+            let crash_at = net.now;
+            for v in victims {
+                net.nodes[v as usize] = None;
+            }
+            net.run_until(crash_at / 1000 + 5_000);
+            let mut worst = 0;
+            for (i, p) in &neighbours {
+                let (_, _, t) = net
+                    .downs
+                    .iter()
+                    .find(|(n, q, t)| n == i && q == p && *t > crash_at)
+                    .unwrap_or_else(|| panic!("{i} never noticed {p} crashed"));
+                worst = worst.max(t - crash_at);
+            }
+            println!(
+                "worst detection {} ms over {} links",
+                worst / 1000,
+                neighbours.len()
+            );
+            assert!(worst < 2_000_000, "detected after {} ms", worst / 1000);
+            // No live link was dropped, and the overlay refilled.
+            for (i, p, t) in &net.downs {
+                if *t > crash_at {
+                    assert!(victims.contains(p), "{i} dropped live {p}");
+                }
+            }
+            net.run_until(crash_at / 1000 + 10_000);
+            for i in (0..30u32).filter(|i| !victims.contains(i)) {
+                let active = net.active(i);
+                assert!(!active.is_empty() && active.iter().all(|p| !victims.contains(p)));
+            }
+        }
     }
 }

@@ -21,21 +21,33 @@
 //!
 //! # Spreading facts cheaply
 //!
-//! A node broadcasts only facts it learned *first hand*: a joiner's entry (from its
-//! [`Message::SyncRequest`]), its own metadata, a suspicion it raised, a death it declared, its own
-//! departure. They wait in an outbox that is flushed as one system broadcast every
-//! [`Config::flush_interval`] (or at once when full, or at once for a refutation or a leave). A
-//! joining node asks one node for a snapshot, so bootstrapping N nodes costs a few broadcasts per
-//! flush interval instead of one per joiner. Facts heard from a broadcast or a join snapshot are
-//! never re-broadcast.
+//! Only facts learned *first hand* are spread: a joiner's entry (from its
+//! [`Message::SyncRequest`]), this node's own metadata, a suspicion it raised, a death it
+//! declared, its own departure. Facts heard from a broadcast or a join snapshot are never
+//! re-broadcast.
+//!
+//! First-hand facts are not broadcast by whoever learned them. They wait in an outbox for
+//! [`Config::forward_delay`] and are then forwarded in one [`Message::Announce`] to the
+//! *collector*: the smallest id this node believes `Alive` (often itself). The collector merges
+//! them as its own first-hand news and flushes its outbox as one system broadcast every
+//! [`Config::flush_interval`] (or at once when it holds [`Config::max_batch_entries`] facts). So
+//! a join storm or a mass crash, where thousands of nodes each learn a little, costs a few large
+//! broadcasts instead of one per node: in the simulator, 1,000 nodes losing half of them sent
+//! 17 system broadcasts instead of about 1,700.
+//!
+//! The collector is a role, not a leader: any node accepts announcements, and a node that
+//! forwarded a fact keeps it until a broadcast covering it arrives. If the collector fails, the
+//! send fails, the collector becomes suspect, and the waiting facts go to the next smallest id;
+//! if nothing covered a fact within [`Config::forward_grace`], the node broadcasts it itself.
+//! Refutations and departures skip all this and are broadcast at once.
 //!
 //! # Anti-entropy
 //!
 //! Every [`Config::anti_entropy_interval`] a node sends one random neighbour a digest: 64 bucket
 //! checksums over its `Alive` and `Suspect` entries (tombstones are left out so that nodes reaping
 //! at different moments still agree). The neighbour answers only for the buckets that differ, and
-//! asks for the same buckets back; facts that change state during such an exchange are
-//! re-broadcast, which is how a healed partition learns the other side.
+//! asks for the same buckets back. Facts learned this way are not re-broadcast (the node only
+//! missed them), except in a *healing* exchange, described below.
 //!
 //! # Failure handling
 //!
@@ -43,7 +55,9 @@
 //! failed probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
 //! incarnation; when it fires and the member is still suspect at that incarnation it is declared
 //! `Dead`. Only nodes that observed the failure run that timer, so a crash costs a handful of
-//! facts, not one per node. A suspected member refutes as soon as the suspicion reaches it.
+//! facts, not one per node. The suspecter also tells the member directly; a live member
+//! refutes at once, by broadcast and by a direct answer to the suspecter, so a false suspicion
+//! costs one round trip, not two trips through the broadcast tree.
 //!
 //! Members nobody is adjacent to are *probed* (SWIM): every [`Config::probe_interval`] one random
 //! `Alive` or `Suspect` member outside the active view gets a [`Message::Ping`]; with no
@@ -53,9 +67,13 @@
 //! # Partition healing
 //!
 //! Every [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
-//! (the join contacts; always a seed when it has no neighbour). If it answers, the node asks the
-//! overlay to reach it ([`OutEvent::Reach`]) and starts an anti-entropy exchange with it, so both
-//! sides learn each other and wrongly dead members refute.
+//! (the join contacts; always a seed when it has no neighbour). In a large cluster only about
+//! [`Config::heal_fanout`] nodes do so per interval. If it answers, the node asks the
+//! overlay to reach it ([`OutEvent::Reach`]) and starts a *healing* anti-entropy exchange with
+//! it: facts that change either side during it are re-announced (through the collector), so each
+//! former partition learns the other's news, and members the other side declared dead hear it
+//! and refute. Expect a refutation broadcast from each wrongly dead member, and `Down`/`Up`
+//! flaps on the side that learns of a death before the refutation.
 //!
 //! # Tombstones
 //!
@@ -66,10 +84,12 @@
 //!
 //! # Memory
 //!
-//! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2) and one
-//! id in a vector used for random picks; metadata lives in a side map holding only members that
-//! have any, and tombstone times in another holding only `Dead`/`Left` ones. With `P = u32` that
-//! is about 19 bytes per member. Incarnations above [`MAX_INCARNATION`] are refused.
+//! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2); metadata
+//! lives in a side map holding only members that have any, and tombstone times in another
+//! holding only `Dead`/`Left` ones. With `P = u32` that is about 15 bytes per member (a hash
+//! table with one control byte per slot, at its usual load). Random picks for probing come from a
+//! small pool refilled by reservoir sampling, not from a second list of every id. Incarnations
+//! above [`MAX_INCARNATION`] are refused.
 //!
 //! # Hostile input
 //!
@@ -78,7 +98,6 @@
 //! a full directory ([`Config::max_members`]) make a fact be ignored. Nothing from a peer can panic
 //! or grow memory without bound; what is ignored is counted in [`Stats`].
 
-use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::time::Duration;
@@ -104,6 +123,9 @@ const BATCH_VERSION: u8 = 1;
 /// Relayed ping-requests remembered at once (older ones are forgotten).
 const MAX_RELAYS: usize = 64;
 
+/// Members drawn at a time for probing.
+const PROBE_POOL: usize = 64;
+
 /// Seeds remembered from `Join`.
 const MAX_SEEDS: usize = 16;
 
@@ -113,6 +135,12 @@ pub struct Config {
     /// How long first-hand facts wait in the outbox before they go out as one broadcast.
     /// Shorter spreads news faster; longer makes fewer, larger broadcasts. 100-200 ms is sensible.
     pub flush_interval: Duration,
+    /// How long first-hand facts wait before they are forwarded to the collector (when this node
+    /// is not the collector itself).
+    pub forward_delay: Duration,
+    /// How long a fact forwarded to the collector may wait for the collector's broadcast before
+    /// this node broadcasts it itself. Must exceed a flush interval plus the broadcast latency.
+    pub forward_grace: Duration,
     /// Most facts in one broadcast batch or one sync message; also the cap applied to every
     /// repeated field received from a peer (larger messages are ignored).
     pub max_batch_entries: usize,
@@ -124,6 +152,10 @@ pub struct Config {
     pub sync_timeout: Duration,
     /// How often a digest is exchanged with one random neighbour (10-30 s is sensible).
     pub anti_entropy_interval: Duration,
+    /// An anti-entropy round is skipped while the live view changed within this time: news is
+    /// still arriving by broadcast and the digests would differ for nothing. At most three
+    /// rounds in a row are skipped. A busy node also declines digests for the same reason.
+    pub anti_entropy_quiet: Duration,
     /// How often one member outside the active view is probed.
     pub probe_interval: Duration,
     /// How long a direct probe waits for its ack before asking neighbours to help.
@@ -133,13 +165,18 @@ pub struct Config {
     /// Neighbours asked to ping an unresponsive member (SWIM's k).
     pub indirect_probes: usize,
     /// How long a member stays suspect before the node that suspected it declares it dead.
-    /// Must exceed the time a suspicion takes to reach the member and its refutation to come
-    /// back: flush interval plus two broadcast latencies.
+    /// The suspecter tells the member directly and the member answers directly, so this must
+    /// exceed one round trip between them plus scheduling delays; longer gives overloaded
+    /// nodes more time to refute, shorter detects crashes sooner.
     pub suspicion_timeout: Duration,
     /// How long `Dead` and `Left` entries are kept before they are removed.
     pub reap_after: Duration,
-    /// How often a dead member or a seed is pinged to heal partitions.
+    /// How often a dead member or a seed may be pinged to heal partitions.
     pub heal_interval: Duration,
+    /// About how many nodes of the whole cluster ping a dead member or a seed each heal
+    /// interval (each node does with probability `heal_fanout / alive members`; an isolated
+    /// node always does).
+    pub heal_fanout: usize,
     /// Largest metadata accepted, in bytes; facts with more are ignored, and so is
     /// [`InEvent::SetMetadata`] with more (the runtime should check first).
     pub max_metadata_len: usize,
@@ -159,18 +196,22 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             flush_interval: Duration::from_millis(150),
+            forward_delay: Duration::from_millis(30),
+            forward_grace: Duration::from_secs(3),
             max_batch_entries: 1024,
             max_batch_bytes: 48 * 1024,
             sync_chunk_entries: 256,
             sync_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(15),
+            anti_entropy_quiet: Duration::from_secs(3),
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(400),
             indirect_probe_timeout: Duration::from_millis(600),
             indirect_probes: 3,
-            suspicion_timeout: Duration::from_millis(800),
+            suspicion_timeout: Duration::from_millis(500),
             reap_after: Duration::from_secs(60),
             heal_interval: Duration::from_secs(5),
+            heal_fanout: 32,
             max_metadata_len: 1024,
             max_members: 1 << 20,
             graveyard_capacity: 4096,
@@ -280,10 +321,18 @@ pub enum Message<P: PeerId> {
         /// On the last chunk: send back your facts in these buckets (a bit per bucket).
         reply: Option<u64>,
     },
+    /// First-hand facts forwarded to the collector, which merges and broadcasts them.
+    Announce {
+        /// The facts.
+        facts: Vec<Fact<P>>,
+    },
     /// Anti-entropy digest: one checksum per bucket of live entries.
     Digest {
         /// [`DIGEST_BUCKETS`] checksums.
         buckets: Vec<u64>,
+        /// A healing exchange (the peer was dead here): facts that change either side are
+        /// re-broadcast, so both former partitions learn them.
+        heal: bool,
     },
     /// Are you there?
     Ping {
@@ -307,7 +356,7 @@ pub enum Message<P: PeerId> {
 /// Timers of the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Timer<P: PeerId> {
-    /// Flush the outbox as one broadcast.
+    /// Work through the outbox: forward new facts to the collector, broadcast the rest.
     Flush,
     /// The suspicion of `id` at `incarnation` expires; stale if it was refuted since.
     Suspect {
@@ -440,6 +489,14 @@ enum Source {
     Exchange,
 }
 
+/// A first-hand fact waiting in the outbox.
+#[derive(Debug, Clone)]
+struct Pending<P: PeerId> {
+    fact: Fact<P>,
+    /// Forwarded to the collector: broadcast it ourselves if still uncovered at this time.
+    deadline: Option<Instant>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Probe<P> {
     target: P,
@@ -547,8 +604,8 @@ pub struct State<P: PeerId> {
     me: P,
     config: Config,
     entries: Map<P, Entry>,
-    /// Every id in `entries` (and possibly reaped ones until the next compaction): random picks.
-    ids: Vec<P>,
+    /// A random sample of members still to probe, refilled from `entries` when empty.
+    probe_pool: Vec<P>,
     metadata: Map<P, Bytes>,
     /// When each `Dead`/`Left` entry became so here.
     tombstones: Map<P, Instant>,
@@ -556,9 +613,25 @@ pub struct State<P: PeerId> {
     graveyard_order: VecDeque<P>,
     buckets: [u64; DIGEST_BUCKETS],
     alive: usize,
-    outbox: Vec<Option<Fact<P>>>,
-    outbox_index: Map<P, usize>,
-    flush_scheduled: bool,
+    /// First-hand facts not yet covered by a broadcast, by member.
+    outbox: Map<P, Pending<P>>,
+    /// Ids pushed since the outbox was last processed (may repeat or be stale).
+    fresh: Vec<P>,
+    /// Forwarded facts by fallback deadline, oldest first (entries may be stale).
+    waiting: VecDeque<(Instant, P)>,
+    /// When the earliest pending `Flush` timer fires.
+    flush_at: Option<Instant>,
+    /// The collector lost its `Alive` state: re-forward the outbox at the end of this input.
+    reforward: bool,
+    /// Cached collector: the smallest `Alive` id (valid while it stays `Alive`).
+    collector: Option<P>,
+    /// Changes of the live view so far, and how many of them `last_change` accounts for.
+    changes: u64,
+    changes_seen: u64,
+    /// When the live view last changed.
+    last_change: Option<Instant>,
+    /// Anti-entropy rounds skipped in a row.
+    ae_skipped: u32,
     neighbours: Vec<P>,
     seeds: Vec<P>,
     synced: bool,
@@ -579,16 +652,23 @@ impl<P: PeerId> State<P> {
             me,
             config,
             entries: Map::default(),
-            ids: Vec::new(),
+            probe_pool: Vec::new(),
             metadata: Map::default(),
             tombstones: Map::default(),
             graveyard: Map::default(),
             graveyard_order: VecDeque::new(),
             buckets: [0; DIGEST_BUCKETS],
             alive: 0,
-            outbox: Vec::new(),
-            outbox_index: Map::default(),
-            flush_scheduled: false,
+            outbox: Map::default(),
+            fresh: Vec::new(),
+            waiting: VecDeque::new(),
+            flush_at: None,
+            reforward: false,
+            collector: None,
+            changes: 0,
+            changes_seen: 0,
+            last_change: None,
+            ae_skipped: 0,
             neighbours: Vec::new(),
             seeds: Vec::new(),
             synced: false,
@@ -603,7 +683,6 @@ impl<P: PeerId> State<P> {
         };
         let entry = Entry::new(0, MemberState::Alive);
         state.entries.insert(me, entry);
-        state.ids.push(me);
         if !metadata.is_empty() {
             state.metadata.insert(me, metadata);
         }
@@ -657,6 +736,7 @@ impl<P: PeerId> State<P> {
             InEvent::SetMetadata(metadata) => self.on_set_metadata(metadata, now, out),
             InEvent::Leave => self.on_leave(now, out),
         }
+        self.after_input(now, out);
     }
 
     // ----- getters -----
@@ -760,10 +840,15 @@ impl<P: PeerId> State<P> {
 
     /// What one entry adds to its digest bucket, and whether it counts as alive.
     fn contribution(&self, id: &P) -> (u64, bool) {
+        self.contribution_hashed(id, id_hash(id))
+    }
+
+    /// [`State::contribution`] with the id's hash already computed.
+    fn contribution_hashed(&self, id: &P, id_hash: u64) -> (u64, bool) {
         match self.entries.get(id) {
             Some(e) if e.state().is_live() => {
-                let has_metadata = self.metadata.contains_key(id);
-                let h = entry_hash(id_hash(id), e.incarnation(), e.state(), has_metadata);
+                let has_metadata = !self.metadata.is_empty() && self.metadata.contains_key(id);
+                let h = entry_hash(id_hash, e.incarnation(), e.state(), has_metadata);
                 (h, e.state() == MemberState::Alive)
             }
             _ => (0, false),
@@ -773,11 +858,17 @@ impl<P: PeerId> State<P> {
     /// Keep the bucket checksums and the alive count in step with a change of `id`'s entry or
     /// metadata; `before` is its [`State::contribution`] before the change.
     fn recount(&mut self, id: &P, before: (u64, bool)) {
-        let after = self.contribution(id);
+        let h = id_hash(id);
+        let after = self.contribution_hashed(id, h);
         if before == after {
             return;
         }
-        let b = bucket_of(id_hash(id));
+        self.changes += 1;
+        if before.1 && !after.1 && self.collector == Some(*id) {
+            self.collector = None;
+            self.reforward = true;
+        }
+        let b = bucket_of(h);
         self.buckets[b] = self.buckets[b].wrapping_sub(before.0).wrapping_add(after.0);
         self.alive = self.alive + after.1 as usize - before.1 as usize;
     }
@@ -873,11 +964,6 @@ impl<P: PeerId> State<P> {
                     return false;
                 }
                 self.entries.insert(id, new);
-                if self.ids.len() == self.ids.capacity() {
-                    // Grow by an eighth, not double: this vector is a fifth of the footprint.
-                    self.ids.reserve_exact(self.ids.len() / 8 + 16);
-                }
-                self.ids.push(id);
                 if let Some(m) = fact.metadata.as_ref().filter(|m| !m.is_empty()) {
                     self.metadata.insert(id, m.clone());
                 }
@@ -913,6 +999,13 @@ impl<P: PeerId> State<P> {
                     if new.state() != MemberState::Suspect {
                         self.suspecting.remove(&id);
                     }
+                    // A waiting first-hand fact older than what we now know is useless.
+                    if self.outbox.get(&id).is_some_and(|p| {
+                        (p.fact.incarnation, p.fact.state.rank())
+                            < (incarnation as u64, fact.state.rank())
+                    }) {
+                        self.outbox.remove(&id);
+                    }
                 }
                 if newer || metadata_changed {
                     self.recount(&id, before);
@@ -947,20 +1040,18 @@ impl<P: PeerId> State<P> {
 
     /// Someone already broadcast a fact at least as strong as the one waiting in our outbox.
     fn drop_covered_outbox(&mut self, fact: &Fact<P>, incarnation: u32) {
-        if self.outbox_index.is_empty() {
+        if self.outbox.is_empty() {
             return;
         }
-        if let Some(&i) = self.outbox_index.get(&fact.id) {
-            let covered = self.outbox[i].as_ref().is_some_and(|f| {
-                (f.incarnation, f.state.rank()) <= (incarnation as u64, fact.state.rank())
-                    && (f.metadata.is_none()
-                        || fact.metadata.is_some()
-                        || incarnation as u64 > f.incarnation)
-            });
-            if covered {
-                self.outbox[i] = None;
-                self.outbox_index.remove(&fact.id);
-            }
+        let covered = self.outbox.get(&fact.id).is_some_and(|p| {
+            let f = &p.fact;
+            (f.incarnation, f.state.rank()) <= (incarnation as u64, fact.state.rank())
+                && (f.metadata.as_ref().is_none_or(|m| m.is_empty())
+                    || fact.metadata.is_some()
+                    || incarnation as u64 > f.incarnation)
+        });
+        if covered {
+            self.outbox.remove(&fact.id);
         }
     }
 
@@ -999,32 +1090,143 @@ impl<P: PeerId> State<P> {
 
     // ----- outbox -----
 
-    fn push_outbox(&mut self, fact: Fact<P>, _now: Instant, out: &mut VecDeque<OutEvent<P>>) {
-        match self.outbox_index.entry(fact.id) {
-            MapEntry::Occupied(slot) => self.outbox[*slot.get()] = Some(fact),
-            MapEntry::Vacant(slot) => {
-                slot.insert(self.outbox.len());
-                self.outbox.push(Some(fact));
-            }
+    /// The collector: the smallest id this node believes `Alive` (itself, possibly).
+    ///
+    /// Every node sends its first-hand facts there, so a burst of news (a join storm, a mass
+    /// crash) goes out as a few large broadcasts from one node instead of one small broadcast
+    /// from each node that saw something. Nodes with the same view pick the same collector; if
+    /// it fails, sends to it fail, it becomes suspect, and the next smallest takes over.
+    fn collector(&mut self) -> P {
+        if let Some(c) = self.collector
+            && self
+                .entries
+                .get(&c)
+                .is_some_and(|e| e.state() == MemberState::Alive)
+        {
+            return c;
         }
-        if self.outbox_index.len() >= self.config.max_batch_entries {
-            self.flush(out);
-        } else if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            out.push_back(OutEvent::ScheduleTimer(
-                self.config.flush_interval,
-                Timer::Flush,
-            ));
+        let c = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state() == MemberState::Alive)
+            .map(|(id, _)| *id)
+            .min()
+            .unwrap_or(self.me);
+        self.collector = Some(c);
+        c
+    }
+
+    fn push_outbox(&mut self, fact: Fact<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let id = fact.id;
+        self.outbox.insert(
+            id,
+            Pending {
+                fact,
+                deadline: None,
+            },
+        );
+        self.fresh.push(id);
+        if self.fresh.len() >= self.config.max_batch_entries {
+            self.process_outbox(now, out);
+        } else {
+            let delay = if self.collector() == self.me {
+                self.config.flush_interval
+            } else {
+                self.config.forward_delay
+            };
+            self.flush_at_latest(now + delay, now, out);
         }
     }
 
-    /// Send everything in the outbox now, as few broadcasts as the size caps allow.
-    fn flush(&mut self, out: &mut VecDeque<OutEvent<P>>) {
-        self.outbox_index.clear();
-        let facts: Vec<Fact<P>> = self.outbox.drain(..).flatten().collect();
-        if facts.is_empty() {
+    /// Make sure a `Flush` timer fires no later than `at`.
+    fn flush_at_latest(&mut self, at: Instant, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if self.flush_at.is_some_and(|t| t <= at) {
             return;
         }
+        self.flush_at = Some(at);
+        out.push_back(OutEvent::ScheduleTimer(
+            at.saturating_duration_since(now),
+            Timer::Flush,
+        ));
+    }
+
+    /// Forward new facts to the collector, or broadcast them if this node is the collector;
+    /// broadcast forwarded facts nobody broadcast within the grace period. Costs the number of
+    /// new and expired facts, not the size of the outbox.
+    fn process_outbox(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let mut broadcast = Vec::new();
+        while let Some(&(deadline, id)) = self.waiting.front() {
+            if deadline > now {
+                break;
+            }
+            self.waiting.pop_front();
+            if self
+                .outbox
+                .get(&id)
+                .is_some_and(|p| p.deadline == Some(deadline))
+            {
+                broadcast.push(self.outbox.remove(&id).expect("checked").fact);
+            }
+        }
+        let mut forward = Vec::new();
+        if !self.fresh.is_empty() {
+            let collector = self.collector();
+            let deadline = now + self.config.forward_grace;
+            for id in std::mem::take(&mut self.fresh) {
+                let Some(p) = self.outbox.get_mut(&id) else {
+                    continue;
+                };
+                if p.deadline.is_some() {
+                    continue; // a repeated id, already handled
+                }
+                if collector == self.me {
+                    broadcast.push(self.outbox.remove(&id).expect("checked").fact);
+                } else {
+                    p.deadline = Some(deadline);
+                    forward.push(p.fact.clone());
+                    self.waiting.push_back((deadline, id));
+                }
+            }
+            for chunk in forward.chunks(self.config.max_batch_entries.max(1)) {
+                out.push_back(OutEvent::SendMessage(
+                    collector,
+                    Message::Announce {
+                        facts: chunk.to_vec(),
+                    },
+                ));
+            }
+        }
+        for chunk in broadcast.chunks(self.config.max_batch_entries.max(1)) {
+            self.send_batch(chunk, out);
+        }
+        if let Some(&(deadline, _)) = self.waiting.front() {
+            self.flush_at_latest(deadline, now, out);
+        }
+    }
+
+    /// The collector is no longer alive here: forward the waiting facts again, to the next one.
+    fn after_input(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if self.changes != self.changes_seen {
+            self.changes_seen = self.changes;
+            self.last_change = Some(now);
+        }
+        if std::mem::take(&mut self.reforward) && !self.outbox.is_empty() {
+            self.waiting.clear();
+            self.fresh.clear();
+            for (id, p) in self.outbox.iter_mut() {
+                p.deadline = None;
+                self.fresh.push(*id);
+            }
+            let at = now + self.config.forward_delay;
+            self.flush_at_latest(at, now, out);
+        }
+    }
+
+    /// Broadcast everything in the outbox now (refutations, leaving).
+    fn flush(&mut self, out: &mut VecDeque<OutEvent<P>>) {
+        self.fresh.clear();
+        self.waiting.clear();
+        let facts: Vec<Fact<P>> = self.outbox.drain().map(|(_, p)| p.fact).collect();
         for chunk in facts.chunks(self.config.max_batch_entries.max(1)) {
             self.send_batch(chunk, out);
         }
@@ -1171,6 +1373,14 @@ impl<P: PeerId> State<P> {
                 self.recount(&peer, before);
                 self.emit(out, peer, Some(e.state()), false);
                 let f = self.fact_of(peer, new);
+                // Tell the member itself at once: if it is alive it refutes in one round trip,
+                // long before the suspicion timer fires. If it is dead the send fails quietly.
+                out.push_back(OutEvent::SendMessage(
+                    peer,
+                    Message::Announce {
+                        facts: vec![f.clone()],
+                    },
+                ));
                 self.push_outbox(f, _now, out);
                 self.arm_suspicion(peer, e.incarnation(), out);
             }
@@ -1237,21 +1447,46 @@ impl<P: PeerId> State<P> {
                     && mask != 0
                     && !self.left
                 {
-                    self.send_state(from, mask, true, None, out);
+                    self.send_state(from, mask, announce, None, out);
                 }
             }
-            Message::Digest { buckets } => {
-                if buckets.len() != DIGEST_BUCKETS {
+            Message::Announce { facts } => {
+                if facts.len() > self.config.max_batch_entries {
                     self.stats.invalid_messages += 1;
                     return;
                 }
                 if self.left {
                     return;
                 }
+                let refutations = self.stats.refutations;
+                for fact in facts {
+                    // A member's word about itself (a refutation sent back to its suspecter) was
+                    // broadcast by the member: merge it without announcing it again.
+                    let source = if fact.id == from {
+                        Source::Snapshot
+                    } else {
+                        Source::FirstHand
+                    };
+                    self.merge(fact, source, now, out);
+                }
+                if self.stats.refutations > refutations {
+                    // Someone suspects us: answer it directly, the broadcast may take longer.
+                    let facts = vec![self.own_fact()];
+                    out.push_back(OutEvent::SendMessage(from, Message::Announce { facts }));
+                }
+            }
+            Message::Digest { buckets, heal } => {
+                if buckets.len() != DIGEST_BUCKETS {
+                    self.stats.invalid_messages += 1;
+                    return;
+                }
+                if self.left || (!heal && self.busy(now)) {
+                    return;
+                }
                 let mask = self.differing_buckets(&buckets);
                 if mask != 0 {
                     self.stats.exchanges += 1;
-                    self.send_state(from, mask, true, Some(mask), out);
+                    self.send_state(from, mask, heal, Some(mask), out);
                 }
             }
             Message::Ping { seq } => {
@@ -1296,8 +1531,22 @@ impl<P: PeerId> State<P> {
         {
             self.heal_probe = None;
             out.push_back(OutEvent::Reach(target));
-            let buckets = self.buckets.to_vec();
-            out.push_back(OutEvent::SendMessage(target, Message::Digest { buckets }));
+            // A member we hold alive needs no exchange: anti-entropy covers it. One we hold dead
+            // (or do not know) answering means two views split: exchange and re-announce.
+            if !self
+                .entries
+                .get(&target)
+                .is_some_and(|e| e.state() == MemberState::Alive)
+            {
+                let buckets = self.buckets.to_vec();
+                out.push_back(OutEvent::SendMessage(
+                    target,
+                    Message::Digest {
+                        buckets,
+                        heal: true,
+                    },
+                ));
+            }
             return;
         }
         if let Some(i) = self.relays.iter().position(|r| r.seq == seq) {
@@ -1309,6 +1558,12 @@ impl<P: PeerId> State<P> {
                 },
             ));
         }
+    }
+
+    /// The live view changed within [`Config::anti_entropy_quiet`].
+    fn busy(&self, now: Instant) -> bool {
+        self.last_change
+            .is_some_and(|t| now.saturating_duration_since(t) < self.config.anti_entropy_quiet)
     }
 
     fn differing_buckets(&self, theirs: &[u64]) -> u64 {
@@ -1391,8 +1646,10 @@ impl<P: PeerId> State<P> {
     ) {
         match timer {
             Timer::Flush => {
-                self.flush_scheduled = false;
-                self.flush(out);
+                if self.flush_at.is_some_and(|t| t <= now) {
+                    self.flush_at = None;
+                }
+                self.process_outbox(now, out);
             }
             Timer::Suspect { id, incarnation } => {
                 if self
@@ -1439,10 +1696,21 @@ impl<P: PeerId> State<P> {
                     jitter(rng, self.config.anti_entropy_interval),
                     Timer::AntiEntropy,
                 ));
+                if self.busy(now) && self.ae_skipped < 3 {
+                    self.ae_skipped += 1;
+                    return;
+                }
+                self.ae_skipped = 0;
                 if !self.neighbours.is_empty() {
                     let to = self.neighbours[rng.random_range(0..self.neighbours.len())];
                     let buckets = self.buckets.to_vec();
-                    out.push_back(OutEvent::SendMessage(to, Message::Digest { buckets }));
+                    out.push_back(OutEvent::SendMessage(
+                        to,
+                        Message::Digest {
+                            buckets,
+                            heal: false,
+                        },
+                    ));
                 }
             }
             Timer::Heal => {
@@ -1482,11 +1750,16 @@ impl<P: PeerId> State<P> {
     }
 
     fn start_probe<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
-        if self.probe.is_some() || self.ids.len() < 2 {
+        if self.probe.is_some() || self.entries.len() < 2 {
             return;
         }
         for _ in 0..16 {
-            let id = self.ids[rng.random_range(0..self.ids.len())];
+            if self.probe_pool.is_empty() {
+                self.refill_probe_pool(rng);
+            }
+            let Some(id) = self.probe_pool.pop() else {
+                return;
+            };
             if id == self.me || self.neighbours.contains(&id) {
                 continue;
             }
@@ -1570,6 +1843,15 @@ impl<P: PeerId> State<P> {
             .copied()
             .filter(|s| !self.neighbours.contains(s))
             .collect();
+        // An isolated node always tries a seed. Otherwise only about `heal_fanout` nodes of the
+        // whole cluster ping someone each round: one exchange across a healed cut is enough
+        // (it re-announces what each side lacked), thousands at once would flood both sides.
+        if !self.neighbours.is_empty() {
+            let p = (self.config.heal_fanout as f64 / self.alive.max(1) as f64).min(1.0);
+            if !rng.random_bool(p) {
+                return;
+            }
+        }
         let use_seed = !seeds.is_empty() && (self.neighbours.is_empty() || rng.random_bool(0.5));
         let target = if use_seed {
             Some(seeds[rng.random_range(0..seeds.len())])
@@ -1650,8 +1932,28 @@ impl<P: PeerId> State<P> {
                 self.bury(*id, e.incarnation());
             }
         }
-        let entries = &self.entries;
-        self.ids.retain(|id| entries.contains_key(id));
+    }
+
+    /// Draw [`PROBE_POOL`] random members (reservoir sampling over the entries): probes take
+    /// them one by one, so every member is probed in turn without keeping a second list of all
+    /// ids (which would cost a fifth of the directory's memory).
+    fn refill_probe_pool<R: Rng>(&mut self, rng: &mut R) {
+        self.probe_pool.clear();
+        for (i, id) in self.entries.keys().enumerate() {
+            if i < PROBE_POOL {
+                self.probe_pool.push(*id);
+            } else {
+                let j = rng.random_range(0..=i);
+                if j < PROBE_POOL {
+                    self.probe_pool[j] = *id;
+                }
+            }
+        }
+        // Reservoir order follows the map's; shuffle so the pool is drawn in random order.
+        for i in (1..self.probe_pool.len()).rev() {
+            let j = rng.random_range(0..=i);
+            self.probe_pool.swap(i, j);
+        }
     }
 }
 

@@ -83,6 +83,9 @@ pub enum OutEvent<P: PeerId> {
     Disconnect(P),
 }
 
+/// Capacity an output queue keeps once drained; bursts beyond it are given back.
+const QUEUE_KEEP: usize = 64;
+
 /// Work passed between layers while one input is processed.
 enum Step<P: PeerId> {
     Membership(hyparview::InEvent<P>),
@@ -163,8 +166,13 @@ impl<P: PeerId, R: Rng> State<P, R> {
                 Timer::Directory(t) => Step::Directory(directory::InEvent::TimerExpired(t)),
             }),
             InEvent::LinkFailed(peer) => {
+                // A broken active link is first-hand evidence of a failure. Any other closed
+                // link is not: a peer that dropped us from its active view closes the
+                // connection too, and the directory's own probes cover non-neighbours.
+                if self.membership.is_active(&peer) {
+                    work.push_back(Step::Directory(directory::InEvent::PeerFailed(peer)));
+                }
                 work.push_back(Step::Membership(hyparview::InEvent::PeerFailed(peer)));
-                work.push_back(Step::Directory(directory::InEvent::PeerFailed(peer)));
             }
             InEvent::Join(contacts) => {
                 work.push_back(Step::Directory(directory::InEvent::Join(contacts.clone())));
@@ -200,7 +208,13 @@ impl<P: PeerId, R: Rng> State<P, R> {
     /// The next output, if any.
     #[must_use]
     pub fn poll(&mut self) -> Option<OutEvent<P>> {
-        self.out.pop_front()
+        let event = self.out.pop_front();
+        if event.is_none() && self.out.capacity() > QUEUE_KEEP {
+            // A burst (a directory batch yields one member event per fact) must not pin its
+            // capacity: 10,000 simulated nodes would keep ~1 GiB of empty queues.
+            self.out.shrink_to(QUEUE_KEEP);
+        }
+        event
     }
 
     /// Every member this node knows, itself included.
@@ -324,6 +338,9 @@ impl<P: PeerId, R: Rng> State<P, R> {
                     work.push_back(Step::Membership(hyparview::InEvent::Reach(p)))
                 }
             }
+        }
+        if self.dir_out.capacity() > QUEUE_KEEP {
+            self.dir_out.shrink_to(QUEUE_KEEP);
         }
     }
 }

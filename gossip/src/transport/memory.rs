@@ -94,6 +94,8 @@ struct Net {
     partitions: Vec<(HashSet<SocketAddr>, HashSet<SocketAddr>)>,
     next_port: u16,
     stats: NetworkStats,
+    /// Latest delivery time per directed link: frames on one link arrive in order, as on TCP.
+    link_clock: HashMap<(SocketAddr, SocketAddr), Instant>,
 }
 
 impl Net {
@@ -134,6 +136,7 @@ impl MemoryNetwork {
                 partitions: Vec::new(),
                 next_port: FIRST_AUTO_PORT,
                 stats: NetworkStats::default(),
+                link_clock: HashMap::new(),
             })),
         }
     }
@@ -242,7 +245,9 @@ impl MemoryNetwork {
             net.stats.dropped_unreachable += 1;
             return false;
         };
-        if ep.generation != to.generation || ep.crashed.load(AtomicOrdering::Acquire) {
+        // Generation 0 reaches whoever is bound at the address (joining through an address).
+        let other_node = to.generation != 0 && ep.generation != to.generation;
+        if other_node || ep.crashed.load(AtomicOrdering::Acquire) {
             net.stats.dropped_unreachable += 1;
             return false;
         }
@@ -262,9 +267,12 @@ impl MemoryNetwork {
             start
         };
         let len = frame.len() as u64;
+        let link = (from.addr, to.addr);
+        let at = (Instant::now() + delay).max(net.link_clock.get(&link).copied().unwrap_or(Instant::now()));
+        net.link_clock.insert(link, at);
         let ep = &net.endpoints[&to.addr];
         let delivery = Delivery {
-            at: Instant::now() + delay,
+            at,
             from,
             frame,
         };
@@ -294,6 +302,7 @@ impl MemoryNetwork {
             .is_some_and(|ep| ep.generation == id.generation)
         {
             net.endpoints.remove(&id.addr);
+            net.link_clock.retain(|(a, b), _| *a != id.addr && *b != id.addr);
         }
     }
 }

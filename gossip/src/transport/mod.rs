@@ -67,6 +67,8 @@ pub struct TransportStats {
     /// Handshakes the peer refused (reported as [`TransportEvent::Rejected`] when the user must
     /// act).
     pub rejected_by_peer: u64,
+    /// Connections open now, past their handshake (a gauge, not a counter; 0 for memory).
+    pub open_connections: u64,
 }
 
 /// One duty each: `send` never blocks, `poll_recv` yields every event exactly once.
@@ -82,4 +84,24 @@ pub trait Transport: Send + 'static {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>>;
     /// Counters.
     fn stats(&self) -> TransportStats;
+}
+
+/// A boxed transport is a transport, so a node can hold `Box<dyn Transport>` and pick the
+/// memory or TCP transport at runtime.
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn local_addr(&self) -> SocketAddr {
+        (**self).local_addr()
+    }
+    fn send(&mut self, to: NodeId, frame: Bytes) {
+        (**self).send(to, frame)
+    }
+    fn disconnect(&mut self, peer: NodeId) {
+        (**self).disconnect(peer)
+    }
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
+        (**self).poll_recv(cx)
+    }
+    fn stats(&self) -> TransportStats {
+        (**self).stats()
+    }
 }

@@ -18,6 +18,11 @@
 //! new connection from a peer that already has one replaces it (the peer must have lost the old
 //! one).
 //!
+//! [`TransportEvent::LinkFailed`] is reported when a dial or handshake fails, when the
+//! connection holding a peer's queue breaks, and when the peer closes it; not when a connection
+//! closes for idleness, after [`disconnect`](Transport::disconnect), or when a redundant
+//! connection from a simultaneous dial is retired.
+//!
 //! Connection bookkeeping (which connection holds a peer's queue, failures, backoff) happens in
 //! [`poll_recv`](Transport::poll_recv): the node must keep polling it, as its actor loop does.
 //!
@@ -41,15 +46,33 @@
 //! - read: a frame whose first bytes arrived must be complete within one to two
 //!   [`TcpConfig::read_timeout`] periods (slowloris writers are closed); a connection with no
 //!   traffic in either direction for [`TcpConfig::idle_timeout`] is closed quietly;
-//! - write: a batch of frames must be written within [`TcpConfig::write_timeout`];
+//! - write: a batch of frames (at most 64 frames or about 256 KiB, or one larger frame) must be
+//!   written within [`TcpConfig::write_timeout`];
 //! - at most [`TcpConfig::max_inbound_connections`] accepted connections and
 //!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
 //!   at once.
 //!
-//! Memory per connection is bounded by its read buffer (at most one frame, so
-//! `max_frame_size + 28` bytes) plus its queue (`outbound_queue` frames). Received frames pass
-//! through one bounded channel ([`TcpConfig::event_queue`]); when the node reads slowly, reading
-//! from sockets pauses and TCP pushes back on senders.
+//! Memory per connection is bounded by its read buffer (at most one wire body, so
+//! `max_frame_size + 32` bytes) plus its queue (`outbound_queue` frames); before the handshake
+//! completes, by 512 bytes. With the defaults, all inbound connections together hold at most
+//! 256 x ~1 MiB of read buffers. Received frames pass through one bounded channel
+//! ([`TcpConfig::event_queue`]); when the node reads slowly, reading from sockets pauses and TCP
+//! pushes back on senders.
+//!
+//! # Encryption
+//!
+//! With a [`Keyring`] the frames queued together (up to 64) are packed into one record
+//! (`u32` length and body per frame, at most `max_frame_size + 4` bytes) sealed once with
+//! ChaCha20-Poly1305: 28 bytes (nonce and tag) per record plus 4 per frame on top of the
+//! plaintext framing, so a lone frame costs 32 bytes more than plaintext and a busy link close
+//! to 4. Records are bound to the connection (both handshake nonces), their direction and their
+//! sequence number through the associated data: they cannot be replayed on another connection,
+//! reflected or reordered.
+//!
+//! Identities are claimed, not proven, unless the cluster is encrypted: without a keyring anyone
+//! who can reach the port and knows the label can pose as a member (the label separates
+//! clusters, it is not a secret). With a keyring, only holders of a cluster key can complete a
+//! handshake, and every frame is authenticated.
 //!
 //! Every bad input (malformed or oversized frame, wrong version, label or key, undecryptable
 //! frame, slow writer) closes only that connection, is logged at warn with a typed reason and
@@ -62,7 +85,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use rand::RngCore;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -83,6 +106,10 @@ use crate::wire::{self, Handshake, Hello, RejectReason};
 pub struct TcpConfig {
     /// Nodes with different labels refuse each other (at most 64 bytes). Default `"default"`.
     pub cluster_label: String,
+    /// The address other nodes reach this node at, when it is not the bound one (binding
+    /// `0.0.0.0`, NAT, containers). Port 0 means "the bound port". Default `None`: the bound
+    /// address, which must then be a specific IP.
+    pub advertise_addr: Option<SocketAddr>,
     /// Seal every frame with this keyring; `None` (the default) sends plaintext. Every node of
     /// a cluster must agree. Keep a clone to rotate keys at runtime.
     pub keyring: Option<Keyring>,
@@ -116,6 +143,7 @@ impl Default for TcpConfig {
     fn default() -> Self {
         Self {
             cluster_label: "default".into(),
+            advertise_addr: None,
             keyring: None,
             max_frame_size: 1 << 20,
             connect_timeout: Duration::from_secs(3),
@@ -162,6 +190,8 @@ enum ConnError {
     WriteTimeout,
     #[error(transparent)]
     Undecryptable(#[from] KeyringError),
+    #[error("malformed encrypted record: a peer holding the cluster key is buggy or hostile")]
+    BadRecord,
     #[error("handshake refused: {0}")]
     Handshake(RejectReason),
     #[error("handshake not finished within the handshake timeout")]
@@ -187,7 +217,11 @@ impl ConnError {
     fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            Self::Oversized { .. } | Self::SlowRead | Self::Undecryptable(_) | Self::Handshake(_)
+            Self::Oversized { .. }
+                | Self::SlowRead
+                | Self::Undecryptable(_)
+                | Self::BadRecord
+                | Self::Handshake(_)
         )
     }
 }
@@ -204,6 +238,7 @@ struct Counters {
     dropped_oversized: AtomicU64,
     dropped_unreachable: AtomicU64,
     rejected_by_peer: AtomicU64,
+    open_connections: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -223,7 +258,11 @@ enum Internal {
         frame: Bytes,
     },
     Connected {
+        /// The id that was dialed (generation 0 when only the address was known).
         peer: NodeId,
+        /// The id the handshake revealed.
+        actual: NodeId,
+        conn: u64,
     },
     DialFailed {
         peer: NodeId,
@@ -266,8 +305,9 @@ impl Shared {
             .new_codec()
     }
 
+    /// Largest body on the wire: a frame, or an encrypted record of frames.
     fn wire_max(&self) -> usize {
-        self.cfg.max_frame_size + keyring::OVERHEAD
+        self.cfg.max_frame_size + 4 + keyring::OVERHEAD
     }
 
     fn spawn(self: &Arc<Self>, fut: impl Future<Output = ()> + Send + 'static) {
@@ -352,6 +392,15 @@ struct Peer {
     dialed: bool,
     /// Asks `conn` to hand its queue to another connection.
     stop: Option<oneshot::Sender<Handover>>,
+    /// The peer's own connection, read-only because our dial won the tie-break; kept until our
+    /// dial is up, to take over if it fails.
+    spare: Option<Spare>,
+}
+
+struct Spare {
+    conn: u64,
+    give: Handover,
+    stop: oneshot::Sender<Handover>,
 }
 
 struct Backoff {
@@ -361,6 +410,8 @@ struct Backoff {
 
 const MAX_BACKOFF_ENTRIES: usize = 4096;
 const MAX_BATCH: usize = 64;
+/// A batch stops growing past this many bytes, so a write timeout applies to a bounded amount.
+const MAX_BATCH_BYTES: u64 = 256 * 1024;
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -392,15 +443,25 @@ impl TcpTransport {
                 "queue sizes, max_frame_size and connection limits must be at least 1",
             ));
         }
-        if config.max_frame_size > (u32::MAX as usize) - keyring::OVERHEAD {
+        if config.max_frame_size > (u32::MAX as usize) - 4 - keyring::OVERHEAD {
             return Err(TcpError::Config("max_frame_size must fit a 32-bit length"));
         }
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| TcpError::Bind { addr, source })?;
-        let local_addr = listener
+        let bound = listener
             .local_addr()
             .map_err(|source| TcpError::Bind { addr, source })?;
+        let local_addr = match config.advertise_addr {
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => {
+                return Err(TcpError::Config(
+                    "bound to an unspecified IP (0.0.0.0 or ::): set advertise_addr to the address other nodes dial",
+                ));
+            }
+            None => bound,
+        };
         let (tx, rx) = mpsc::channel(config.event_queue);
         let shared = Arc::new(Shared {
             inbound_permits: Arc::new(Semaphore::new(config.max_inbound_connections)),
@@ -426,9 +487,36 @@ impl TcpTransport {
         })
     }
 
-    /// This node's identity: the bound address and the generation given to `bind`.
+    /// This node's identity: the advertised (or bound) address and the generation given to
+    /// `bind`.
     pub fn local_id(&self) -> NodeId {
         self.shared.local
+    }
+
+    /// Flushes every peer's queue, closes every connection gracefully and stops the transport,
+    /// waiting at most `deadline`. Use it after sending a last message (a graceful leave), since
+    /// merely dropping the transport closes connections at once, losing queued frames. Frames
+    /// received meanwhile are discarded.
+    pub async fn close(mut self, deadline: Duration) {
+        let mut open: HashSet<u64> = self.peers.values().map(|p| p.conn).collect();
+        // Dropping the queues' senders makes each writer flush, then shut its side down; the
+        // peer answers by closing, which ends the connection.
+        self.peers.clear();
+        let _ = timeout(deadline, async {
+            while !open.is_empty() {
+                match self.events.recv().await {
+                    Some(Internal::Closed { conn, .. } | Internal::DialFailed { conn, .. }) => {
+                        open.remove(&conn);
+                    }
+                    Some(Internal::Inbound { give, .. }) => {
+                        let _ = give.send(None);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        })
+        .await;
     }
 
     /// The keyring this transport seals frames with, if any (rotate keys through it).
@@ -462,6 +550,7 @@ impl TcpTransport {
                 conn,
                 dialed: true,
                 stop: Some(stop_tx),
+                spare: None,
             },
         );
     }
@@ -469,8 +558,23 @@ impl TcpTransport {
     fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
         match ev {
             Internal::Frame { from, frame } => return Some(TransportEvent::Frame { from, frame }),
-            Internal::Connected { peer } => {
+            Internal::Connected { peer, actual, conn } => {
                 self.backoff.remove(&peer);
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.conn == conn
+                    && let Some(spare) = p.spare.take()
+                {
+                    let _ = spare.give.send(None);
+                }
+                if peer != actual
+                    && self.peers.get(&peer).is_some_and(|p| p.conn == conn)
+                    && !self.peers.contains_key(&actual)
+                {
+                    // Dialed by address only: file the connection under the real identity,
+                    // so later sends to it reuse this connection.
+                    let p = self.peers.remove(&peer).expect("checked");
+                    self.peers.insert(actual, p);
+                }
             }
             Internal::DialFailed { peer, conn, reason } => {
                 self.set_backoff(peer);
@@ -481,7 +585,9 @@ impl TcpTransport {
                     });
                 }
                 if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    self.peers.remove(&peer);
+                    // Frames queued for the dial are lost either way; the peer's own
+                    // connection, if it opened one, carries what comes next.
+                    self.promote_spare(peer);
                     self.push(TransportEvent::LinkFailed(peer));
                 }
             }
@@ -493,8 +599,11 @@ impl TcpTransport {
             } => self.on_inbound(peer, conn, give, stop),
             Internal::Closed { peer, conn, failed } => {
                 // Connections that no longer hold the queue (replaced, read-only) end quietly.
-                if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
-                    self.peers.remove(&peer);
+                let p = self.peers.get_mut(&peer)?;
+                if p.spare.as_ref().is_some_and(|s| s.conn == conn) {
+                    p.spare = None;
+                } else if p.conn == conn {
+                    self.promote_spare(peer);
                     if failed {
                         self.push(TransportEvent::LinkFailed(peer));
                     }
@@ -517,7 +626,9 @@ impl TcpTransport {
             // Simultaneous dials: the connection dialed by the smaller id wins; ours does, and
             // the new one stays read-only until the peer closes it.
             Some(p) if p.dialed && local < peer => {
-                let _ = give.send(None);
+                if let Some(old) = p.spare.replace(Spare { conn, give, stop }) {
+                    let _ = old.give.send(None);
+                }
             }
             Some(p) => {
                 // The new connection takes over: the current one hands it the queue directly.
@@ -534,6 +645,9 @@ impl TcpTransport {
                 p.conn = conn;
                 p.dialed = false;
                 p.stop = Some(stop);
+                if let Some(old) = p.spare.take() {
+                    let _ = old.give.send(None);
+                }
             }
             None => {
                 let (tx, rx) = mpsc::channel(capacity);
@@ -545,9 +659,28 @@ impl TcpTransport {
                             conn,
                             dialed: false,
                             stop: Some(stop),
+                            spare: None,
                         },
                     );
                 }
+            }
+        }
+    }
+
+    /// The connection holding `peer`'s queue is gone: hand a fresh queue to the spare
+    /// connection if there is one, else forget the peer.
+    fn promote_spare(&mut self, peer: NodeId) {
+        let Some(mut p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if let Some(spare) = p.spare.take() {
+            let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
+            if spare.give.send(Some(rx)).is_ok() {
+                p.tx = tx;
+                p.conn = spare.conn;
+                p.dialed = false;
+                p.stop = Some(spare.stop);
+                self.peers.insert(peer, p);
             }
         }
     }
@@ -677,6 +810,7 @@ impl Transport for TcpTransport {
             dropped_oversized: g(&c.dropped_oversized),
             dropped_unreachable: g(&c.dropped_unreachable),
             rejected_by_peer: g(&c.rejected_by_peer),
+            open_connections: g(&c.open_connections),
         }
     }
 }
@@ -750,7 +884,7 @@ async fn dial_handshake(
     peer: NodeId,
     r: &mut Reader,
     w: &mut Writer,
-) -> Result<Option<Session>, ConnError> {
+) -> Result<(Option<Session>, NodeId), ConnError> {
     let cfg = &shared.cfg;
     let nonce_d = nonce();
     let hello = Hello {
@@ -775,14 +909,18 @@ async fn dial_handshake(
     reply
         .check(&cfg.cluster_label, cfg.keyring.is_some(), shared.local)
         .map_err(ConnError::Handshake)?;
-    if reply.from.generation != peer.generation || reply.from.addr.port() != peer.addr.port() {
+    // The generation identifies a node's life; addresses may legitimately differ (advertised
+    // address, NAT), so only the generation is compared.
+    // Generation 0 accepts whichever node listens at the address (joining through it).
+    if peer.generation != 0 && reply.from.generation != peer.generation {
         return Err(ConnError::Handshake(RejectReason::NotThisNode {
             expected: peer,
             actual: reply.from,
         }));
     }
+    let actual = reply.from;
     let Some(keyring) = cfg.keyring.clone() else {
-        return Ok(None);
+        return Ok((None, actual));
     };
     verify_proof(
         &keyring,
@@ -793,11 +931,14 @@ async fn dial_handshake(
     let mut id = [0u8; 32];
     id[..16].copy_from_slice(&nonce_d);
     id[16..].copy_from_slice(&reply.nonce);
-    Ok(Some(Session {
-        keyring,
-        id,
-        out_dir: 0,
-    }))
+    Ok((
+        Some(Session {
+            keyring,
+            id,
+            out_dir: 0,
+        }),
+        actual,
+    ))
 }
 
 /// Acceptor side of the handshake: the peer's id and the session.
@@ -900,7 +1041,7 @@ async fn dial_task(
         {
             Err(_) => Err(ConnError::HandshakeTimeout),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(session)) => Ok((r, w, session)),
+            Ok(Ok((session, actual))) => Ok((r, w, session, actual)),
         }
     };
     let result = tokio::select! {
@@ -914,7 +1055,11 @@ async fn dial_task(
         Err(e) => {
             let reason = match e {
                 ConnError::Handshake(reason) => {
-                    warn!(%peer, %reason, "handshake with peer failed");
+                    if reason.needs_user_action() {
+                        warn!(%peer, %reason, "peer refused the handshake");
+                    } else {
+                        debug!(%peer, %reason, "handshake failed");
+                    }
                     Some(reason)
                 }
                 e => {
@@ -927,16 +1072,17 @@ async fn dial_task(
                 .send(Internal::DialFailed { peer, conn, reason })
                 .await;
         }
-        Ok((r, w, session)) => {
+        Ok((r, w, session, actual)) => {
             if shared
                 .events
-                .send(Internal::Connected { peer })
+                .send(Internal::Connected { peer, actual, conn })
                 .await
                 .is_ok()
             {
+                // Frames on this connection come from the identity the handshake revealed.
                 run_conn(
                     shared.clone(),
-                    peer,
+                    actual,
                     conn,
                     r,
                     w,
@@ -970,7 +1116,9 @@ async fn inbound_task(
             return;
         }
         Ok(Err(e)) => {
-            if matches!(e, ConnError::Handshake(_)) {
+            // A dialer that expected this node's previous life is routine, not bad input.
+            let routine = matches!(e, ConnError::Handshake(RejectReason::NotThisNode { .. }));
+            if matches!(e, ConnError::Handshake(_)) && !routine {
                 add(&shared.counters.rejected_connections, 1);
                 warn!(%addr, error = %e, "inbound connection rejected");
             } else {
@@ -1034,6 +1182,14 @@ async fn run_conn(
     source: QueueSource,
     mut stop: Option<oneshot::Receiver<Handover>>,
 ) {
+    struct Open<'a>(&'a AtomicU64);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    add(&shared.counters.open_connections, 1);
+    let _open = Open(&shared.counters.open_connections);
     reader.decoder_mut().set_max_frame_length(shared.wire_max());
     let last_write = Arc::new(AtomicU64::new(shared.now_ms()));
     let mut read_task = AbortOnDrop(tokio::spawn(read_loop(
@@ -1114,6 +1270,10 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
     let _ = timeout(shared.cfg.write_timeout, SinkExt::<Bytes>::close(w)).await;
 }
 
+/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
+/// [`MAX_BATCH_BYTES`]), then flushes.
+/// Encrypted, the frames are packed into records of at most `max_frame_size + 4` bytes
+/// (`u32` length and body per frame), each sealed once.
 async fn write_batch(
     shared: &Shared,
     w: &mut Writer,
@@ -1125,23 +1285,63 @@ async fn write_batch(
     let mut item = Some(first);
     let mut n = 0;
     let mut bytes = 0u64;
+    let cap = shared.cfg.max_frame_size + 4;
+    let mut record = BytesMut::new();
     while let Some(frame) = item {
-        let wire = match session {
-            Some(s) => s.seal(*counter, &frame),
-            None => frame,
-        };
-        *counter += 1;
-        bytes += wire.len() as u64 + 4;
-        w.feed(wire).await?;
+        match session {
+            None => {
+                bytes += frame.len() as u64 + 4;
+                w.feed(frame).await?;
+            }
+            Some(s) => {
+                if !record.is_empty() && record.len() + 4 + frame.len() > cap {
+                    let sealed = s.seal(*counter, &record);
+                    *counter += 1;
+                    bytes += sealed.len() as u64 + 4;
+                    w.feed(sealed).await?;
+                    record.clear();
+                }
+                record.put_u32(frame.len() as u32);
+                record.extend_from_slice(&frame);
+            }
+        }
         n += 1;
-        item = if n < MAX_BATCH {
+        let queued_bytes = bytes + record.len() as u64;
+        item = if n < MAX_BATCH && queued_bytes < MAX_BATCH_BYTES {
             queue.try_recv().ok()
         } else {
             None
         };
     }
+    if let Some(s) = session
+        && !record.is_empty()
+    {
+        let sealed = s.seal(*counter, &record);
+        *counter += 1;
+        bytes += sealed.len() as u64 + 4;
+        w.feed(sealed).await?;
+    }
     SinkExt::<Bytes>::flush(w).await?;
     add(&shared.counters.bytes_sent, bytes);
+    Ok(())
+}
+
+/// Splits an opened record into its frames.
+fn split_record(mut record: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(), ConnError> {
+    while !record.is_empty() {
+        if record.len() < 4 {
+            return Err(ConnError::BadRecord);
+        }
+        let len = u32::from_be_bytes(record[..4].try_into().expect("4 bytes")) as usize;
+        if len > max {
+            return Err(ConnError::Oversized { max });
+        }
+        if len > record.len() - 4 {
+            return Err(ConnError::BadRecord);
+        }
+        record.advance(4);
+        out.push(record.split_to(len));
+    }
     Ok(())
 }
 
@@ -1156,13 +1356,14 @@ async fn read_loop(
     let mut counter = 0u64;
     let mut last_read = shared.now_ms();
     let mut partial_since: Option<u64> = None;
+    let mut frames = Vec::with_capacity(MAX_BATCH);
     loop {
         match timeout(cfg.read_timeout, reader.next()).await {
             Err(_) => {
                 let now = shared.now_ms();
                 if !reader.read_buffer().is_empty() {
                     match partial_since {
-                        Some(t) if now - t >= cfg.read_timeout.as_millis() as u64 => {
+                        Some(t) if now.saturating_sub(t) >= cfg.read_timeout.as_millis() as u64 => {
                             return ReadEnd::Error(ConnError::SlowRead);
                         }
                         Some(_) => {}
@@ -1180,30 +1381,105 @@ async fn read_loop(
             Ok(Some(Ok(buf))) => {
                 partial_since = None;
                 add(&shared.counters.bytes_received, buf.len() as u64 + 4);
-                let frame = match &session {
-                    Some(s) => match s.open(counter, buf) {
-                        Ok(f) => f,
-                        Err(e) => return ReadEnd::Error(e.into()),
-                    },
-                    None => buf.freeze(),
-                };
-                counter += 1;
-                if frame.len() > cfg.max_frame_size {
-                    return ReadEnd::Error(ConnError::Oversized {
-                        max: cfg.max_frame_size,
-                    });
+                match &session {
+                    Some(s) => {
+                        let record = match s.open(counter, buf) {
+                            Ok(r) => r,
+                            Err(e) => return ReadEnd::Error(e.into()),
+                        };
+                        counter += 1;
+                        if let Err(e) = split_record(record, cfg.max_frame_size, &mut frames) {
+                            return ReadEnd::Error(e);
+                        }
+                    }
+                    None if buf.len() > cfg.max_frame_size => {
+                        return ReadEnd::Error(ConnError::Oversized {
+                            max: cfg.max_frame_size,
+                        });
+                    }
+                    None => frames.push(buf.freeze()),
                 }
-                add(&shared.counters.frames_received, 1);
-                if shared
-                    .events
-                    .send(Internal::Frame { from: peer, frame })
-                    .await
-                    .is_err()
-                {
-                    return ReadEnd::Shutdown;
+                for frame in frames.drain(..) {
+                    add(&shared.counters.frames_received, 1);
+                    if shared
+                        .events
+                        .send(Internal::Frame { from: peer, frame })
+                        .await
+                        .is_err()
+                    {
+                        return ReadEnd::Shutdown;
+                    }
                 }
                 last_read = shared.now_ms();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(parts: &[&[u8]]) -> Bytes {
+        let mut r = BytesMut::new();
+        for p in parts {
+            r.put_u32(p.len() as u32);
+            r.extend_from_slice(p);
+        }
+        r.freeze()
+    }
+
+    #[test]
+    fn records_split_into_their_frames() {
+        let mut out = Vec::new();
+        split_record(record(&[b"a", b"", b"hello"]), 16, &mut out).unwrap();
+        assert_eq!(out, vec![&b"a"[..], &b""[..], &b"hello"[..]]);
+    }
+
+    #[test]
+    fn malformed_records_are_refused() {
+        let mut out = Vec::new();
+        let r = record(&[b"hello"]);
+        // Truncated body, truncated length, oversized frame.
+        assert!(matches!(
+            split_record(r.slice(..r.len() - 1), 16, &mut out),
+            Err(ConnError::BadRecord)
+        ));
+        assert!(matches!(
+            split_record(Bytes::from_static(&[0, 0]), 16, &mut out),
+            Err(ConnError::BadRecord)
+        ));
+        assert!(matches!(
+            split_record(r, 4, &mut out),
+            Err(ConnError::Oversized { max: 4 })
+        ));
+        let mut huge = BytesMut::new();
+        huge.put_u32(u32::MAX);
+        assert!(split_record(huge.freeze(), 1 << 20, &mut out).is_err());
+    }
+
+    #[test]
+    fn session_frames_are_bound_to_direction_and_position() {
+        let ring = Keyring::new([3; 32]);
+        let dialer = Session {
+            keyring: ring.clone(),
+            id: [1; 32],
+            out_dir: 0,
+        };
+        let acceptor = Session {
+            out_dir: 1,
+            ..dialer.clone()
+        };
+        let sealed = dialer.seal(5, b"x");
+        let buf = || BytesMut::from(&sealed[..]);
+        assert_eq!(&acceptor.open(5, buf()).unwrap()[..], b"x");
+        // Replayed at another position, reflected back to its sender, or on another session.
+        assert!(acceptor.open(6, buf()).is_err());
+        assert!(dialer.open(5, buf()).is_err());
+        let other = Session {
+            id: [2; 32],
+            ..acceptor.clone()
+        };
+        assert!(other.open(5, buf()).is_err());
     }
 }
