@@ -41,6 +41,9 @@ pub struct ScenarioConfig {
     pub crash: f64,
     /// Whether the cluster directory runs (`false`: overlay and broadcast only).
     pub directory: bool,
+    /// Whether the directory emits member events (nobody reads them here; off by default,
+    /// as the directory's docs advise for simulations of huge clusters).
+    pub member_events: bool,
     /// How many nodes the others join through.
     pub contacts: usize,
     /// How long the overlay settles after the last join.
@@ -68,6 +71,7 @@ impl ScenarioConfig {
             broadcasts,
             crash,
             directory: true,
+            member_events: false,
             contacts: 5,
             bootstrap_settle: Duration::from_secs(2),
             round_timeout: Duration::from_secs(5),
@@ -583,6 +587,7 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     let wall = std::time::Instant::now();
     let mut sim_cfg = cfg.sim.clone();
     sim_cfg.proto.directory.enabled = cfg.directory;
+    sim_cfg.proto.directory.emit_events = cfg.member_events;
     let mut r = Runner {
         sim: Sim::new(sim_cfg),
         payload: Bytes::from(vec![0xab; cfg.payload_size]),
