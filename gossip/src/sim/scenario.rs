@@ -44,6 +44,9 @@ pub struct ScenarioConfig {
     /// Whether the directory emits member events (nobody reads them here; off by default,
     /// as the directory's docs advise for simulations of huge clusters).
     pub member_events: bool,
+    /// Stop after the stable phase: bootstrap, warm-up and `broadcasts` from one sender only
+    /// (the workload other simulators report), no crash, no quiet tail.
+    pub stable_only: bool,
     /// How many nodes the others join through.
     pub contacts: usize,
     /// How long the overlay settles after the last join.
@@ -72,6 +75,7 @@ impl ScenarioConfig {
             crash,
             directory: true,
             member_events: false,
+            stable_only: false,
             contacts: 5,
             bootstrap_settle: Duration::from_secs(2),
             round_timeout: Duration::from_secs(5),
@@ -635,6 +639,12 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     }
     let shape_stable = Shape::of(&r.sim);
     let bounds_stable = Bounds::of(&r.sim, sender);
+    if r.cfg.stable_only {
+        let mut rep = report(r, isolated_after_bootstrap, 0, None, None, wall);
+        rep.shape_stable = shape_stable;
+        rep.bounds_stable = bounds_stable;
+        return rep;
+    }
 
     // 4. Crash a fraction at once, noting who must detect whom.
     let mut ids: Vec<u32> = r.sim.alive().collect();
