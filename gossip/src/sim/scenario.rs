@@ -490,37 +490,61 @@ fn detected(node: &Node, peer: u32, directory: bool) -> bool {
 
 /// Whether every live node lists exactly the live nodes as alive.
 ///
-/// One node (the first live one) is checked entry by entry; every other node must then have
-/// the same number of alive entries and the same directory checksum (an order-independent
-/// 64-bit hash of its alive and suspect entries), which makes the check O(n) instead of O(n^2).
-/// It starts with `hint` (the node that failed last time), so a failing check usually fails at
-/// once, and updates it.
+/// Fast path: a node with as many alive entries as there are live nodes and the same directory
+/// checksum (an order-independent 64-bit hash of the alive and suspect entries) as a node
+/// checked entry by entry lists the same members, so most nodes cost O(1). A node whose
+/// checksum differs (it may still hold a suspect entry for a dead node, which does not break
+/// the rule) is checked entry by entry. Starts with `hint` (the node that failed last time), so
+/// a failing check usually fails at once, and updates it.
 pub fn members_converged(sim: &Sim, hint: &mut u32) -> bool {
+    convergence_gap(sim, hint).is_none()
+}
+
+/// Like [`members_converged`], but says what is wrong at the first node that fails.
+pub fn convergence_gap(sim: &Sim, hint: &mut u32) -> Option<String> {
     let live: Vec<u32> = sim.alive().collect();
-    let Some(reference) = live.first().and_then(|&id| sim.node(id)) else {
-        return true;
-    };
-    let dir = reference.directory();
-    if dir.alive_count() != live.len()
-        || !live
+    let exact = |id: u32| -> Option<String> {
+        let dir = sim.node(id)?.directory();
+        if let Some(&other) = live
             .iter()
-            .all(|id| matches!(dir.get(id), Some((MemberState::Alive, _))))
-    {
-        *hint = live[0];
-        return false;
-    }
-    let checksum = dir.checksum();
+            .find(|p| !matches!(dir.get(p), Some((MemberState::Alive, _))))
+        {
+            let state = dir
+                .get(&other)
+                .map(|(s, i)| format!("{s:?} (incarnation {i})"));
+            return Some(format!(
+                "node {id} lists live node {other} as {}",
+                state.unwrap_or_else(|| "unknown".into())
+            ));
+        }
+        (dir.alive_count() != live.len()).then(|| {
+            let dead = (0..sim.len())
+                .filter(|p| !sim.is_alive(*p))
+                .find(|p| matches!(dir.get(p), Some((MemberState::Alive, _))));
+            format!(
+                "node {id} lists {} alive members for {} live nodes (e.g. dead node {:?} as alive)",
+                dir.alive_count(),
+                live.len(),
+                dead
+            )
+        })
+    };
+    let mut reference: Option<u64> = None;
     let start = live.iter().position(|&id| id == *hint).unwrap_or(0);
     for k in 0..live.len() {
         let id = live[(start + k) % live.len()];
         let Some(node) = sim.node(id) else { continue };
         let d = node.directory();
-        if d.alive_count() != live.len() || d.checksum() != checksum {
-            *hint = id;
-            return false;
+        if d.alive_count() == live.len() && reference == Some(d.checksum()) {
+            continue;
         }
+        if let Some(gap) = exact(id) {
+            *hint = id;
+            return Some(gap);
+        }
+        reference.get_or_insert(d.checksum());
     }
-    true
+    None
 }
 
 struct Runner {
