@@ -123,6 +123,9 @@ const BATCH_VERSION: u8 = 1;
 /// Relayed ping-requests remembered at once (older ones are forgotten).
 const MAX_RELAYS: usize = 64;
 
+/// Active neighbours remembered (the overlay's active view is far smaller).
+const MAX_NEIGHBOURS: usize = 64;
+
 /// Members drawn at a time for probing.
 const PROBE_POOL: usize = 64;
 
@@ -156,6 +159,9 @@ pub struct Config {
     /// still arriving by broadcast and the digests would differ for nothing. At most three
     /// rounds in a row are skipped. A busy node also declines digests for the same reason.
     pub anti_entropy_quiet: Duration,
+    /// Most digests answered with a state transfer per anti-entropy interval (others are
+    /// ignored). A node receives about one digest per interval from its neighbours.
+    pub max_exchanges: usize,
     /// How often one member outside the active view is probed.
     pub probe_interval: Duration,
     /// How long a direct probe waits for its ack before asking neighbours to help.
@@ -204,6 +210,7 @@ impl Default for Config {
             sync_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(15),
             anti_entropy_quiet: Duration::from_secs(3),
+            max_exchanges: 8,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(400),
             indirect_probe_timeout: Duration::from_millis(600),
@@ -632,6 +639,8 @@ pub struct State<P: PeerId> {
     last_change: Option<Instant>,
     /// Anti-entropy rounds skipped in a row.
     ae_skipped: u32,
+    /// Start of the current exchange-limit window and the exchanges answered in it.
+    exchange_window: Option<(Instant, usize)>,
     neighbours: Vec<P>,
     seeds: Vec<P>,
     synced: bool,
@@ -669,6 +678,7 @@ impl<P: PeerId> State<P> {
             changes_seen: 0,
             last_change: None,
             ae_skipped: 0,
+            exchange_window: None,
             neighbours: Vec::new(),
             seeds: Vec::new(),
             synced: false,
@@ -1300,6 +1310,11 @@ impl<P: PeerId> State<P> {
             return;
         }
         if !self.neighbours.contains(&peer) {
+            if self.neighbours.len() >= MAX_NEIGHBOURS {
+                // The overlay's active view is far smaller; a missed `NeighborDown` must not
+                // make this grow.
+                self.neighbours.remove(0);
+            }
             self.neighbours.push(peer);
         }
         if !self.entries.contains_key(&peer) {
@@ -1484,7 +1499,7 @@ impl<P: PeerId> State<P> {
                     return;
                 }
                 let mask = self.differing_buckets(&buckets);
-                if mask != 0 {
+                if mask != 0 && self.exchange_allowed(now) {
                     self.stats.exchanges += 1;
                     self.send_state(from, mask, heal, Some(mask), out);
                 }
@@ -1558,6 +1573,23 @@ impl<P: PeerId> State<P> {
                 },
             ));
         }
+    }
+
+    /// At most [`Config::max_exchanges`] state transfers answer digests per anti-entropy
+    /// interval: a digest is small and the answer can be the whole directory, so this bounds
+    /// what a peer sending digests in a loop can make this node send.
+    fn exchange_allowed(&mut self, now: Instant) -> bool {
+        let window = self.config.anti_entropy_interval;
+        match self.exchange_window {
+            Some((start, n)) if now.saturating_duration_since(start) < window => {
+                if n >= self.config.max_exchanges {
+                    return false;
+                }
+                self.exchange_window = Some((start, n + 1));
+            }
+            _ => self.exchange_window = Some((now, 1)),
+        }
+        true
     }
 
     /// The live view changed within [`Config::anti_entropy_quiet`].

@@ -1527,3 +1527,21 @@ fn an_alive_seed_that_answers_is_reached_without_an_exchange() {
     assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))));
     assert!(sends(&o).is_empty());
 }
+
+#[test]
+fn digest_floods_get_a_bounded_answer() {
+    let mut t = T::new(0);
+    t.update(9, &(1..=100).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    t.now += Config::default().anti_entropy_quiet;
+    let digest = Message::Digest {
+        buckets: vec![0; DIGEST_BUCKETS],
+        heal: false,
+    };
+    let answered = (0..100)
+        .filter(|_| !sends(&t.recv(9, digest.clone())).is_empty())
+        .count();
+    assert_eq!(answered, Config::default().max_exchanges);
+    // A new window, a new allowance.
+    t.now += Config::default().anti_entropy_interval;
+    assert!(!sends(&t.recv(9, digest)).is_empty());
+}
