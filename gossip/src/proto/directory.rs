@@ -2006,7 +2006,7 @@ pub fn encode_batch<P: PeerId>(facts: &[Fact<P>]) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// Decode a broadcast batch: `None` if it is malformed, over [`MAX_BATCH_DECODE`] bytes, has
+/// Decode a broadcast batch: `None` if it is malformed, over 1 MiB, has
 /// trailing bytes, an unknown version, or more than `max_entries` facts.
 pub fn decode_batch<P: PeerId>(payload: &[u8], max_entries: usize) -> Option<Vec<Fact<P>>> {
     if payload.len() > MAX_BATCH_DECODE {
