@@ -85,8 +85,8 @@
 //! # Memory
 //!
 //! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2); metadata
-//! lives in a side map holding only members that have any, and tombstone times in another
-//! holding only `Dead`/`Left` ones. With `P = u32` that is about 15 bytes per member (a hash
+//! lives in a side map holding only members that have any, and `Dead`/`Left` entries wait for
+//! reaping in a queue (12 bytes each with `P = u32`) ordered by when they died. With `P = u32` that is about 15 bytes per member (a hash
 //! table with one control byte per slot, at its usual load). Random picks for probing come from a
 //! small pool refilled by reservoir sampling, not from a second list of every id. Incarnations
 //! above [`MAX_INCARNATION`] are refused.
@@ -496,6 +496,14 @@ enum Source {
     Exchange,
 }
 
+/// A `Dead` or `Left` entry and when it became so, in seconds of the directory's clock.
+#[derive(Debug, Clone, Copy)]
+struct Tomb<P> {
+    since: u32,
+    id: P,
+    entry: Entry,
+}
+
 /// A first-hand fact waiting in the outbox.
 #[derive(Debug, Clone)]
 struct Pending<P: PeerId> {
@@ -615,7 +623,11 @@ pub struct State<P: PeerId> {
     probe_pool: Vec<P>,
     metadata: Map<P, Bytes>,
     /// When each `Dead`/`Left` entry became so here.
-    tombstones: Map<P, Instant>,
+    /// `Dead`/`Left` entries in the order they became so (records go stale when the entry
+    /// changes again): reaping pops the old end.
+    tombstones: VecDeque<Tomb<P>>,
+    /// Origin of the coarse clock used for tombstones.
+    base: Option<Instant>,
     graveyard: Map<P, u32>,
     graveyard_order: VecDeque<P>,
     buckets: [u64; DIGEST_BUCKETS],
@@ -663,7 +675,8 @@ impl<P: PeerId> State<P> {
             entries: Map::default(),
             probe_pool: Vec::new(),
             metadata: Map::default(),
-            tombstones: Map::default(),
+            tombstones: VecDeque::new(),
+            base: None,
             graveyard: Map::default(),
             graveyard_order: VecDeque::new(),
             buckets: [0; DIGEST_BUCKETS],
@@ -979,7 +992,7 @@ impl<P: PeerId> State<P> {
                 }
                 self.recount(&id, (0, false));
                 if !new.state().is_live() {
-                    self.tombstones.insert(id, now);
+                    self.entomb(id, new, now);
                 }
                 self.emit(out, id, None, false);
                 true
@@ -1000,11 +1013,8 @@ impl<P: PeerId> State<P> {
                     (incarnation, fact.state.rank()) > (old.incarnation(), old.state().rank());
                 if newer {
                     self.entries.insert(id, new);
-                    let old_live = old.state().is_live();
-                    if new.state().is_live() && !old_live {
-                        self.tombstones.remove(&id);
-                    } else if !new.state().is_live() && old_live {
-                        self.tombstones.insert(id, now);
+                    if !new.state().is_live() {
+                        self.entomb(id, new, now);
                     }
                     if new.state() != MemberState::Suspect {
                         self.suspecting.remove(&id);
@@ -1704,7 +1714,7 @@ impl<P: PeerId> State<P> {
                 let before = self.contribution(&id);
                 self.entries.insert(id, new);
                 self.recount(&id, before);
-                self.tombstones.insert(id, now);
+                self.entomb(id, new, now);
                 self.emit(out, id, Some(e.state()), false);
                 let f = self.fact_of(id, new);
                 self.push_outbox(f, now, out);
@@ -1889,29 +1899,14 @@ impl<P: PeerId> State<P> {
             Some(seeds[rng.random_range(0..seeds.len())])
         } else {
             // A random recently dead member (not one that left: it is gone on purpose).
-            let dead = self
-                .tombstones
-                .keys()
-                .filter(|id| {
-                    self.entries
-                        .get(id)
-                        .is_some_and(|e| e.state() == MemberState::Dead)
-                })
-                .count();
-            if dead == 0 {
-                None
-            } else {
-                let nth = rng.random_range(0..dead);
-                self.tombstones
-                    .keys()
-                    .filter(|id| {
-                        self.entries
-                            .get(id)
-                            .is_some_and(|e| e.state() == MemberState::Dead)
-                    })
-                    .nth(nth)
-                    .copied()
-            }
+            (0..8).find_map(|_| {
+                if self.tombstones.is_empty() {
+                    return None;
+                }
+                let t = self.tombstones[rng.random_range(0..self.tombstones.len())];
+                (t.entry.state() == MemberState::Dead && self.entries.get(&t.id) == Some(&t.entry))
+                    .then_some(t.id)
+            })
         };
         if let Some(target) = target {
             let seq = self.next_seq();
@@ -1942,27 +1937,43 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn reap(&mut self, now: Instant) {
-        let reap_after = self.config.reap_after;
-        let expired: Vec<P> = self
-            .tombstones
-            .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= reap_after)
-            .map(|(id, _)| *id)
-            .collect();
-        if expired.is_empty() {
-            return;
+    /// Seconds since the first instant this directory saw (tombstones need no finer clock).
+    fn secs(&mut self, now: Instant) -> u32 {
+        let base = *self.base.get_or_insert(now);
+        now.saturating_duration_since(base)
+            .as_secs()
+            .min(u32::MAX as u64) as u32
+    }
+
+    /// Record that `id` became `Dead` or `Left` (as `entry`) now.
+    fn entomb(&mut self, id: P, entry: Entry, now: Instant) {
+        let since = self.secs(now);
+        self.tombstones.push_back(Tomb { since, id, entry });
+        if self.tombstones.len() > 2 * self.entries.len() + 1024 {
+            // Members dying and coming back left stale records behind: drop them.
+            let entries = &self.entries;
+            self.tombstones
+                .retain(|t| entries.get(&t.id) == Some(&t.entry));
         }
-        for id in &expired {
-            let before = self.contribution(id);
-            self.tombstones.remove(id);
-            self.metadata.remove(id);
-            self.suspecting.remove(id);
-            let removed = self.entries.remove(id);
-            self.recount(id, before);
-            if let Some(e) = removed {
-                self.bury(*id, e.incarnation());
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let now = self.secs(now);
+        let after = self.config.reap_after.as_secs().min(u32::MAX as u64) as u32;
+        while let Some(&t) = self.tombstones.front() {
+            if now.saturating_sub(t.since) < after {
+                break;
             }
+            self.tombstones.pop_front();
+            if self.entries.get(&t.id) != Some(&t.entry) {
+                continue; // it changed since: a newer record (or none) stands for it
+            }
+            let before = self.contribution(&t.id);
+            self.metadata.remove(&t.id);
+            self.suspecting.remove(&t.id);
+            self.entries.remove(&t.id);
+            self.recount(&t.id, before);
+            self.bury(t.id, t.entry.incarnation());
         }
     }
 
