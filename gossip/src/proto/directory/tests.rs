@@ -1458,6 +1458,18 @@ fn print_sizes() {
 }
 
 #[test]
+fn flapping_members_do_not_grow_the_tombstone_queue() {
+    let mut t = T::new(0);
+    // 50 members die and come back 100 times each within one reap period.
+    for inc in 0..100u64 {
+        t.update(9, &(1..=50).map(|i| fact(i, inc, Dead)).collect::<Vec<_>>());
+        t.update(9, &(1..=50).map(|i| alive(i, inc + 1)).collect::<Vec<_>>());
+    }
+    assert!(t.st.tombstones.len() <= 2 * t.st.len() + 1024);
+    assert_eq!(t.st.alive_count(), 51);
+}
+
+#[test]
 fn the_graveyard_is_bounded() {
     let config = Config {
         reap_after: Duration::from_secs(1),
@@ -1479,6 +1491,7 @@ fn the_graveyard_is_bounded() {
         assert!(t.st.graveyard.len() <= 4);
         assert!(t.st.graveyard_order.len() <= 8);
         assert_eq!(t.st.len(), 1, "everything but ourselves was reaped");
+        assert!(t.st.tombstones.is_empty(), "no record outlives its entry");
     }
 }
 
