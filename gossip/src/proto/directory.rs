@@ -36,8 +36,9 @@
 //! 17 system broadcasts instead of about 1,700.
 //!
 //! The collector is a role, not a leader: any node accepts announcements, and a node that
-//! forwarded a fact keeps it until a broadcast covering it arrives. If the collector fails, the
-//! send fails, the collector becomes suspect, and the waiting facts go to the next smallest id;
+//! forwarded a fact keeps it until a broadcast covering it arrives. The collector acknowledges
+//! announcements; if it does not within the probe timeouts, it is suspected first hand, and the
+//! waiting facts go to the next smallest id;
 //! if nothing covered a fact within [`Config::forward_grace`], the node broadcasts it itself.
 //! Refutations and departures skip all this and are broadcast at once.
 //!
@@ -332,6 +333,8 @@ pub enum Message<P: PeerId> {
     Announce {
         /// The facts.
         facts: Vec<Fact<P>>,
+        /// Non-zero: answer with `Ack { seq }`, so the sender learns the collector is alive.
+        seq: u64,
     },
     /// Anti-entropy digest: one checksum per bucket of live entries.
     Digest {
@@ -377,6 +380,11 @@ pub enum Timer<P: PeerId> {
     /// The probe with this sequence number got no ack in time.
     ProbeTimeout {
         /// The probe.
+        seq: u64,
+    },
+    /// The collector did not acknowledge forwarded facts in time.
+    CollectorTimeout {
+        /// The acknowledgement awaited.
         seq: u64,
     },
     /// Periodic: exchange a digest with a random neighbour.
@@ -644,6 +652,8 @@ pub struct State<P: PeerId> {
     reforward: bool,
     /// Cached collector: the smallest `Alive` id (valid while it stays `Alive`).
     collector: Option<P>,
+    /// The collector and the sequence number of the acknowledgement awaited from it.
+    collector_check: Option<(P, u64)>,
     /// Changes of the live view so far, and how many of them `last_change` accounts for.
     changes: u64,
     changes_seen: u64,
@@ -687,6 +697,7 @@ impl<P: PeerId> State<P> {
             flush_at: None,
             reforward: false,
             collector: None,
+            collector_check: None,
             changes: 0,
             changes_seen: 0,
             last_change: None,
@@ -1207,13 +1218,31 @@ impl<P: PeerId> State<P> {
                     self.waiting.push_back((deadline, id));
                 }
             }
-            for chunk in forward.chunks(self.config.max_batch_entries.max(1)) {
-                out.push_back(OutEvent::SendMessage(
-                    collector,
-                    Message::Announce {
-                        facts: chunk.to_vec(),
-                    },
-                ));
+            if !forward.is_empty() {
+                // One ack per collector at a time tells whether it still listens: a collector
+                // that crashed is suspected after the probe timeouts and the facts move on,
+                // without waiting for the transport or for someone to announce its death.
+                let seq = match self.collector_check {
+                    Some((c, seq)) if c == collector => seq,
+                    _ => {
+                        let seq = self.next_seq();
+                        self.collector_check = Some((collector, seq));
+                        out.push_back(OutEvent::ScheduleTimer(
+                            self.config.probe_timeout + self.config.indirect_probe_timeout,
+                            Timer::CollectorTimeout { seq },
+                        ));
+                        seq
+                    }
+                };
+                for chunk in forward.chunks(self.config.max_batch_entries.max(1)) {
+                    out.push_back(OutEvent::SendMessage(
+                        collector,
+                        Message::Announce {
+                            facts: chunk.to_vec(),
+                            seq,
+                        },
+                    ));
+                }
             }
         }
         for chunk in broadcast.chunks(self.config.max_batch_entries.max(1)) {
@@ -1404,6 +1433,7 @@ impl<P: PeerId> State<P> {
                     peer,
                     Message::Announce {
                         facts: vec![f.clone()],
+                        seq: 0,
                     },
                 ));
                 self.push_outbox(f, _now, out);
@@ -1475,13 +1505,16 @@ impl<P: PeerId> State<P> {
                     self.send_state(from, mask, announce, None, out);
                 }
             }
-            Message::Announce { facts } => {
+            Message::Announce { facts, seq } => {
                 if facts.len() > self.config.max_batch_entries {
                     self.stats.invalid_messages += 1;
                     return;
                 }
                 if self.left {
                     return;
+                }
+                if seq != 0 {
+                    out.push_back(OutEvent::SendMessage(from, Message::Ack { seq }));
                 }
                 let refutations = self.stats.refutations;
                 for fact in facts {
@@ -1497,7 +1530,10 @@ impl<P: PeerId> State<P> {
                 if self.stats.refutations > refutations {
                     // Someone suspects us: answer it directly, the broadcast may take longer.
                     let facts = vec![self.own_fact()];
-                    out.push_back(OutEvent::SendMessage(from, Message::Announce { facts }));
+                    out.push_back(OutEvent::SendMessage(
+                        from,
+                        Message::Announce { facts, seq: 0 },
+                    ));
                 }
             }
             Message::Digest { buckets, heal } => {
@@ -1548,6 +1584,13 @@ impl<P: PeerId> State<P> {
     fn on_ack<R: Rng>(&mut self, from: P, seq: u64, _rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
         if self.probe.is_some_and(|p| p.seq == seq) {
             self.probe = None;
+            return;
+        }
+        if self
+            .collector_check
+            .is_some_and(|(c, s)| s == seq && c == from)
+        {
+            self.collector_check = None;
             return;
         }
         if let Some((target, s)) = self.heal_probe
@@ -1730,6 +1773,16 @@ impl<P: PeerId> State<P> {
                 self.start_probe(rng, out);
             }
             Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now, rng, out),
+            Timer::CollectorTimeout { seq } => {
+                if let Some((collector, s)) = self.collector_check
+                    && s == seq
+                {
+                    self.collector_check = None;
+                    self.stats.probes_failed += 1;
+                    // Suspecting it changes the collector: the waiting facts go to the next one.
+                    self.failure_observed(collector, now, out);
+                }
+            }
             Timer::AntiEntropy => {
                 if self.left {
                     return;
