@@ -11,7 +11,7 @@
 //! - `codec` names the payload encoding. [`CODEC_BINCODE`] is bincode 2 through serde with the
 //!   standard configuration (little endian, variable-length integers); another codec can be
 //!   added later without touching the header.
-//! - `tag id` is [`Tag::ID`](crate::Tag::ID), so relays and dispatch read one integer and never
+//! - `tag id` is [`Tag::ID`], so relays and dispatch read one integer and never
 //!   touch the payload.
 //!
 //! Encoding enforces a size limit on the whole envelope ([`EncodeError::TooLarge`]), and
