@@ -114,7 +114,7 @@ impl Message {
 
     /// Whether this message decodes as `T` (its id is `T`'s id or one of `T`'s aliases).
     pub fn is<T: Tag>(&self) -> bool {
-        T::accepts(self.id)
+        tag::accepts::<T>(self.id)
     }
 
     /// The encoded payload (after the envelope header).
@@ -153,7 +153,7 @@ impl Message {
     /// [`DecodeError::Payload`] or [`DecodeError::TrailingBytes`] when the payload does not
     /// decode as `T` exactly.
     pub fn decode<T: Tag>(&self) -> Result<T, DecodeError> {
-        if !T::accepts(self.id) {
+        if !tag::accepts::<T>(self.id) {
             return Err(DecodeError::WrongTag {
                 expected: T::NAME,
                 actual: self.tag().to_owned(),
