@@ -297,6 +297,27 @@ mod tests {
         assert!(Message::from_envelope_limited(bytes, len).is_ok());
     }
 
+    proptest::proptest! {
+        /// Hostile envelopes: parsing and decoding return errors, never panic.
+        #[test]
+        fn random_envelopes_never_panic(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            valid_header in proptest::bool::ANY,
+        ) {
+            let mut bytes = body;
+            if valid_header && bytes.len() >= HEADER_LEN {
+                bytes[0] = codec::FORMAT_VERSION;
+                bytes[1] = codec::CODEC_BINCODE;
+                bytes[2..10].copy_from_slice(&crate::tag_id("message.commit").to_le_bytes());
+            }
+            if let Ok(msg) = Message::from_envelope(bytes.into()) {
+                let _ = msg.tag();
+                let _ = msg.decode::<Commit>();
+                let _ = msg.decode::<Doom>();
+            }
+        }
+    }
+
     #[test]
     fn the_runtime_records_the_source() {
         let node = NodeId::new(SocketAddr::from((Ipv4Addr::LOCALHOST, 5666)), 7);
