@@ -319,8 +319,8 @@ mod tests {
         #[tag(crate = "crate", name = "doom", alias = "Doom", alias = "doom.v0")]
         pub struct Doom;
 
+        // Default `::gossip` paths resolve inside the crate too (`extern crate self`).
         #[derive(crate::Tag, Serialize, Deserialize, Debug, PartialEq)]
-        #[tag(crate = "crate")]
         pub struct Ping(pub u64);
 
         #[derive(crate::Tags, Debug, PartialEq)]
