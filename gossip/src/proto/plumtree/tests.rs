@@ -733,6 +733,13 @@ fn neighbor_up_sends_a_digest_and_neighbor_down_forgets_the_link() {
 }
 
 #[test]
+fn per_origin_and_per_message_state_stays_small() {
+    // One record per origin per node is O(n^2) over a cluster: keep it at 32 bytes.
+    assert!(std::mem::size_of::<OriginRecord>() <= 32);
+    assert!(std::mem::size_of::<Cached<u32>>() <= 56);
+}
+
+#[test]
 fn message_helpers_count_user_payloads() {
     assert_eq!(gossip(1, 1, 1).user_payloads(), 1);
     let system = Message::Gossip(Gossip {
