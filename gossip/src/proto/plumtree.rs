@@ -403,7 +403,10 @@ fn millis(d: Duration) -> Stamp {
 /// The missing sequence numbers of one origin, ascending, with when each went missing. Boxed,
 /// so a record without holes (the common case) costs one pointer.
 #[derive(Debug, Default)]
-#[expect(clippy::box_collection, reason = "8 bytes per record instead of 24 when empty")]
+#[expect(
+    clippy::box_collection,
+    reason = "8 bytes per record instead of 24 when empty"
+)]
 struct Holes(Option<Box<Vec<(u64, Stamp)>>>);
 
 impl Holes {
@@ -1201,7 +1204,9 @@ impl<P: PeerId> State<P> {
             self.stats.delivered += 1;
             out.push_back(OutEvent::Deliver(d));
             self.set_delivered(origin, seq);
-            self.fifo_release_from(origin, seq + 1, out);
+            if let Some(next) = seq.checked_add(1) {
+                self.fifo_release_from(origin, next, out);
+            }
         } else {
             self.fifo_held.insert(d.id, d);
             if self.fifo_armed.insert(origin) {
@@ -1226,7 +1231,10 @@ impl<P: PeerId> State<P> {
             self.stats.delivered += 1;
             out.push_back(OutEvent::Deliver(d));
             self.set_delivered(origin, seq);
-            seq += 1;
+            let Some(next) = seq.checked_add(1) else {
+                break;
+            };
+            seq = next;
         }
     }
 
@@ -1345,7 +1353,8 @@ impl<P: PeerId> State<P> {
             // The numbers skipped become holes: the nearest `window`, within the global budget.
             let skipped = id.seq - r.high - 1;
             let kept = skipped.min(window).min(budget);
-            self.stats.holes_given_up += skipped - kept;
+            // A forged jump can skip almost 2^64 numbers.
+            self.stats.holes_given_up = self.stats.holes_given_up.saturating_add(skipped - kept);
             if kept > 0 {
                 r.holes
                     .vec()
@@ -1356,7 +1365,7 @@ impl<P: PeerId> State<P> {
                 let excess = r.holes.len() - window as usize;
                 r.holes.vec().drain(..excess);
                 self.total_holes -= excess;
-                self.stats.holes_given_up += excess as u64;
+                self.stats.holes_given_up = self.stats.holes_given_up.saturating_add(excess as u64);
             }
             r.high = id.seq;
             r.last = now;
@@ -1428,7 +1437,10 @@ impl<P: PeerId> State<P> {
                 v.retain(|(_, since)| now.saturating_sub(*since) < forget);
             }
             r.holes.shrink();
-            self.stats.holes_given_up += (before - r.holes.len()) as u64;
+            self.stats.holes_given_up = self
+                .stats
+                .holes_given_up
+                .saturating_add((before - r.holes.len()) as u64);
             self.total_holes -= before - r.holes.len();
             let holes = r
                 .holes

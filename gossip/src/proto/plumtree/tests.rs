@@ -1293,7 +1293,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Down(a, b)),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Op::Up(a, b)),
         2 => any::<u16>().prop_map(Op::Advance),
-        1 => (any::<u8>(), any::<u8>(), any::<u64>(), any::<u8>()).prop_map(|(a, b, c, d)| Op::Hostile(a, b, c, d)),
+        1 => (any::<u8>(), any::<u8>(), prop_oneof![any::<u64>(), Just(u64::MAX), Just(u64::MAX - 1), 0..40u64], any::<u8>()).prop_map(|(a, b, c, d)| Op::Hostile(a, b, c, d)),
     ]
 }
 
