@@ -740,6 +740,49 @@ fn per_origin_and_per_message_state_stays_small() {
 }
 
 #[test]
+fn every_message_round_trips_through_bincode() {
+    let peer = crate::NodeId::new("127.0.0.1:7000".parse().unwrap(), 42);
+    let mid = MessageId {
+        origin: peer,
+        seq: 7,
+    };
+    let messages: Vec<Message<crate::NodeId>> = vec![
+        Message::Gossip(Gossip {
+            id: mid,
+            kind: PayloadKind::System,
+            payload: Bytes::from_static(b"abc"),
+            hops: 3,
+        }),
+        Message::IHave(vec![IHave { id: mid, hops: 2 }]),
+        Message::Graft(Some(mid)),
+        Message::Graft(None),
+        Message::Prune,
+        Message::Digest(Digest {
+            after: None,
+            until: Some(peer),
+            entries: vec![DigestEntry {
+                origin: peer,
+                high: 9,
+                holes: vec![3, 5],
+            }],
+        }),
+        Message::CatchUp(Gossip {
+            id: mid,
+            kind: PayloadKind::User,
+            payload: Bytes::from_static(b"x"),
+            hops: 1,
+        }),
+    ];
+    let config = bincode::config::standard().with_limit::<{ 1 << 20 }>();
+    for m in messages {
+        let bytes = bincode::serde::encode_to_vec(&m, config).unwrap();
+        let (back, used): (Message<crate::NodeId>, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!((back, used), (m, bytes.len()));
+    }
+}
+
+#[test]
 fn message_helpers_count_user_payloads() {
     assert_eq!(gossip(1, 1, 1).user_payloads(), 1);
     let system = Message::Gossip(Gossip {
