@@ -1,1 +1,1 @@
-//! Compile-fail tests for the derives live in `tests/`.
+//! Compile-fail (UI) tests of `#[derive(Tag)]` and `#[derive(Tags)]`; see `tests/ui.rs`.

@@ -1598,14 +1598,16 @@ impl<P: PeerId> State<P> {
             && target == from
         {
             self.heal_probe = None;
-            out.push_back(OutEvent::Reach(target));
-            // A member we hold alive needs no exchange: anti-entropy covers it. One we hold dead
-            // (or do not know) answering means two views split: exchange and re-announce.
+            // A member we hold alive needs no exchange and no new link: anti-entropy and the
+            // overlay cover it (forcing a link would evict a healthy one and churn the
+            // overlay). One we hold dead (or do not know) answering means two views split:
+            // link to it, exchange and re-announce.
             if !self
                 .entries
                 .get(&target)
                 .is_some_and(|e| e.state() == MemberState::Alive)
             {
+                out.push_back(OutEvent::Reach(target));
                 let buckets = self.buckets.to_vec();
                 out.push_back(OutEvent::SendMessage(
                     target,

@@ -166,8 +166,13 @@ impl<P: PeerId, R: Rng> State<P, R> {
                 Timer::Directory(t) => Step::Directory(directory::InEvent::TimerExpired(t)),
             }),
             InEvent::LinkFailed(peer) => {
+                // A broken active link is first-hand evidence of a failure. Any other closed
+                // link is not: a peer that dropped us from its active view closes the
+                // connection too, and the directory's own probes cover non-neighbours.
+                if self.membership.is_active(&peer) {
+                    work.push_back(Step::Directory(directory::InEvent::PeerFailed(peer)));
+                }
                 work.push_back(Step::Membership(hyparview::InEvent::PeerFailed(peer)));
-                work.push_back(Step::Directory(directory::InEvent::PeerFailed(peer)));
             }
             InEvent::Join(contacts) => {
                 work.push_back(Step::Directory(directory::InEvent::Join(contacts.clone())));

@@ -11,6 +11,13 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use crate::NodeId;
+pub use crate::wire::RejectReason;
+
+pub mod memory;
+pub mod tcp;
+
+pub use memory::{MemoryError, MemoryNetwork, MemoryTransport, NetworkStats};
+pub use tcp::{TcpConfig, TcpError, TcpTransport};
 
 /// What a transport reports to the node.
 #[derive(Debug)]
@@ -24,6 +31,15 @@ pub enum TransportEvent {
     },
     /// The link to this peer failed or could not be opened; queued frames to it were dropped.
     LinkFailed(NodeId),
+    /// A peer refused our handshake for a reason the user must fix (cluster label, protocol
+    /// version, cluster key). Followed by `LinkFailed` for the node that was dialed. Display it
+    /// as `"{addr} rejected us: {reason}"`.
+    Rejected {
+        /// The address that was dialed.
+        addr: SocketAddr,
+        /// Why, from this node's point of view.
+        reason: RejectReason,
+    },
 }
 
 /// Counters every transport keeps.
@@ -43,6 +59,16 @@ pub struct TransportStats {
     pub rejected_connections: u64,
     /// Handshakes that did not finish in time.
     pub handshake_timeouts: u64,
+    /// Frames dropped because they were larger than the maximum frame size.
+    pub dropped_oversized: u64,
+    /// Frames dropped because the peer could not be reached (dial failed, backing off, crashed,
+    /// or it is another generation of the node at that address).
+    pub dropped_unreachable: u64,
+    /// Handshakes the peer refused (reported as [`TransportEvent::Rejected`] when the user must
+    /// act).
+    pub rejected_by_peer: u64,
+    /// Connections open now, past their handshake (a gauge, not a counter; 0 for memory).
+    pub open_connections: u64,
 }
 
 /// One duty each: `send` never blocks, `poll_recv` yields every event exactly once.
@@ -58,4 +84,24 @@ pub trait Transport: Send + 'static {
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>>;
     /// Counters.
     fn stats(&self) -> TransportStats;
+}
+
+/// A boxed transport is a transport, so a node can hold `Box<dyn Transport>` and pick the
+/// memory or TCP transport at runtime.
+impl<T: Transport + ?Sized> Transport for Box<T> {
+    fn local_addr(&self) -> SocketAddr {
+        (**self).local_addr()
+    }
+    fn send(&mut self, to: NodeId, frame: Bytes) {
+        (**self).send(to, frame)
+    }
+    fn disconnect(&mut self, peer: NodeId) {
+        (**self).disconnect(peer)
+    }
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
+        (**self).poll_recv(cx)
+    }
+    fn stats(&self) -> TransportStats {
+        (**self).stats()
+    }
 }

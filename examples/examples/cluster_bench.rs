@@ -1,0 +1,182 @@
+//! 200 TCP nodes on loopback in one process: membership convergence, broadcast spread, false
+//! suspicions while quiet, crash detection, idle traffic.
+//!
+//! `cargo run --release --example cluster_bench -- --nodes 200`
+//! Prints a table and, last, one JSON line.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use gossip::{Config, Event, MemberState, Node, NodeId, Tag};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+
+#[derive(Tag, Serialize, Deserialize, Debug)]
+struct Update {
+    n: u32,
+}
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 200)]
+    nodes: usize,
+    /// Seconds of quiet in which false suspicions are counted.
+    #[arg(long, default_value_t = 30.0)]
+    quiet: f64,
+    #[arg(long, default_value_t = 20)]
+    broadcasts: usize,
+    /// Fraction of nodes killed at once.
+    #[arg(long, default_value_t = 0.1)]
+    kill: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+async fn wait_for(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+async fn everyone_lists(nodes: &[Node], ids: &HashSet<NodeId>, state: MemberState) -> bool {
+    for node in nodes {
+        let members = node.members().await.unwrap_or_default();
+        let have = members.iter().filter(|m| m.state == state && ids.contains(&m.id)).count();
+        if have != ids.len() {
+            return false;
+        }
+    }
+    true
+}
+
+async fn bytes_sent(nodes: &[Node]) -> u64 {
+    let mut total = 0;
+    for n in nodes {
+        total += n.stats().await.map(|s| s.transport.bytes_sent).unwrap_or(0);
+    }
+    total
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let start = Instant::now();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..args.nodes {
+        let config = Config { seed: Some(args.seed * 10_000 + i as u64), ..Config::default() };
+        nodes.push(Node::builder().config(config).bind("127.0.0.1:0").await.expect("bind"));
+    }
+    let contact = nodes[0].local_addr();
+    let join_start = Instant::now();
+    let joins: Vec<_> = nodes[1..]
+        .iter()
+        .map(|n| {
+            let n = n.clone();
+            tokio::spawn(async move { n.join(contact).await })
+        })
+        .collect();
+    for j in joins {
+        j.await.unwrap().expect("join");
+    }
+    let all: HashSet<NodeId> = nodes.iter().map(|n| n.id()).collect();
+    let converge = wait_for(Duration::from_secs(60), async || {
+        everyone_lists(&nodes, &all, MemberState::Alive).await
+    })
+    .await
+    .map(|_| join_start.elapsed());
+    println!("membership converged: {:?}", converge);
+
+    // Spread: 20 broadcasts from random nodes, time until the last node delivered each.
+    let last_delivery: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
+        Arc::new(std::sync::Mutex::new(vec![None; args.broadcasts]));
+    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..args.broadcasts).map(|_| AtomicU64::new(0)).collect());
+    for node in &nodes {
+        let (node, last, counts) = (node.clone(), last_delivery.clone(), counts.clone());
+        tokio::spawn(async move {
+            while let Ok(m) = node.recv().await {
+                if let Ok(u) = m.decode::<Update>() {
+                    counts[u.n as usize].fetch_add(1, Ordering::Relaxed);
+                    last.lock().unwrap()[u.n as usize] = Some(Instant::now());
+                }
+            }
+        });
+    }
+    let mut spreads = Vec::new();
+    for n in 0..args.broadcasts {
+        let sender = rng.random_range(0..nodes.len());
+        let t0 = Instant::now();
+        nodes[sender].broadcast(&Update { n: n as u32 }).await.unwrap();
+        let counts = counts.clone();
+        let total = (nodes.len() - 1) as u64;
+        let done = wait_for(Duration::from_secs(10), async || counts[n].load(Ordering::Relaxed) >= total).await;
+        let last = last_delivery.lock().unwrap()[n];
+        spreads.push(match (done, last) {
+            (Some(_), Some(last)) => last.duration_since(t0).as_secs_f64() * 1000.0,
+            _ => f64::INFINITY,
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sorted = spreads.clone();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let spread_p50 = sorted[sorted.len() / 2];
+    let spread_max = *sorted.last().unwrap();
+
+    // Quiet period: count suspicions and deaths (none is expected) and idle traffic.
+    let false_suspicions = Arc::new(AtomicU64::new(0));
+    for node in &nodes {
+        let mut events = node.events();
+        let counter = false_suspicions.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.next().await {
+                if matches!(e, Ok(Event::MemberSuspect(_)) | Ok(Event::MemberDown(_))) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let b0 = bytes_sent(&nodes).await;
+    tokio::time::sleep(Duration::from_secs_f64(args.quiet)).await;
+    let b1 = bytes_sent(&nodes).await;
+    let idle_bytes = (b1 - b0) as f64 / nodes.len() as f64 / args.quiet;
+    let false_count = false_suspicions.load(Ordering::Relaxed);
+
+    // Crash 10% at once, without leaving.
+    let kill = ((nodes.len() as f64) * args.kill).round() as usize;
+    let victims: Vec<Node> = nodes.drain(nodes.len() - kill..).collect();
+    let dead: HashSet<NodeId> = victims.iter().map(|n| n.id()).collect();
+    drop(victims);
+    let t0 = Instant::now();
+    let detect = wait_for(Duration::from_secs(60), async || {
+        everyone_lists(&nodes, &dead, MemberState::Dead).await
+    })
+    .await
+    .map(|_| t0.elapsed());
+
+    println!("nodes                     {}", args.nodes);
+    println!("converge                  {:?}", converge);
+    println!("spread p50 / max          {spread_p50:.1} ms / {spread_max:.1} ms");
+    println!("false suspicions (quiet)  {false_count}");
+    println!("idle bytes per node per s {idle_bytes:.0}");
+    println!("detect {kill} crashes        {:?}", detect);
+    println!(
+        "{{\"nodes\":{},\"converge_s\":{},\"spread_p50_ms\":{:.1},\"spread_max_ms\":{:.1},\"false_suspicions\":{},\"detect_s\":{},\"idle_bytes_per_node_per_s\":{:.0},\"wall_s\":{:.1}}}",
+        args.nodes,
+        converge.map(|d| format!("{:.3}", d.as_secs_f64())).unwrap_or("null".into()),
+        spread_p50,
+        spread_max,
+        false_count,
+        detect.map(|d| format!("{:.3}", d.as_secs_f64())).unwrap_or("null".into()),
+        idle_bytes,
+        start.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,272 @@
+//! Throughput benchmark: 16 nodes on loopback exchanging 1 KiB typed messages, first from one
+//! sender, then from all; the same over the memory transport; and, in the same run, the physical
+//! limit: the same 16 nodes as a fixed fanout-4 tree of plain TCP connections forwarding
+//! length-prefixed 1 KiB frames with no protocol at all.
+//!
+//! `cargo run --release --example throughput [-- --messages 20000]`
+//! Prints a table and, last, one JSON line.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gossip::transport::memory::MemoryNetwork;
+use gossip::{Config, Node, Tag};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+
+const NODES: usize = 16;
+
+#[derive(Tag, Serialize, Deserialize, Debug)]
+struct Blob {
+    sent_at_us: u64,
+    data: bytes::Bytes,
+}
+
+#[derive(Parser)]
+struct Args {
+    /// Messages per phase.
+    #[arg(long, default_value_t = 20000)]
+    messages: usize,
+    /// Seconds the raw TCP tree runs.
+    #[arg(long, default_value_t = 3.0)]
+    raw_seconds: f64,
+}
+
+fn cpu_seconds() -> f64 {
+    // utime + stime of this process, in clock ticks (100 per second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+struct Phase {
+    name: String,
+    deliveries_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rmr: f64,
+    wire_bytes_per_delivery: f64,
+    cpu_us_per_delivery: f64,
+}
+
+async fn start_cluster(memory: Option<&MemoryNetwork>) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..NODES {
+        let mut config = Config { seed: Some(i as u64 + 1), ..Config::default() };
+        config.recv_capacity = 1 << 16;
+        let node = match memory {
+            Some(net) => Node::builder().config(config).memory(net).unwrap(),
+            None => Node::builder().config(config).bind("127.0.0.1:0").await.unwrap(),
+        };
+        if let Some(first) = nodes.first() {
+            node.join(first.local_addr()).await.unwrap();
+        }
+        nodes.push(node);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nodes
+}
+
+async fn totals(nodes: &[Node]) -> (u64, u64) {
+    let (mut payloads, mut bytes) = (0, 0);
+    for n in nodes {
+        let s = n.stats().await.unwrap();
+        payloads += s.broadcast.gossip_sent;
+        bytes += s.transport.bytes_sent;
+    }
+    (payloads, bytes)
+}
+
+/// Run one phase: `messages` broadcasts spread over `senders`, at `rate` per second (None: as
+/// fast as the nodes accept them).
+async fn phase(nodes: &[Node], name: &str, senders: usize, messages: usize, rate: Option<f64>) -> Phase {
+    let start = Instant::now();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(messages * NODES)));
+    let mut receivers = Vec::new();
+    for node in nodes {
+        let (node, delivered, latencies) = (node.clone(), delivered.clone(), latencies.clone());
+        receivers.push(tokio::spawn(async move {
+            let mut local = Vec::new();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(2), node.recv()).await {
+                    Ok(Ok(m)) => {
+                        if let Ok(b) = m.decode::<Blob>() {
+                            let now = start.elapsed().as_micros() as u64;
+                            local.push(now.saturating_sub(b.sent_at_us));
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Err(gossip::Error::Lagged(_))) => continue,
+                    _ => break,
+                }
+            }
+            latencies.lock().unwrap().extend(local);
+        }));
+    }
+    let (p0, b0) = totals(nodes).await;
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    let per_sender = messages / senders;
+    let mut tasks = Vec::new();
+    for s in 0..senders {
+        let node = nodes[s].clone();
+        tasks.push(tokio::spawn(async move {
+            let data = bytes::Bytes::from(vec![7u8; 1024]);
+            let begin = Instant::now();
+            for i in 0..per_sender {
+                if let Some(rate) = rate {
+                    let due = begin + Duration::from_secs_f64(i as f64 * senders as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let blob = Blob { sent_at_us: start.elapsed().as_micros() as u64, data: data.clone() };
+                node.broadcast(&blob).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let expected = (per_sender * senders * (NODES - 1)) as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    let got = delivered.load(Ordering::Relaxed);
+    for r in receivers {
+        r.await.unwrap();
+    }
+    let (p1, b1) = totals(nodes).await;
+    let mut l = latencies.lock().unwrap().clone();
+    l.sort_unstable();
+    let pct = |p: f64| if l.is_empty() { 0.0 } else { l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0 };
+    let sent = (per_sender * senders) as f64;
+    Phase {
+        name: name.to_string(),
+        deliveries_per_s: got as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+        rmr: (p1 - p0) as f64 / (sent * (NODES - 1) as f64) - 1.0,
+        wire_bytes_per_delivery: (b1 - b0) as f64 / got.max(1) as f64,
+        cpu_us_per_delivery: cpu * 1e6 / got.max(1) as f64,
+    }
+}
+
+/// The physical limit: a fixed fanout-4 tree of plain TCP connections, 1 KiB frames.
+async fn raw_tree(seconds: f64) -> f64 {
+    let received = Arc::new(AtomicU64::new(0));
+    let mut listeners = Vec::new();
+    for _ in 0..NODES {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<_> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let children = |i: usize| (1..=4).map(move |k| i * 4 + k).filter(|c| *c < NODES);
+    // Every non-root node: accept from its parent, forward to its children.
+    for (i, listener) in listeners.into_iter().enumerate().skip(1) {
+        let kids: Vec<_> = children(i).map(|c| addrs[c]).collect();
+        let received = received.clone();
+        tokio::spawn(async move {
+            let (inbound, _) = listener.accept().await.unwrap();
+            let mut inbound = tokio::io::BufReader::with_capacity(64 * 1024, inbound);
+            let mut outs = Vec::new();
+            for k in kids {
+                let s = TcpStream::connect(k).await.unwrap();
+                s.set_nodelay(true).unwrap();
+                outs.push(BufWriter::with_capacity(64 * 1024, s));
+            }
+            let mut buf = vec![0u8; 4 + 1024];
+            while inbound.read_exact(&mut buf).await.is_ok() {
+                received.fetch_add(1, Ordering::Relaxed);
+                for o in outs.iter_mut() {
+                    if o.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                }
+                // Flush once the input already read is used up: batches like a real relay.
+                if inbound.buffer().is_empty() {
+                    for o in outs.iter_mut() {
+                        if o.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut roots = Vec::new();
+    for c in children(0) {
+        let s = TcpStream::connect(addrs[c]).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        roots.push(BufWriter::with_capacity(64 * 1024, s));
+    }
+    let mut frame = vec![7u8; 4 + 1024];
+    frame[..4].copy_from_slice(&1024u32.to_be_bytes());
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(seconds);
+    let before = received.load(Ordering::Relaxed);
+    while start.elapsed() < limit {
+        for _ in 0..64 {
+            for r in roots.iter_mut() {
+                r.write_all(&frame).await.unwrap();
+            }
+        }
+        for r in roots.iter_mut() {
+            r.flush().await.unwrap();
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    (received.load(Ordering::Relaxed) - before) as f64 / elapsed
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let raw = raw_tree(args.raw_seconds).await;
+    println!("raw fanout-4 TCP tree: {:.0} deliveries/s", raw);
+
+    let mut phases = Vec::new();
+    let tcp = start_cluster(None).await;
+    phases.push(phase(&tcp, "tcp one sender (paced 1000/s)", 1, 2000, Some(1000.0)).await);
+    phases.push(phase(&tcp, "tcp one sender (flat out)", 1, args.messages, None).await);
+    phases.push(phase(&tcp, "tcp all senders (flat out)", NODES, args.messages, None).await);
+    drop(tcp);
+    let net = MemoryNetwork::new(1);
+    let mem = start_cluster(Some(&net)).await;
+    phases.push(phase(&mem, "memory one sender (flat out)", 1, args.messages, None).await);
+    phases.push(phase(&mem, "memory all senders (flat out)", NODES, args.messages, None).await);
+
+    println!(
+        "{:<32} {:>12} {:>8} {:>8} {:>7} {:>10} {:>9}",
+        "phase", "deliv/s", "p50 ms", "p99 ms", "RMR", "B/deliv", "cpu us/d"
+    );
+    for p in &phases {
+        println!(
+            "{:<32} {:>12.0} {:>8.2} {:>8.2} {:>7.3} {:>10.0} {:>9.2}",
+            p.name, p.deliveries_per_s, p.p50_ms, p.p99_ms, p.rmr, p.wire_bytes_per_delivery, p.cpu_us_per_delivery
+        );
+    }
+    let best_tcp = phases[1].deliveries_per_s.max(phases[2].deliveries_per_s);
+    println!("gossip over TCP reaches {:.1}% of the raw tree", 100.0 * best_tcp / raw);
+    let json: Vec<String> = phases
+        .iter()
+        .map(|p| {
+            format!(
+                "{{\"phase\":\"{}\",\"deliveries_per_s\":{:.0},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"rmr\":{:.4},\"wire_bytes_per_delivery\":{:.0},\"cpu_us_per_delivery\":{:.2}}}",
+                p.name, p.deliveries_per_s, p.p50_ms, p.p99_ms, p.rmr, p.wire_bytes_per_delivery, p.cpu_us_per_delivery
+            )
+        })
+        .collect();
+    println!(
+        "{{\"raw_tree_deliveries_per_s\":{:.0},\"ratio\":{:.3},\"phases\":[{}]}}",
+        raw,
+        best_tcp / raw,
+        json.join(",")
+    );
+}

@@ -1,0 +1,141 @@
+//! A bounded multi-consumer queue that reports lag instead of blocking the producer.
+//!
+//! The node's actor must never wait for a slow user, so deliveries go into this queue: when it is
+//! full the oldest item is dropped and counted, and the next `recv` returns
+//! [`Error::Lagged`](crate::Error::Lagged) with the count, as tokio's broadcast channel does.
+//! No lock is held across an `.await`: the std mutex guards only push and pop.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+/// What a receiver gets from the queue.
+pub(crate) enum Pop<T> {
+    Item(T),
+    Lagged(u64),
+    Closed,
+}
+
+struct Inner<T> {
+    items: VecDeque<T>,
+    lagged: u64,
+    total_lagged: u64,
+    closed: bool,
+}
+
+pub(crate) struct Inbox<T> {
+    inner: Mutex<Inner<T>>,
+    capacity: usize,
+    notify: Notify,
+}
+
+impl<T> Inbox<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                items: VecDeque::with_capacity(capacity.min(1024)),
+                lagged: 0,
+                total_lagged: 0,
+                closed: false,
+            }),
+            capacity: capacity.max(1),
+            notify: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<T>> {
+        // A panic while holding this lock cannot leave the queue inconsistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Push an item; drops the oldest one when full.
+    pub(crate) fn push(&self, item: T) {
+        {
+            let mut inner = self.lock();
+            if inner.closed {
+                return;
+            }
+            if inner.items.len() >= self.capacity {
+                inner.items.pop_front();
+                inner.lagged += 1;
+                inner.total_lagged += 1;
+            }
+            inner.items.push_back(item);
+        }
+        self.notify.notify_one();
+    }
+
+    /// No more items will come; waiting receivers wake up and see `Closed` once drained.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    /// Items dropped because the queue was full, over the node's life.
+    pub(crate) fn total_lagged(&self) -> u64 {
+        self.lock().total_lagged
+    }
+
+    fn try_pop(&self) -> Option<Pop<T>> {
+        let mut inner = self.lock();
+        if inner.lagged > 0 {
+            let n = std::mem::take(&mut inner.lagged);
+            return Some(Pop::Lagged(n));
+        }
+        if let Some(item) = inner.items.pop_front() {
+            if !inner.items.is_empty() {
+                // Let another waiting receiver take the next one.
+                drop(inner);
+                self.notify.notify_one();
+            }
+            return Some(Pop::Item(item));
+        }
+        inner.closed.then_some(Pop::Closed)
+    }
+
+    /// Wait for the next item. Cancel safe: nothing is lost if the future is dropped.
+    pub(crate) async fn pop(&self) -> Pop<T> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(pop) = self.try_pop() {
+                return pop;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_queue_drops_oldest_and_reports_the_count() {
+        let inbox = Inbox::new(2);
+        for i in 0..5 {
+            inbox.push(i);
+        }
+        assert!(matches!(inbox.pop().await, Pop::Lagged(3)));
+        assert!(matches!(inbox.pop().await, Pop::Item(3)));
+        assert!(matches!(inbox.pop().await, Pop::Item(4)));
+        inbox.close();
+        assert!(matches!(inbox.pop().await, Pop::Closed));
+        assert_eq!(inbox.total_lagged(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_on_push() {
+        let inbox = std::sync::Arc::new(Inbox::new(4));
+        let waiter = {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { matches!(inbox.pop().await, Pop::Item(7)) })
+        };
+        tokio::task::yield_now().await;
+        inbox.push(7);
+        assert!(waiter.await.unwrap());
+    }
+}

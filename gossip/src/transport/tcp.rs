@@ -1,0 +1,1485 @@
+//! TCP transport: length-prefixed frames over tokio, one connection per peer, a handshake on
+//! every connection, optional encryption, and bounds on everything a peer can make it hold.
+//!
+//! # Connections
+//!
+//! The first [`send`](Transport::send) to a peer dials it; frames wait in that peer's bounded
+//! queue ([`TcpConfig::outbound_queue`] frames) while the connection opens. When the queue is full
+//! the **newest** frame is dropped and counted in `dropped_overflow`: the protocol above tolerates
+//! loss, and old frames already queued are the ones closest to being sent.
+//!
+//! A connection carries frames both ways. Every frame is a 4-byte big-endian length and a body
+//! ([`tokio_util::codec::LengthDelimitedCodec`]); the length is checked against
+//! [`TcpConfig::max_frame_size`] before any buffer is allocated. If two nodes dial each other at
+//! the same time, both keep the connection dialed by the node with the smaller [`NodeId`]: the
+//! other dialer hands its queue over to that connection (directly, task to task), stops writing
+//! on its own and both close it once drained. Frames already written on the losing connection
+//! are still read, so nothing is lost, though frames of the two connections may interleave. A
+//! new connection from a peer that already has one replaces it (the peer must have lost the old
+//! one).
+//!
+//! [`TransportEvent::LinkFailed`] is reported when a dial or handshake fails, when the
+//! connection holding a peer's queue breaks, and when the peer closes it; not when a connection
+//! closes for idleness, after [`disconnect`](Transport::disconnect), or when a redundant
+//! connection from a simultaneous dial is retired.
+//!
+//! Connection bookkeeping (which connection holds a peer's queue, failures, backoff) happens in
+//! [`poll_recv`](Transport::poll_recv): the node must keep polling it, as its actor loop does.
+//!
+//! If a dial fails, the peer is backed off (from [`TcpConfig::backoff_min`] doubling up to
+//! [`TcpConfig::backoff_max`]); sends to it during the backoff fail at once with
+//! [`TransportEvent::LinkFailed`].
+//!
+//! # Handshake
+//!
+//! See [`crate::wire`]: magic, protocol version, cluster label, the sender's [`NodeId`], the
+//! `NodeId` the dialer expects (a node restarted under a new generation answers "not this node",
+//! reported as `LinkFailed`), the encryption flag and, with a keyring, a key proof. A handshake
+//! refused for a reason the user must fix (label, version, key) is reported to the dialer as
+//! [`TransportEvent::Rejected`]; the accepting side logs it at warn and counts it.
+//!
+//! # Timeouts and limits
+//!
+//! - connect: [`TcpConfig::connect_timeout`]; handshake: [`TcpConfig::handshake_timeout`] for the
+//!   whole exchange (a silent or half-open connection is closed and counted in
+//!   `handshake_timeouts`);
+//! - read: a frame whose first bytes arrived must be complete within one to two
+//!   [`TcpConfig::read_timeout`] periods (slowloris writers are closed); a connection with no
+//!   traffic in either direction for [`TcpConfig::idle_timeout`] is closed quietly;
+//! - write: a batch of frames (at most 64 frames or about 256 KiB, or one larger frame) must be
+//!   written within [`TcpConfig::write_timeout`];
+//! - at most [`TcpConfig::max_inbound_connections`] accepted connections and
+//!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
+//!   at once.
+//!
+//! Memory per connection is bounded by its read buffer (at most one wire body, so
+//! `max_frame_size + 32` bytes) plus its queue (`outbound_queue` frames); before the handshake
+//! completes, by 512 bytes. With the defaults, all inbound connections together hold at most
+//! 256 x ~1 MiB of read buffers. Received frames pass through one bounded channel
+//! ([`TcpConfig::event_queue`]); when the node reads slowly, reading from sockets pauses and TCP
+//! pushes back on senders.
+//!
+//! # Encryption
+//!
+//! With a [`Keyring`] the frames queued together (up to 64) are packed into one record
+//! (`u32` length and body per frame, at most `max_frame_size + 4` bytes) sealed once with
+//! ChaCha20-Poly1305: 28 bytes (nonce and tag) per record plus 4 per frame on top of the
+//! plaintext framing, so a lone frame costs 32 bytes more than plaintext and a busy link close
+//! to 4. Records are bound to the connection (both handshake nonces), their direction and their
+//! sequence number through the associated data: they cannot be replayed on another connection,
+//! reflected or reordered.
+//!
+//! Identities are claimed, not proven, unless the cluster is encrypted: without a keyring anyone
+//! who can reach the port and knows the label can pose as a member (the label separates
+//! clusters, it is not a secret). With a keyring, only holders of a cluster key can complete a
+//! handshake, and every frame is authenticated.
+//!
+//! Every bad input (malformed or oversized frame, wrong version, label or key, undecryptable
+//! frame, slow writer) closes only that connection, is logged at warn with a typed reason and
+//! counted in `rejected_connections`; the listener keeps serving everyone else.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use rand::RngCore;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::{Instant, timeout};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{Transport, TransportEvent, TransportStats};
+use crate::NodeId;
+use crate::keyring::{self, Keyring, KeyringError};
+use crate::wire::{self, Handshake, Hello, RejectReason};
+
+/// Settings of a [`TcpTransport`]. `Default` suits a LAN.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// Nodes with different labels refuse each other (at most 64 bytes). Default `"default"`.
+    pub cluster_label: String,
+    /// The address other nodes reach this node at, when it is not the bound one (binding
+    /// `0.0.0.0`, NAT, containers). Port 0 means "the bound port". Default `None`: the bound
+    /// address, which must then be a specific IP.
+    pub advertise_addr: Option<SocketAddr>,
+    /// Seal every frame with this keyring; `None` (the default) sends plaintext. Every node of
+    /// a cluster must agree. Keep a clone to rotate keys at runtime.
+    pub keyring: Option<Keyring>,
+    /// Largest frame body accepted or sent, before encryption. Default 1 MiB.
+    pub max_frame_size: usize,
+    /// Time to open a TCP connection. Default 3 s.
+    pub connect_timeout: Duration,
+    /// Time for the whole handshake. Default 3 s.
+    pub handshake_timeout: Duration,
+    /// A frame once started must arrive within one to two of these. Default 10 s.
+    pub read_timeout: Duration,
+    /// A connection with no traffic either way for this long is closed quietly. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Time to write a batch of frames. Default 10 s.
+    pub write_timeout: Duration,
+    /// Frames queued per peer; beyond it new frames are dropped. Default 1024.
+    pub outbound_queue: usize,
+    /// Accepted connections open at once; more are closed at once. Default 256.
+    pub max_inbound_connections: usize,
+    /// Inbound handshakes in progress at once; more are closed at once. Default 64.
+    pub max_pending_handshakes: usize,
+    /// First delay before redialing a peer whose dial failed. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Longest such delay. Default 10 s.
+    pub backoff_max: Duration,
+    /// Received frames and connection events buffered for the node. Default 1024.
+    pub event_queue: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        Self {
+            cluster_label: "default".into(),
+            advertise_addr: None,
+            keyring: None,
+            max_frame_size: 1 << 20,
+            connect_timeout: Duration::from_secs(3),
+            handshake_timeout: Duration::from_secs(3),
+            read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            outbound_queue: 1024,
+            max_inbound_connections: 256,
+            max_pending_handshakes: 64,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            event_queue: 1024,
+        }
+    }
+}
+
+/// Why a [`TcpTransport`] could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    /// The listening socket could not be opened.
+    #[error("could not listen on {addr}: {source}: pick a free port, or port 0")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A setting is out of range.
+    #[error("invalid TCP transport config: {0}")]
+    Config(&'static str),
+}
+
+/// Why a connection was closed (logged; bad input is counted in `rejected_connections`).
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(
+        "frame larger than the {max}-byte maximum: raise max_frame_size on every node if it was legitimate"
+    )]
+    Oversized { max: usize },
+    #[error("a frame took longer than the read timeout to arrive (slow or stalled writer)")]
+    SlowRead,
+    #[error("writing to the peer took longer than the write timeout")]
+    WriteTimeout,
+    #[error(transparent)]
+    Undecryptable(#[from] KeyringError),
+    #[error("malformed encrypted record: a peer holding the cluster key is buggy or hostile")]
+    BadRecord,
+    #[error("handshake refused: {0}")]
+    Handshake(RejectReason),
+    #[error("handshake not finished within the handshake timeout")]
+    HandshakeTimeout,
+    #[error("connection closed during the handshake")]
+    ClosedInHandshake,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ConnError {
+    fn from_codec(e: std::io::Error, max: usize) -> Self {
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>())
+        {
+            ConnError::Oversized { max }
+        } else {
+            ConnError::Io(e)
+        }
+    }
+
+    /// Bad input from the peer, as opposed to a network failure.
+    fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Self::Oversized { .. }
+                | Self::SlowRead
+                | Self::Undecryptable(_)
+                | Self::BadRecord
+                | Self::Handshake(_)
+        )
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    frames_sent: AtomicU64,
+    bytes_sent: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_received: AtomicU64,
+    dropped_overflow: AtomicU64,
+    rejected_connections: AtomicU64,
+    handshake_timeouts: AtomicU64,
+    dropped_oversized: AtomicU64,
+    dropped_unreachable: AtomicU64,
+    rejected_by_peer: AtomicU64,
+    open_connections: AtomicU64,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
+type Queue = mpsc::Receiver<Bytes>;
+/// Where a connection that must stop writing sends its queue: straight to the connection that
+/// replaces it, so the handover needs no round trip through the transport.
+type Handover = oneshot::Sender<Option<Queue>>;
+
+enum Internal {
+    Frame {
+        from: NodeId,
+        frame: Bytes,
+    },
+    Connected {
+        /// The id that was dialed (generation 0 when only the address was known).
+        peer: NodeId,
+        /// The id the handshake revealed.
+        actual: NodeId,
+        conn: u64,
+    },
+    DialFailed {
+        peer: NodeId,
+        conn: u64,
+        reason: Option<RejectReason>,
+    },
+    Inbound {
+        peer: NodeId,
+        conn: u64,
+        give: Handover,
+        stop: oneshot::Sender<Handover>,
+    },
+    Closed {
+        peer: NodeId,
+        conn: u64,
+        failed: bool,
+    },
+}
+
+struct Shared {
+    cfg: TcpConfig,
+    local: NodeId,
+    counters: Counters,
+    events: mpsc::Sender<Internal>,
+    cancel: CancellationToken,
+    inbound_permits: Arc<Semaphore>,
+    handshake_permits: Arc<Semaphore>,
+    next_conn: AtomicU64,
+    epoch: Instant,
+}
+
+impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn codec(&self, max: usize) -> LengthDelimitedCodec {
+        LengthDelimitedCodec::builder()
+            .max_frame_length(max)
+            .new_codec()
+    }
+
+    /// Largest body on the wire: a frame, or an encrypted record of frames.
+    fn wire_max(&self) -> usize {
+        self.cfg.max_frame_size + 4 + keyring::OVERHEAD
+    }
+
+    fn spawn(self: &Arc<Self>, fut: impl Future<Output = ()> + Send + 'static) {
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+}
+
+/// Encryption state of one connection: frames are bound to the session (both handshake nonces),
+/// their direction and their position, so they cannot be replayed, reflected or reordered.
+#[derive(Clone)]
+struct Session {
+    keyring: Keyring,
+    id: [u8; 32],
+    /// Direction byte of frames this side sends (0 = dialer to acceptor).
+    out_dir: u8,
+}
+
+impl Session {
+    fn aad(&self, dir: u8, counter: u64) -> [u8; 41] {
+        let mut aad = [0u8; 41];
+        aad[..32].copy_from_slice(&self.id);
+        aad[32] = dir;
+        aad[33..].copy_from_slice(&counter.to_be_bytes());
+        aad
+    }
+    fn seal(&self, counter: u64, frame: &[u8]) -> Bytes {
+        self.keyring.seal(&self.aad(self.out_dir, counter), frame)
+    }
+    fn open(&self, counter: u64, buf: BytesMut) -> Result<Bytes, KeyringError> {
+        self.keyring.open(&self.aad(1 - self.out_dir, counter), buf)
+    }
+}
+
+fn proof_aad_dialer(nonce_d: &[u8; 16]) -> Vec<u8> {
+    [b"gossip key proof: dialer".as_slice(), nonce_d].concat()
+}
+
+fn proof_aad_acceptor(nonce_d: &[u8; 16], nonce_a: &[u8; 16]) -> Vec<u8> {
+    [b"gossip key proof: acceptor".as_slice(), nonce_d, nonce_a].concat()
+}
+
+fn verify_proof(
+    keyring: &Keyring,
+    aad: &[u8],
+    proof: Option<&Vec<u8>>,
+) -> Result<(), RejectReason> {
+    let proof = proof.ok_or(RejectReason::PeerHasNoKey)?;
+    keyring
+        .open(aad, BytesMut::from(&proof[..]))
+        .map(|_| ())
+        .map_err(|_| RejectReason::WrongKey)
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    rand::rng().fill_bytes(&mut n);
+    n
+}
+
+/// A [`Transport`] over TCP. See the [module docs](self) for the behaviour.
+pub struct TcpTransport {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    events: mpsc::Receiver<Internal>,
+    peers: HashMap<NodeId, Peer>,
+    backoff: HashMap<NodeId, Backoff>,
+    ready: VecDeque<TransportEvent>,
+    failed_pending: HashSet<NodeId>,
+    waker: Option<Waker>,
+}
+
+struct Peer {
+    tx: mpsc::Sender<Bytes>,
+    /// The connection that holds (or is dialing with) the queue.
+    conn: u64,
+    dialed: bool,
+    /// Asks `conn` to hand its queue to another connection.
+    stop: Option<oneshot::Sender<Handover>>,
+    /// The peer's own connection, read-only because our dial won the tie-break; kept until our
+    /// dial is up, to take over if it fails.
+    spare: Option<Spare>,
+}
+
+struct Spare {
+    conn: u64,
+    give: Handover,
+    stop: oneshot::Sender<Handover>,
+}
+
+struct Backoff {
+    until: Instant,
+    attempts: u32,
+}
+
+const MAX_BACKOFF_ENTRIES: usize = 4096;
+const MAX_BATCH: usize = 64;
+/// A batch stops growing past this many bytes, so a write timeout applies to a bounded amount.
+const MAX_BATCH_BYTES: u64 = 256 * 1024;
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("local", &self.shared.local)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpTransport {
+    /// Listens on `addr` (port 0 picks a free port) as node generation `generation`: this
+    /// node's [`NodeId`] is `(local_addr(), generation)`. Must be called inside a tokio runtime.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: TcpConfig,
+        generation: u64,
+    ) -> Result<Self, TcpError> {
+        if config.cluster_label.len() > wire::MAX_LABEL_LEN {
+            return Err(TcpError::Config("cluster_label is longer than 64 bytes"));
+        }
+        if config.outbound_queue == 0
+            || config.event_queue == 0
+            || config.max_frame_size == 0
+            || config.max_inbound_connections == 0
+            || config.max_pending_handshakes == 0
+        {
+            return Err(TcpError::Config(
+                "queue sizes, max_frame_size and connection limits must be at least 1",
+            ));
+        }
+        if config.max_frame_size > (u32::MAX as usize) - 4 - keyring::OVERHEAD {
+            return Err(TcpError::Config("max_frame_size must fit a 32-bit length"));
+        }
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| TcpError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| TcpError::Bind { addr, source })?;
+        let local_addr = match config.advertise_addr {
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => {
+                return Err(TcpError::Config(
+                    "bound to an unspecified IP (0.0.0.0 or ::): set advertise_addr to the address other nodes dial",
+                ));
+            }
+            None => bound,
+        };
+        let (tx, rx) = mpsc::channel(config.event_queue);
+        let shared = Arc::new(Shared {
+            inbound_permits: Arc::new(Semaphore::new(config.max_inbound_connections)),
+            handshake_permits: Arc::new(Semaphore::new(config.max_pending_handshakes)),
+            cfg: config,
+            local: NodeId::new(local_addr, generation),
+            counters: Counters::default(),
+            events: tx,
+            cancel: CancellationToken::new(),
+            next_conn: AtomicU64::new(1),
+            epoch: Instant::now(),
+        });
+        shared.spawn(accept_loop(shared.clone(), listener));
+        Ok(Self {
+            shared,
+            local_addr,
+            events: rx,
+            peers: HashMap::new(),
+            backoff: HashMap::new(),
+            ready: VecDeque::new(),
+            failed_pending: HashSet::new(),
+            waker: None,
+        })
+    }
+
+    /// This node's identity: the advertised (or bound) address and the generation given to
+    /// `bind`.
+    pub fn local_id(&self) -> NodeId {
+        self.shared.local
+    }
+
+    /// Flushes every peer's queue, closes every connection gracefully and stops the transport,
+    /// waiting at most `deadline`. Use it after sending a last message (a graceful leave), since
+    /// merely dropping the transport closes connections at once, losing queued frames. Frames
+    /// received meanwhile are discarded.
+    pub async fn close(mut self, deadline: Duration) {
+        let mut open: HashSet<u64> = self.peers.values().map(|p| p.conn).collect();
+        // Dropping the queues' senders makes each writer flush, then shut its side down; the
+        // peer answers by closing, which ends the connection.
+        self.peers.clear();
+        let _ = timeout(deadline, async {
+            while !open.is_empty() {
+                match self.events.recv().await {
+                    Some(Internal::Closed { conn, .. } | Internal::DialFailed { conn, .. }) => {
+                        open.remove(&conn);
+                    }
+                    Some(Internal::Inbound { give, .. }) => {
+                        let _ = give.send(None);
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The keyring this transport seals frames with, if any (rotate keys through it).
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.shared.cfg.keyring.as_ref()
+    }
+
+    fn push(&mut self, ev: TransportEvent) {
+        if let TransportEvent::LinkFailed(p) = &ev
+            && !self.failed_pending.insert(*p)
+        {
+            return; // one pending LinkFailed per peer is enough
+        }
+        self.ready.push_back(ev);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn dial(&mut self, to: NodeId, frame: Bytes) {
+        let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
+        let _ = tx.try_send(frame);
+        let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        self.shared
+            .spawn(dial_task(self.shared.clone(), to, conn, rx, stop_rx));
+        self.peers.insert(
+            to,
+            Peer {
+                tx,
+                conn,
+                dialed: true,
+                stop: Some(stop_tx),
+                spare: None,
+            },
+        );
+    }
+
+    fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
+        match ev {
+            Internal::Frame { from, frame } => return Some(TransportEvent::Frame { from, frame }),
+            Internal::Connected { peer, actual, conn } => {
+                self.backoff.remove(&peer);
+                if let Some(p) = self.peers.get_mut(&peer)
+                    && p.conn == conn
+                    && let Some(spare) = p.spare.take()
+                {
+                    let _ = spare.give.send(None);
+                }
+                if peer != actual
+                    && self.peers.get(&peer).is_some_and(|p| p.conn == conn)
+                    && !self.peers.contains_key(&actual)
+                {
+                    // Dialed by address only: file the connection under the real identity,
+                    // so later sends to it reuse this connection.
+                    let p = self.peers.remove(&peer).expect("checked");
+                    self.peers.insert(actual, p);
+                }
+            }
+            Internal::DialFailed { peer, conn, reason } => {
+                self.set_backoff(peer);
+                if let Some(reason) = reason.filter(RejectReason::needs_user_action) {
+                    self.push(TransportEvent::Rejected {
+                        addr: peer.addr,
+                        reason,
+                    });
+                }
+                if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
+                    // Frames queued for the dial are lost either way; the peer's own
+                    // connection, if it opened one, carries what comes next.
+                    self.promote_spare(peer);
+                    self.push(TransportEvent::LinkFailed(peer));
+                }
+            }
+            Internal::Inbound {
+                peer,
+                conn,
+                give,
+                stop,
+            } => self.on_inbound(peer, conn, give, stop),
+            Internal::Closed { peer, conn, failed } => {
+                // Connections that no longer hold the queue (replaced, read-only) end quietly.
+                let p = self.peers.get_mut(&peer)?;
+                if p.spare.as_ref().is_some_and(|s| s.conn == conn) {
+                    p.spare = None;
+                } else if p.conn == conn {
+                    self.promote_spare(peer);
+                    if failed {
+                        self.push(TransportEvent::LinkFailed(peer));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn on_inbound(
+        &mut self,
+        peer: NodeId,
+        conn: u64,
+        give: Handover,
+        stop: oneshot::Sender<Handover>,
+    ) {
+        let local = self.shared.local;
+        let capacity = self.shared.cfg.outbound_queue;
+        match self.peers.get_mut(&peer) {
+            // Simultaneous dials: the connection dialed by the smaller id wins; ours does, and
+            // the new one stays read-only until the peer closes it.
+            Some(p) if p.dialed && local < peer => {
+                if let Some(old) = p.spare.replace(Spare { conn, give, stop }) {
+                    let _ = old.give.send(None);
+                }
+            }
+            Some(p) => {
+                // The new connection takes over: the current one hands it the queue directly.
+                // If that connection is already gone, so is its queue: start a fresh one.
+                let handed = match p.stop.take() {
+                    Some(old) => old.send(give),
+                    None => Err(give),
+                };
+                if let Err(give) = handed {
+                    let (tx, rx) = mpsc::channel(capacity);
+                    p.tx = tx;
+                    let _ = give.send(Some(rx));
+                }
+                p.conn = conn;
+                p.dialed = false;
+                p.stop = Some(stop);
+                if let Some(old) = p.spare.take() {
+                    let _ = old.give.send(None);
+                }
+            }
+            None => {
+                let (tx, rx) = mpsc::channel(capacity);
+                if give.send(Some(rx)).is_ok() {
+                    self.peers.insert(
+                        peer,
+                        Peer {
+                            tx,
+                            conn,
+                            dialed: false,
+                            stop: Some(stop),
+                            spare: None,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The connection holding `peer`'s queue is gone: hand a fresh queue to the spare
+    /// connection if there is one, else forget the peer.
+    fn promote_spare(&mut self, peer: NodeId) {
+        let Some(mut p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if let Some(spare) = p.spare.take() {
+            let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
+            if spare.give.send(Some(rx)).is_ok() {
+                p.tx = tx;
+                p.conn = spare.conn;
+                p.dialed = false;
+                p.stop = Some(spare.stop);
+                self.peers.insert(peer, p);
+            }
+        }
+    }
+
+    fn dial_or_fail(&mut self, to: NodeId, frame: Bytes) {
+        if self
+            .backoff
+            .get(&to)
+            .is_some_and(|b| b.until > Instant::now())
+        {
+            add(&self.shared.counters.dropped_unreachable, 1);
+            self.push(TransportEvent::LinkFailed(to));
+            return;
+        }
+        self.dial(to, frame);
+    }
+
+    fn set_backoff(&mut self, peer: NodeId) {
+        let now = Instant::now();
+        if self.backoff.len() >= MAX_BACKOFF_ENTRIES {
+            self.backoff.retain(|_, b| b.until > now);
+            if self.backoff.len() >= MAX_BACKOFF_ENTRIES {
+                self.backoff.clear();
+            }
+        }
+        let cfg = &self.shared.cfg;
+        let b = self.backoff.entry(peer).or_insert(Backoff {
+            until: now,
+            attempts: 0,
+        });
+        let delay = cfg
+            .backoff_min
+            .saturating_mul(1u32 << b.attempts.min(16))
+            .min(cfg.backoff_max);
+        b.attempts = b.attempts.saturating_add(1);
+        b.until = now + delay;
+    }
+}
+
+impl Drop for TcpTransport {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+impl Transport for TcpTransport {
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn send(&mut self, to: NodeId, frame: Bytes) {
+        let c = &self.shared.counters;
+        add(&c.frames_sent, 1);
+        if frame.len() > self.shared.cfg.max_frame_size {
+            add(&c.dropped_oversized, 1);
+            warn!(
+                peer = %to,
+                len = frame.len(),
+                max = self.shared.cfg.max_frame_size,
+                "frame over max_frame_size dropped: send smaller messages or raise max_frame_size on every node"
+            );
+            return;
+        }
+        if to == self.shared.local {
+            add(&c.dropped_unreachable, 1);
+            debug!("frame to self dropped");
+            return;
+        }
+        let Some(p) = self.peers.get(&to) else {
+            return self.dial_or_fail(to, frame);
+        };
+        let frame = match p.tx.try_send(frame) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                add(&c.dropped_overflow, 1);
+                return;
+            }
+            // The connection holding the queue is gone (a handover that found it dead):
+            // forget it and dial again.
+            Err(mpsc::error::TrySendError::Closed(frame)) => {
+                self.peers.remove(&to);
+                frame
+            }
+        };
+        self.dial_or_fail(to, frame);
+    }
+
+    fn disconnect(&mut self, peer: NodeId) {
+        // Dropping the queue's sender lets the writer flush what is queued, then close.
+        self.peers.remove(&peer);
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                if let TransportEvent::LinkFailed(p) = &ev {
+                    self.failed_pending.remove(p);
+                }
+                return Poll::Ready(Some(ev));
+            }
+            match self.events.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => {
+                    if let Some(ev) = self.on_internal(ev) {
+                        return Poll::Ready(Some(ev));
+                    }
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    self.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> TransportStats {
+        let c = &self.shared.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TransportStats {
+            frames_sent: g(&c.frames_sent),
+            bytes_sent: g(&c.bytes_sent),
+            frames_received: g(&c.frames_received),
+            bytes_received: g(&c.bytes_received),
+            dropped_overflow: g(&c.dropped_overflow),
+            rejected_connections: g(&c.rejected_connections),
+            handshake_timeouts: g(&c.handshake_timeouts),
+            dropped_oversized: g(&c.dropped_oversized),
+            dropped_unreachable: g(&c.dropped_unreachable),
+            rejected_by_peer: g(&c.rejected_by_peer),
+            open_connections: g(&c.open_connections),
+        }
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a little, keep serving.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permits = shared
+            .inbound_permits
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(shared.handshake_permits.clone().try_acquire_owned().ok());
+        let Some((conn_permit, hs_permit)) = permits else {
+            add(&shared.counters.rejected_connections, 1);
+            warn!(%addr, "connection refused: too many inbound connections or pending handshakes");
+            continue;
+        };
+        let s = shared.clone();
+        shared.spawn(async move {
+            let _conn_permit = conn_permit;
+            inbound_task(s, stream, addr, hs_permit).await;
+        });
+    }
+}
+
+fn split(shared: &Shared, stream: TcpStream) -> (Reader, Writer) {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    (
+        FramedRead::new(r, shared.codec(wire::MAX_HANDSHAKE_LEN)),
+        FramedWrite::new(w, shared.codec(shared.wire_max())),
+    )
+}
+
+async fn write_handshake(shared: &Shared, w: &mut Writer, h: Handshake) -> Result<(), ConnError> {
+    let frame = h.encode();
+    add(&shared.counters.bytes_sent, frame.len() as u64 + 4);
+    w.send(frame).await?;
+    Ok(())
+}
+
+async fn read_handshake(shared: &Shared, r: &mut Reader) -> Result<Handshake, ConnError> {
+    let frame = match r.next().await {
+        None => return Err(ConnError::ClosedInHandshake),
+        Some(Err(e)) => {
+            return Err(match ConnError::from_codec(e, wire::MAX_HANDSHAKE_LEN) {
+                ConnError::Oversized { .. } => {
+                    ConnError::Handshake(RejectReason::Malformed("oversized handshake".into()))
+                }
+                other => other,
+            });
+        }
+        Some(Ok(f)) => f,
+    };
+    add(&shared.counters.bytes_received, frame.len() as u64 + 4);
+    Handshake::decode(&frame).map_err(ConnError::Handshake)
+}
+
+/// Dialer side of the handshake. Returns the session (with a keyring).
+async fn dial_handshake(
+    shared: &Shared,
+    peer: NodeId,
+    r: &mut Reader,
+    w: &mut Writer,
+) -> Result<(Option<Session>, NodeId), ConnError> {
+    let cfg = &shared.cfg;
+    let nonce_d = nonce();
+    let hello = Hello {
+        label: cfg.cluster_label.clone(),
+        from: shared.local,
+        expected: Some(peer),
+        encrypted: cfg.keyring.is_some(),
+        nonce: nonce_d,
+        key_proof: cfg
+            .keyring
+            .as_ref()
+            .map(|k| k.seal(&proof_aad_dialer(&nonce_d), &[]).to_vec()),
+    };
+    write_handshake(shared, w, Handshake::Hello(hello)).await?;
+    let reply = match read_handshake(shared, r).await? {
+        Handshake::Reject(reason) => {
+            add(&shared.counters.rejected_by_peer, 1);
+            return Err(ConnError::Handshake(reason.flip()));
+        }
+        Handshake::Hello(h) => h,
+    };
+    reply
+        .check(&cfg.cluster_label, cfg.keyring.is_some(), shared.local)
+        .map_err(ConnError::Handshake)?;
+    // The generation identifies a node's life; addresses may legitimately differ (advertised
+    // address, NAT), so only the generation is compared.
+    // Generation 0 accepts whichever node listens at the address (joining through it).
+    if peer.generation != 0 && reply.from.generation != peer.generation {
+        return Err(ConnError::Handshake(RejectReason::NotThisNode {
+            expected: peer,
+            actual: reply.from,
+        }));
+    }
+    let actual = reply.from;
+    let Some(keyring) = cfg.keyring.clone() else {
+        return Ok((None, actual));
+    };
+    verify_proof(
+        &keyring,
+        &proof_aad_acceptor(&nonce_d, &reply.nonce),
+        reply.key_proof.as_ref(),
+    )
+    .map_err(ConnError::Handshake)?;
+    let mut id = [0u8; 32];
+    id[..16].copy_from_slice(&nonce_d);
+    id[16..].copy_from_slice(&reply.nonce);
+    Ok((
+        Some(Session {
+            keyring,
+            id,
+            out_dir: 0,
+        }),
+        actual,
+    ))
+}
+
+/// Acceptor side of the handshake: the peer's id and the session.
+async fn accept_handshake(
+    shared: &Shared,
+    r: &mut Reader,
+    w: &mut Writer,
+) -> Result<(NodeId, Option<Session>), ConnError> {
+    let cfg = &shared.cfg;
+    let first = match read_handshake(shared, r).await {
+        Err(ConnError::Handshake(reason @ RejectReason::Version { .. })) => {
+            // Another version of this crate: tell it which version we speak.
+            let _ = write_handshake(shared, w, Handshake::Reject(reason.clone())).await;
+            return Err(ConnError::Handshake(reason));
+        }
+        other => other?,
+    };
+    let hello = match first {
+        Handshake::Hello(h) => h,
+        Handshake::Reject(_) => {
+            return Err(ConnError::Handshake(RejectReason::Malformed(
+                "reject sent by a dialer".into(),
+            )));
+        }
+    };
+    let checked = hello
+        .check(&cfg.cluster_label, cfg.keyring.is_some(), shared.local)
+        .and_then(|()| match &cfg.keyring {
+            Some(k) => verify_proof(k, &proof_aad_dialer(&hello.nonce), hello.key_proof.as_ref()),
+            None => Ok(()),
+        });
+    if let Err(reason) = checked {
+        // Best effort: tell the dialer why, so its user can fix it.
+        let _ = write_handshake(shared, w, Handshake::Reject(reason.clone())).await;
+        return Err(ConnError::Handshake(reason));
+    }
+    let nonce_a = nonce();
+    let reply = Hello {
+        label: cfg.cluster_label.clone(),
+        from: shared.local,
+        expected: None,
+        encrypted: cfg.keyring.is_some(),
+        nonce: nonce_a,
+        key_proof: cfg.keyring.as_ref().map(|k| {
+            k.seal(&proof_aad_acceptor(&hello.nonce, &nonce_a), &[])
+                .to_vec()
+        }),
+    };
+    write_handshake(shared, w, Handshake::Hello(reply)).await?;
+    let session = cfg.keyring.clone().map(|keyring| {
+        let mut id = [0u8; 32];
+        id[..16].copy_from_slice(&hello.nonce);
+        id[16..].copy_from_slice(&nonce_a);
+        Session {
+            keyring,
+            id,
+            out_dir: 1,
+        }
+    });
+    Ok((hello.from, session))
+}
+
+/// Resolves when a handover is requested; pends forever if the transport dropped the sender.
+async fn stop_requested(stop: &mut Option<oneshot::Receiver<Handover>>) -> Handover {
+    if let Some(rx) = stop {
+        let r = rx.await;
+        *stop = None;
+        if let Ok(give) = r {
+            return give;
+        }
+    }
+    std::future::pending().await
+}
+
+async fn dial_task(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    conn: u64,
+    queue: Queue,
+    stop: oneshot::Receiver<Handover>,
+) {
+    let mut stop = Some(stop);
+    let cfg = &shared.cfg;
+    let attempt = async {
+        let stream = match timeout(cfg.connect_timeout, TcpStream::connect(peer.addr)).await {
+            Err(_) => {
+                return Err(ConnError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )));
+            }
+            Ok(r) => r?,
+        };
+        let (mut r, mut w) = split(&shared, stream);
+        match timeout(
+            cfg.handshake_timeout,
+            dial_handshake(&shared, peer, &mut r, &mut w),
+        )
+        .await
+        {
+            Err(_) => Err(ConnError::HandshakeTimeout),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((session, actual))) => Ok((r, w, session, actual)),
+        }
+    };
+    let result = tokio::select! {
+        result = attempt => result,
+        give = stop_requested(&mut stop) => {
+            let _ = give.send(Some(queue));
+            return;
+        }
+    };
+    match result {
+        Err(e) => {
+            let reason = match e {
+                ConnError::Handshake(reason) => {
+                    if reason.needs_user_action() {
+                        warn!(%peer, %reason, "peer refused the handshake");
+                    } else {
+                        debug!(%peer, %reason, "handshake failed");
+                    }
+                    Some(reason)
+                }
+                e => {
+                    debug!(%peer, error = %e, "dial failed");
+                    None
+                }
+            };
+            let _ = shared
+                .events
+                .send(Internal::DialFailed { peer, conn, reason })
+                .await;
+        }
+        Ok((r, w, session, actual)) => {
+            if shared
+                .events
+                .send(Internal::Connected { peer, actual, conn })
+                .await
+                .is_ok()
+            {
+                // Frames on this connection come from the identity the handshake revealed.
+                run_conn(
+                    shared.clone(),
+                    actual,
+                    conn,
+                    r,
+                    w,
+                    session,
+                    QueueSource::Have(queue),
+                    stop,
+                )
+                .await;
+            }
+        }
+    }
+}
+
+async fn inbound_task(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    hs_permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let (mut r, mut w) = split(&shared, stream);
+    let hs = timeout(
+        shared.cfg.handshake_timeout,
+        accept_handshake(&shared, &mut r, &mut w),
+    )
+    .await;
+    drop(hs_permit);
+    let (peer, session) = match hs {
+        Err(_) => {
+            add(&shared.counters.handshake_timeouts, 1);
+            warn!(%addr, "inbound handshake timed out; connection closed");
+            return;
+        }
+        Ok(Err(e)) => {
+            // A dialer that expected this node's previous life is routine, not bad input.
+            let routine = matches!(e, ConnError::Handshake(RejectReason::NotThisNode { .. }));
+            if matches!(e, ConnError::Handshake(_)) && !routine {
+                add(&shared.counters.rejected_connections, 1);
+                warn!(%addr, error = %e, "inbound connection rejected");
+            } else {
+                debug!(%addr, error = %e, "inbound connection failed in handshake");
+            }
+            return;
+        }
+        Ok(Ok(x)) => x,
+    };
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let (give_tx, give_rx) = oneshot::channel();
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let ev = Internal::Inbound {
+        peer,
+        conn,
+        give: give_tx,
+        stop: stop_tx,
+    };
+    if shared.events.send(ev).await.is_ok() {
+        run_conn(
+            shared.clone(),
+            peer,
+            conn,
+            r,
+            w,
+            session,
+            QueueSource::Wait(give_rx),
+            Some(stop_rx),
+        )
+        .await;
+    }
+}
+
+enum QueueSource {
+    Have(Queue),
+    Wait(oneshot::Receiver<Option<Queue>>),
+}
+
+enum ReadEnd {
+    Eof,
+    Idle,
+    Error(ConnError),
+    Shutdown,
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_conn(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    conn: u64,
+    mut reader: Reader,
+    writer: Writer,
+    session: Option<Session>,
+    source: QueueSource,
+    mut stop: Option<oneshot::Receiver<Handover>>,
+) {
+    struct Open<'a>(&'a AtomicU64);
+    impl Drop for Open<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    add(&shared.counters.open_connections, 1);
+    let _open = Open(&shared.counters.open_connections);
+    reader.decoder_mut().set_max_frame_length(shared.wire_max());
+    let last_write = Arc::new(AtomicU64::new(shared.now_ms()));
+    let mut read_task = AbortOnDrop(tokio::spawn(read_loop(
+        shared.clone(),
+        peer,
+        reader,
+        session.clone(),
+        last_write.clone(),
+    )));
+    let (mut queue, mut wait) = match source {
+        QueueSource::Have(q) => (Some(q), None),
+        QueueSource::Wait(w) => (None, Some(w)),
+    };
+    let mut writer = Some(writer);
+    let mut counter = 0u64;
+    let end = loop {
+        tokio::select! {
+            end = &mut read_task.0 => break end.unwrap_or(ReadEnd::Shutdown),
+            given = async { wait.as_mut().expect("guarded").await }, if wait.is_some() => {
+                wait = None;
+                queue = given.ok().flatten();
+            }
+            give = stop_requested(&mut stop), if queue.is_some() => {
+                // Another connection to this peer won: hand the queue over, stop writing.
+                let _ = give.send(queue.take());
+                if let Some(mut w) = writer.take() {
+                    close_writer(&shared, &mut w).await;
+                }
+            }
+            frame = async { queue.as_mut().expect("guarded").recv().await }, if queue.is_some() => {
+                let Some(w) = writer.as_mut() else { break ReadEnd::Shutdown };
+                match frame {
+                    Some(frame) => {
+                        let q = queue.as_mut().expect("guarded");
+                        let r = timeout(
+                            shared.cfg.write_timeout,
+                            write_batch(&shared, w, frame, q, session.as_ref(), &mut counter),
+                        )
+                        .await;
+                        last_write.store(shared.now_ms(), Ordering::Relaxed);
+                        match r {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => break ReadEnd::Error(e),
+                            Err(_) => break ReadEnd::Error(ConnError::WriteTimeout),
+                        }
+                    }
+                    None => {
+                        // disconnect(): everything queued is written; close our side.
+                        queue = None;
+                        if let Some(mut w) = writer.take() {
+                            close_writer(&shared, &mut w).await;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let failed = match end {
+        ReadEnd::Eof => true,
+        ReadEnd::Idle | ReadEnd::Shutdown => false,
+        ReadEnd::Error(e) => {
+            if e.is_bad_input() {
+                add(&shared.counters.rejected_connections, 1);
+                warn!(%peer, error = %e, "connection closed for bad input");
+            } else {
+                debug!(%peer, error = %e, "connection failed");
+            }
+            true
+        }
+    };
+    let _ = shared
+        .events
+        .send(Internal::Closed { peer, conn, failed })
+        .await;
+}
+
+async fn close_writer(shared: &Shared, w: &mut Writer) {
+    let _ = timeout(shared.cfg.write_timeout, SinkExt::<Bytes>::close(w)).await;
+}
+
+/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
+/// [`MAX_BATCH_BYTES`]), then flushes.
+/// Encrypted, the frames are packed into records of at most `max_frame_size + 4` bytes
+/// (`u32` length and body per frame), each sealed once.
+async fn write_batch(
+    shared: &Shared,
+    w: &mut Writer,
+    first: Bytes,
+    queue: &mut Queue,
+    session: Option<&Session>,
+    counter: &mut u64,
+) -> Result<(), ConnError> {
+    let mut item = Some(first);
+    let mut n = 0;
+    let mut bytes = 0u64;
+    let cap = shared.cfg.max_frame_size + 4;
+    let mut record = BytesMut::new();
+    while let Some(frame) = item {
+        match session {
+            None => {
+                bytes += frame.len() as u64 + 4;
+                w.feed(frame).await?;
+            }
+            Some(s) => {
+                if !record.is_empty() && record.len() + 4 + frame.len() > cap {
+                    let sealed = s.seal(*counter, &record);
+                    *counter += 1;
+                    bytes += sealed.len() as u64 + 4;
+                    w.feed(sealed).await?;
+                    record.clear();
+                }
+                record.put_u32(frame.len() as u32);
+                record.extend_from_slice(&frame);
+            }
+        }
+        n += 1;
+        let queued_bytes = bytes + record.len() as u64;
+        item = if n < MAX_BATCH && queued_bytes < MAX_BATCH_BYTES {
+            queue.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    if let Some(s) = session
+        && !record.is_empty()
+    {
+        let sealed = s.seal(*counter, &record);
+        *counter += 1;
+        bytes += sealed.len() as u64 + 4;
+        w.feed(sealed).await?;
+    }
+    SinkExt::<Bytes>::flush(w).await?;
+    add(&shared.counters.bytes_sent, bytes);
+    Ok(())
+}
+
+/// Splits an opened record into its frames.
+fn split_record(mut record: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(), ConnError> {
+    while !record.is_empty() {
+        if record.len() < 4 {
+            return Err(ConnError::BadRecord);
+        }
+        let len = u32::from_be_bytes(record[..4].try_into().expect("4 bytes")) as usize;
+        if len > max {
+            return Err(ConnError::Oversized { max });
+        }
+        if len > record.len() - 4 {
+            return Err(ConnError::BadRecord);
+        }
+        record.advance(4);
+        out.push(record.split_to(len));
+    }
+    Ok(())
+}
+
+async fn read_loop(
+    shared: Arc<Shared>,
+    peer: NodeId,
+    mut reader: Reader,
+    session: Option<Session>,
+    last_write: Arc<AtomicU64>,
+) -> ReadEnd {
+    let cfg = &shared.cfg;
+    let mut counter = 0u64;
+    let mut last_read = shared.now_ms();
+    let mut partial_since: Option<u64> = None;
+    let mut frames = Vec::with_capacity(MAX_BATCH);
+    loop {
+        match timeout(cfg.read_timeout, reader.next()).await {
+            Err(_) => {
+                let now = shared.now_ms();
+                if !reader.read_buffer().is_empty() {
+                    match partial_since {
+                        Some(t) if now.saturating_sub(t) >= cfg.read_timeout.as_millis() as u64 => {
+                            return ReadEnd::Error(ConnError::SlowRead);
+                        }
+                        Some(_) => {}
+                        None => partial_since = Some(now),
+                    }
+                    continue;
+                }
+                let active = last_read.max(last_write.load(Ordering::Relaxed));
+                if now.saturating_sub(active) >= cfg.idle_timeout.as_millis() as u64 {
+                    return ReadEnd::Idle;
+                }
+            }
+            Ok(None) => return ReadEnd::Eof,
+            Ok(Some(Err(e))) => return ReadEnd::Error(ConnError::from_codec(e, shared.wire_max())),
+            Ok(Some(Ok(buf))) => {
+                partial_since = None;
+                add(&shared.counters.bytes_received, buf.len() as u64 + 4);
+                match &session {
+                    Some(s) => {
+                        let record = match s.open(counter, buf) {
+                            Ok(r) => r,
+                            Err(e) => return ReadEnd::Error(e.into()),
+                        };
+                        counter += 1;
+                        if let Err(e) = split_record(record, cfg.max_frame_size, &mut frames) {
+                            return ReadEnd::Error(e);
+                        }
+                    }
+                    None if buf.len() > cfg.max_frame_size => {
+                        return ReadEnd::Error(ConnError::Oversized {
+                            max: cfg.max_frame_size,
+                        });
+                    }
+                    None => frames.push(buf.freeze()),
+                }
+                for frame in frames.drain(..) {
+                    add(&shared.counters.frames_received, 1);
+                    if shared
+                        .events
+                        .send(Internal::Frame { from: peer, frame })
+                        .await
+                        .is_err()
+                    {
+                        return ReadEnd::Shutdown;
+                    }
+                }
+                last_read = shared.now_ms();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(parts: &[&[u8]]) -> Bytes {
+        let mut r = BytesMut::new();
+        for p in parts {
+            r.put_u32(p.len() as u32);
+            r.extend_from_slice(p);
+        }
+        r.freeze()
+    }
+
+    #[test]
+    fn records_split_into_their_frames() {
+        let mut out = Vec::new();
+        split_record(record(&[b"a", b"", b"hello"]), 16, &mut out).unwrap();
+        assert_eq!(out, vec![&b"a"[..], &b""[..], &b"hello"[..]]);
+    }
+
+    #[test]
+    fn malformed_records_are_refused() {
+        let mut out = Vec::new();
+        let r = record(&[b"hello"]);
+        // Truncated body, truncated length, oversized frame.
+        assert!(matches!(
+            split_record(r.slice(..r.len() - 1), 16, &mut out),
+            Err(ConnError::BadRecord)
+        ));
+        assert!(matches!(
+            split_record(Bytes::from_static(&[0, 0]), 16, &mut out),
+            Err(ConnError::BadRecord)
+        ));
+        assert!(matches!(
+            split_record(r, 4, &mut out),
+            Err(ConnError::Oversized { max: 4 })
+        ));
+        let mut huge = BytesMut::new();
+        huge.put_u32(u32::MAX);
+        assert!(split_record(huge.freeze(), 1 << 20, &mut out).is_err());
+    }
+
+    #[test]
+    fn session_frames_are_bound_to_direction_and_position() {
+        let ring = Keyring::new([3; 32]);
+        let dialer = Session {
+            keyring: ring.clone(),
+            id: [1; 32],
+            out_dir: 0,
+        };
+        let acceptor = Session {
+            out_dir: 1,
+            ..dialer.clone()
+        };
+        let sealed = dialer.seal(5, b"x");
+        let buf = || BytesMut::from(&sealed[..]);
+        assert_eq!(&acceptor.open(5, buf()).unwrap()[..], b"x");
+        // Replayed at another position, reflected back to its sender, or on another session.
+        assert!(acceptor.open(6, buf()).is_err());
+        assert!(dialer.open(5, buf()).is_err());
+        let other = Session {
+            id: [2; 32],
+            ..acceptor.clone()
+        };
+        assert!(other.open(5, buf()).is_err());
+    }
+}

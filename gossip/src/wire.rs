@@ -1,0 +1,529 @@
+//! The wire format: a bounded codec for protocol messages and the connection handshake.
+//!
+//! # Messages
+//!
+//! Protocol messages are encoded with serde and bincode 2 ([`encode`], [`decode`]) using bincode's
+//! standard configuration (little endian, variable-length integers). Decoding is bounded twice:
+//! the input must not be longer than the caller's `limit`, and bincode itself is configured with
+//! a byte limit (the smallest power of two that is at least `limit`), so a hostile length prefix
+//! inside a message ("a vector of 2^60 elements") fails with [`WireError::LimitExceeded`] instead
+//! of allocating. Trailing bytes after a complete value are an error: a frame is exactly one
+//! message.
+//!
+//! # Handshake
+//!
+//! Every connection starts with one handshake frame in each direction, before any message. A
+//! handshake frame is
+//!
+//! ```text
+//! magic "GSP\0" (4 bytes) | protocol version (u16, big endian) | kind (1 byte) | bincode body
+//! ```
+//!
+//! The magic and version sit in fixed positions so that any two versions of this crate can tell
+//! each other what they speak, whatever the body looks like. Kind [`KIND_HELLO`] carries a
+//! [`Hello`]; kind [`KIND_REJECT`] carries a [`RejectReason`], sent by the accepting side before
+//! it closes a connection it refuses, so the dialer can tell its user what to fix.
+//!
+//! The dialer sends its `Hello` first (its own [`NodeId`], the `NodeId` it expects to reach, its
+//! cluster label, whether it encrypts and a fresh nonce); the acceptor checks it with
+//! [`Hello::check`] and answers with its own `Hello` or a reject. When the cluster is encrypted
+//! each `Hello` carries a key proof: an empty payload sealed with the sender's primary key, bound
+//! to the handshake nonces, which the other side must be able to open with a key of its ring.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::NodeId;
+
+/// The first four bytes of every handshake frame.
+pub const MAGIC: [u8; 4] = *b"GSP\0";
+/// The protocol version this build speaks. Two nodes must speak the same version.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Handshake frame kind: a [`Hello`].
+pub const KIND_HELLO: u8 = 1;
+/// Handshake frame kind: a [`RejectReason`], sent just before the connection is closed.
+pub const KIND_REJECT: u8 = 2;
+/// The longest cluster label, in bytes.
+pub const MAX_LABEL_LEN: usize = 64;
+/// The largest handshake frame accepted, in bytes (header included).
+pub const MAX_HANDSHAKE_LEN: usize = 512;
+/// Length of the fixed handshake header (magic, version, kind).
+pub const HANDSHAKE_HEADER_LEN: usize = 7;
+/// The largest key proof accepted in a [`Hello`], in bytes.
+pub const MAX_KEY_PROOF_LEN: usize = 64;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The input is longer than the limit the caller allows.
+    #[error(
+        "frame of {len} bytes is over the {limit}-byte limit: raise the maximum frame size on every node, or send smaller messages"
+    )]
+    TooLarge {
+        /// Length of the input.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A length inside the message claims more than the limit allows.
+    #[error("a length inside the frame exceeds the decode limit: the peer is buggy or hostile")]
+    LimitExceeded,
+    /// The frame ended in the middle of a value.
+    #[error("frame is truncated: the peer is buggy or hostile")]
+    Truncated,
+    /// The frame holds more bytes after a complete value.
+    #[error("{0} trailing bytes after the message: the peer is buggy or hostile")]
+    TrailingBytes(usize),
+    /// Anything else bincode refused (bad enum tag, bad UTF-8, ...).
+    #[error("malformed frame ({0}): the peer is buggy or hostile")]
+    Malformed(String),
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `value` with the wire configuration.
+///
+/// # Panics
+///
+/// Only if `value`'s `Serialize` impl fails, which the crate's own message types never do
+/// (they hold no maps with non-string keys and no unsized sequences).
+pub fn encode<T: Serialize>(value: &T) -> Bytes {
+    let vec = bincode::serde::encode_to_vec(value, config())
+        .expect("serializing a protocol message into a Vec cannot fail");
+    Bytes::from(vec)
+}
+
+/// Decodes one `T` from all of `bytes`, refusing inputs longer than `limit` and any length
+/// field inside that claims more than `limit` (rounded up to a power of two) bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    // bincode's limit is a const generic: pick the smallest power-of-two tier that covers `limit`.
+    macro_rules! tiers {
+        ($($bits:literal)*) => {{
+            let bits = limit.max(1).next_power_of_two().trailing_zeros();
+            match bits {
+                $( b if b <= $bits => decode_with(bytes, config().with_limit::<{ 1usize << $bits }>()), )*
+                _ => decode_with(bytes, config().with_limit::<{ 1usize << 32 }>()),
+            }
+        }};
+    }
+    tiers!(8 10 12 14 16 18 20 22 24 26 28 30)
+}
+
+fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(
+    bytes: &[u8],
+    config: C,
+) -> Result<T, WireError> {
+    use bincode::error::DecodeError as E;
+    match bincode::serde::decode_from_slice::<T, C>(bytes, config) {
+        Ok((value, used)) if used == bytes.len() => Ok(value),
+        Ok((_, used)) => Err(WireError::TrailingBytes(bytes.len() - used)),
+        Err(E::LimitExceeded) => Err(WireError::LimitExceeded),
+        Err(E::UnexpectedEnd { .. }) => Err(WireError::Truncated),
+        Err(e) => Err(WireError::Malformed(e.to_string())),
+    }
+}
+
+/// The handshake each side sends first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Cluster label: nodes with different labels refuse each other (at most [`MAX_LABEL_LEN`]).
+    pub label: String,
+    /// The sender's identity (its listening address and generation).
+    pub from: NodeId,
+    /// Dialer: the node it means to reach; acceptor: `None`.
+    pub expected: Option<NodeId>,
+    /// Whether the sender seals its frames with a cluster key.
+    pub encrypted: bool,
+    /// Fresh random bytes; both nonces bind the session's keys proofs and frames.
+    pub nonce: [u8; 16],
+    /// With encryption: an empty payload sealed with the sender's primary key (see module docs).
+    pub key_proof: Option<Vec<u8>>,
+}
+
+/// Why a handshake was refused. Phrased from the point of view of "this node", the node that
+/// reports it; [`RejectReason::flip`] turns a reason received from the peer into this node's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RejectReason {
+    /// The two nodes speak different protocol versions.
+    #[error(
+        "the peer speaks protocol version {theirs}, this node speaks {ours}: upgrade one of them"
+    )]
+    Version {
+        /// This node's version.
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+    /// The two nodes belong to different clusters.
+    #[error(
+        "the peer belongs to cluster {theirs:?}, this node to cluster {ours:?}: give both the same cluster label"
+    )]
+    Label {
+        /// This node's label.
+        ours: String,
+        /// The peer's label.
+        theirs: String,
+    },
+    /// The peer encrypts and this node has no key.
+    #[error(
+        "this node has no cluster key but the cluster is encrypted: give this node the cluster's keyring"
+    )]
+    KeyRequired,
+    /// This node encrypts and the peer has no key.
+    #[error(
+        "this node encrypts but the peer has no cluster key: give every node the same keyring, or none"
+    )]
+    PeerHasNoKey,
+    /// Both encrypt but no key is shared.
+    #[error(
+        "the peer's cluster key matches no key in this node's keyring: add the cluster's current key to the keyring"
+    )]
+    WrongKey,
+    /// The node at the dialed address is not the expected one (it restarted with a new generation).
+    #[error("the node at this address is {actual}, not {expected}: it restarted")]
+    NotThisNode {
+        /// The identity the dialer expected.
+        expected: NodeId,
+        /// The identity found at that address.
+        actual: NodeId,
+    },
+    /// The handshake could not be parsed.
+    #[error(
+        "not a gossip handshake ({0}): something that is not a gossip node of this cluster is on that port"
+    )]
+    Malformed(String),
+}
+
+impl RejectReason {
+    /// The same refusal seen from the other node (swaps "ours" and "theirs").
+    pub fn flip(self) -> Self {
+        match self {
+            Self::Version { ours, theirs } => Self::Version {
+                ours: theirs,
+                theirs: ours,
+            },
+            Self::Label { ours, theirs } => Self::Label {
+                ours: theirs,
+                theirs: ours,
+            },
+            Self::KeyRequired => Self::PeerHasNoKey,
+            Self::PeerHasNoKey => Self::KeyRequired,
+            other => other,
+        }
+    }
+
+    /// Whether the user must change configuration to fix it (label, version, keys).
+    pub fn needs_user_action(&self) -> bool {
+        !matches!(self, Self::NotThisNode { .. } | Self::Malformed(_))
+    }
+
+    /// Bounds a reason received from a peer (strings are capped).
+    fn sanitize(self) -> Self {
+        match self {
+            Self::Label { ours, theirs } => Self::Label {
+                ours: cap(ours),
+                theirs: cap(theirs),
+            },
+            Self::Malformed(s) => Self::Malformed(cap(s)),
+            other => other,
+        }
+    }
+}
+
+fn cap(mut s: String) -> String {
+    if s.len() > MAX_LABEL_LEN {
+        let mut end = MAX_LABEL_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// A decoded handshake frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// The peer introduces itself.
+    Hello(Hello),
+    /// The peer refuses the connection (reason from the peer's point of view).
+    Reject(RejectReason),
+}
+
+impl Handshake {
+    /// Encodes this handshake frame (header and body).
+    pub fn encode(&self) -> Bytes {
+        let (kind, body) = match self {
+            Self::Hello(h) => (KIND_HELLO, encode(h)),
+            Self::Reject(r) => (KIND_REJECT, encode(r)),
+        };
+        let mut out = BytesMut::with_capacity(HANDSHAKE_HEADER_LEN + body.len());
+        out.put_slice(&MAGIC);
+        out.put_u16(PROTOCOL_VERSION);
+        out.put_u8(kind);
+        out.put_slice(&body);
+        out.freeze()
+    }
+
+    /// Decodes a handshake frame, checking magic and version first so that a peer of another
+    /// version gets [`RejectReason::Version`] rather than a parse error.
+    pub fn decode(frame: &[u8]) -> Result<Self, RejectReason> {
+        if frame.len() > MAX_HANDSHAKE_LEN {
+            return Err(RejectReason::Malformed(format!(
+                "handshake of {} bytes, at most {MAX_HANDSHAKE_LEN} allowed",
+                frame.len()
+            )));
+        }
+        if frame.len() < HANDSHAKE_HEADER_LEN || frame[..4] != MAGIC {
+            return Err(RejectReason::Malformed("bad magic".into()));
+        }
+        let version = u16::from_be_bytes([frame[4], frame[5]]);
+        if version != PROTOCOL_VERSION {
+            return Err(RejectReason::Version {
+                ours: PROTOCOL_VERSION,
+                theirs: version,
+            });
+        }
+        let body = &frame[HANDSHAKE_HEADER_LEN..];
+        let malformed = |e: WireError| RejectReason::Malformed(e.to_string());
+        match frame[6] {
+            KIND_HELLO => {
+                let hello: Hello = decode(body, MAX_HANDSHAKE_LEN).map_err(malformed)?;
+                if hello.label.len() > MAX_LABEL_LEN {
+                    return Err(RejectReason::Malformed("cluster label too long".into()));
+                }
+                if hello
+                    .key_proof
+                    .as_ref()
+                    .is_some_and(|p| p.len() > MAX_KEY_PROOF_LEN)
+                {
+                    return Err(RejectReason::Malformed("key proof too long".into()));
+                }
+                Ok(Self::Hello(hello))
+            }
+            KIND_REJECT => {
+                let reason: RejectReason = decode(body, MAX_HANDSHAKE_LEN).map_err(malformed)?;
+                Ok(Self::Reject(reason.sanitize()))
+            }
+            k => Err(RejectReason::Malformed(format!(
+                "unknown handshake kind {k}"
+            ))),
+        }
+    }
+}
+
+impl Hello {
+    /// Checks a peer's hello against this node's settings: label, encryption flag, and (for the
+    /// acceptor) that the dialer expects this node's identity. The key proof is checked by the
+    /// transport, which holds the keyring.
+    pub fn check(&self, label: &str, encrypted: bool, me: NodeId) -> Result<(), RejectReason> {
+        if self.label != label {
+            return Err(RejectReason::Label {
+                ours: label.to_owned(),
+                theirs: self.label.clone(),
+            });
+        }
+        match (encrypted, self.encrypted) {
+            (true, false) => return Err(RejectReason::PeerHasNoKey),
+            (false, true) => return Err(RejectReason::KeyRequired),
+            _ => {}
+        }
+        if encrypted && self.key_proof.is_none() {
+            return Err(RejectReason::Malformed(
+                "encrypted hello without key proof".into(),
+            ));
+        }
+        // Generation 0 is a dialer that knows only the address (joining through it).
+        if let Some(expected) = self.expected
+            && expected.generation != 0
+            && expected.generation != me.generation
+        {
+            return Err(RejectReason::NotThisNode {
+                expected,
+                actual: me,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(port: u16, generation: u64) -> NodeId {
+        NodeId::new(([127, 0, 0, 1], port).into(), generation)
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            label: "prod".into(),
+            from: id(7000, 1),
+            expected: Some(id(7001, 2)),
+            encrypted: false,
+            nonce: [7; 16],
+            key_proof: None,
+        }
+    }
+
+    #[test]
+    fn round_trip_and_trailing_bytes() {
+        let v: (u32, String, Vec<u64>) = (5, "hi".into(), vec![1, 2, 3]);
+        let bytes = encode(&v);
+        assert_eq!(decode::<(u32, String, Vec<u64>)>(&bytes, 1024).unwrap(), v);
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert_eq!(
+            decode::<(u32, String, Vec<u64>)>(&longer, 1024),
+            Err(WireError::TrailingBytes(1))
+        );
+        assert_eq!(
+            decode::<(u32, String, Vec<u64>)>(&bytes[..bytes.len() - 1], 1024),
+            Err(WireError::Truncated)
+        );
+    }
+
+    #[test]
+    fn input_over_limit_is_refused_before_decoding() {
+        let bytes = encode(&vec![0u8; 100]);
+        assert!(matches!(
+            decode::<Vec<u8>>(&bytes, 50),
+            Err(WireError::TooLarge { limit: 50, .. })
+        ));
+    }
+
+    #[test]
+    fn hostile_length_prefix_hits_the_bincode_limit() {
+        // A Vec<u64> claiming 2^40 elements in a 9-byte frame.
+        let mut frame = vec![253u8];
+        frame.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let r = decode::<Vec<u64>>(&frame, 4096);
+        assert!(
+            matches!(r, Err(WireError::LimitExceeded) | Err(WireError::Truncated)),
+            "{r:?}"
+        );
+        // A String claiming 2^40 bytes.
+        assert!(decode::<String>(&frame, 4096).is_err());
+    }
+
+    #[test]
+    fn handshake_round_trip() {
+        let h = Handshake::Hello(hello());
+        assert_eq!(Handshake::decode(&h.encode()).unwrap(), h);
+        let r = Handshake::Reject(RejectReason::WrongKey);
+        assert_eq!(Handshake::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn wrong_version_and_magic_are_typed() {
+        let mut f = Handshake::Hello(hello()).encode().to_vec();
+        f[5] = 3;
+        assert_eq!(
+            Handshake::decode(&f),
+            Err(RejectReason::Version { ours: 1, theirs: 3 })
+        );
+        f[0] = b'X';
+        assert!(matches!(
+            Handshake::decode(&f),
+            Err(RejectReason::Malformed(_))
+        ));
+        assert!(matches!(
+            Handshake::decode(b"GET / HTTP/1.1\r\n"),
+            Err(RejectReason::Malformed(_))
+        ));
+        assert!(matches!(
+            Handshake::decode(&[0u8; 1000]),
+            Err(RejectReason::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn hello_check_reports_each_mismatch() {
+        let h = hello();
+        let me = id(7001, 2);
+        assert_eq!(h.check("prod", false, me), Ok(()));
+        assert_eq!(
+            h.check("staging", false, me),
+            Err(RejectReason::Label {
+                ours: "staging".into(),
+                theirs: "prod".into()
+            })
+        );
+        assert_eq!(h.check("prod", true, me), Err(RejectReason::PeerHasNoKey));
+        let mut enc = h.clone();
+        enc.encrypted = true;
+        enc.key_proof = Some(vec![0; 28]);
+        assert_eq!(enc.check("prod", false, me), Err(RejectReason::KeyRequired));
+        assert_eq!(
+            h.check("prod", false, id(7001, 9)),
+            Err(RejectReason::NotThisNode {
+                expected: me,
+                actual: id(7001, 9)
+            })
+        );
+    }
+
+    #[test]
+    fn flip_swaps_points_of_view() {
+        assert_eq!(RejectReason::PeerHasNoKey.flip(), RejectReason::KeyRequired);
+        assert_eq!(
+            RejectReason::Version { ours: 1, theirs: 2 }.flip(),
+            RejectReason::Version { ours: 2, theirs: 1 }
+        );
+        assert_eq!(
+            RejectReason::KeyRequired.to_string(),
+            "this node has no cluster key but the cluster is encrypted: give this node the cluster's keyring"
+        );
+    }
+
+    #[test]
+    fn overlong_strings_in_a_reject_are_capped() {
+        let r = RejectReason::Label {
+            ours: "x".repeat(600),
+            theirs: "y".into(),
+        };
+        // Too long for a handshake frame: refused, not allocated.
+        assert!(Handshake::decode(&Handshake::Reject(r).encode()).is_err());
+        let r = RejectReason::Malformed("é".repeat(100));
+        match Handshake::decode(&Handshake::Reject(r).encode()).unwrap() {
+            Handshake::Reject(RejectReason::Malformed(s)) => assert!(s.len() <= MAX_LABEL_LEN),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes as a handshake frame: an error or a bounded value, never a panic.
+        #[test]
+        fn any_bytes_as_a_handshake_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            if let Ok(Handshake::Hello(h)) = Handshake::decode(&bytes) {
+                proptest::prop_assert!(h.label.len() <= MAX_LABEL_LEN);
+            }
+        }
+
+        /// A valid header followed by any body.
+        #[test]
+        fn any_body_after_a_valid_header_never_panics(kind in 0u8..4, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..500)) {
+            let mut f = MAGIC.to_vec();
+            f.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+            f.push(kind);
+            f.extend_from_slice(&body);
+            let _ = Handshake::decode(&f);
+        }
+
+        /// Any bytes as a message of nested sequences: bounded decode, never a panic.
+        #[test]
+        fn any_bytes_as_a_message_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let _ = decode::<Vec<(String, Vec<u64>, Option<NodeId>)>>(&bytes, 300);
+        }
+    }
+}

@@ -1,0 +1,9 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(gossip::Tag, Serialize, Deserialize)]
+#[tag(name = "")]
+struct Commit {
+    key: String,
+}
+
+fn main() {}

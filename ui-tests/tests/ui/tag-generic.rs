@@ -1,0 +1,8 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(gossip::Tag, Serialize, Deserialize)]
+struct Envelope<T> {
+    inner: T,
+}
+
+fn main() {}

@@ -1,0 +1,9 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(gossip::Tag, Serialize, Deserialize)]
+enum Command {
+    Put(String),
+    Delete(String),
+}
+
+fn main() {}

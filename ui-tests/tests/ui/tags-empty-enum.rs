@@ -1,0 +1,4 @@
+#[derive(gossip::Tags)]
+enum Inbox {}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[derive(gossip::Tags)]
+struct Inbox {
+    commit: u32,
+}
+
+fn main() {}

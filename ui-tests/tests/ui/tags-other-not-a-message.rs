@@ -1,0 +1,13 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(gossip::Tag, Serialize, Deserialize)]
+struct Commit;
+
+#[derive(gossip::Tags)]
+enum Inbox {
+    Commit(Commit),
+    #[tags(other)]
+    Other(Vec<u8>),
+}
+
+fn main() {}

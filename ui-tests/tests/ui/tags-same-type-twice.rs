@@ -1,0 +1,12 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(gossip::Tag, Serialize, Deserialize)]
+struct Commit;
+
+#[derive(gossip::Tags)]
+enum Inbox {
+    Commit(Commit),
+    AlsoCommit(Commit),
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(gossip::Tag, Serialize, Deserialize)]
+struct Commit;
+
+#[derive(gossip::Tags)]
+enum Inbox {
+    Commit(Commit),
+    #[tags(other)]
+    Other(gossip::Message),
+    #[tags(other)]
+    Rest(gossip::Message),
+}
+
+fn main() {}
