@@ -1602,11 +1602,15 @@ impl<P: PeerId> State<P> {
             // overlay cover it (forcing a link would evict a healthy one and churn the
             // overlay). One we hold dead (or do not know) answering means two views split:
             // link to it, exchange and re-announce.
-            if !self
+            let held_alive = self
                 .entries
                 .get(&target)
-                .is_some_and(|e| e.state() == MemberState::Alive)
-            {
+                .is_some_and(|e| e.state() == MemberState::Alive);
+            if held_alive && self.neighbours.is_empty() {
+                // Isolated: any member that answers is a way back into the overlay.
+                out.push_back(OutEvent::Reach(target));
+            }
+            if !held_alive {
                 out.push_back(OutEvent::Reach(target));
                 let buckets = self.buckets.to_vec();
                 out.push_back(OutEvent::SendMessage(

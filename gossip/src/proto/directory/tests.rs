@@ -1566,7 +1566,8 @@ fn in_a_large_cluster_few_nodes_ping_for_healing() {
 }
 
 #[test]
-fn an_alive_seed_that_answers_is_reached_without_an_exchange() {
+fn an_alive_member_that_answers_is_only_reached_by_an_isolated_node() {
+    // Isolated: the seed that answers is the way back into the overlay, but needs no exchange.
     let mut t = T::new(0);
     t.handle(InEvent::Join(vec![9]));
     t.update(9, &[alive(9, 0)]);
@@ -1577,6 +1578,17 @@ fn an_alive_seed_that_answers_is_reached_without_an_exchange() {
     let o = t.recv(9, Message::Ack { seq });
     assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))));
     assert!(sends(&o).is_empty());
+    // With neighbours, an alive seed that answers changes nothing: forcing a link would evict a
+    // healthy one.
+    t.handle(InEvent::NeighborUp(4));
+    let seq = loop {
+        let s = sends(&t.timer(Timer::Heal));
+        if let [(9, Message::Ping { seq })] = s[..] {
+            break seq;
+        }
+    };
+    let o = t.recv(9, Message::Ack { seq });
+    assert!(o.is_empty(), "{o:?}");
 }
 
 #[test]
