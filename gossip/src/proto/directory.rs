@@ -127,6 +127,9 @@ const MAX_RELAYS: usize = 64;
 /// Active neighbours remembered (the overlay's active view is far smaller).
 const MAX_NEIGHBOURS: usize = 64;
 
+/// Facts learned from one anti-entropy chunk that are still passed on (see `Message::Sync`).
+const RELAY_LEARNED: usize = 16;
+
 /// Members drawn at a time for probing.
 const PROBE_POOL: usize = 64;
 
@@ -1489,14 +1492,31 @@ impl<P: PeerId> State<P> {
                     self.stats.invalid_messages += 1;
                     return;
                 }
-                self.synced = true;
+                let was_synced = std::mem::replace(&mut self.synced, true);
                 let source = if announce {
                     Source::Exchange
                 } else {
                     Source::Snapshot
                 };
+                let mut learned = Vec::new();
                 for fact in facts {
-                    self.merge(fact, source, now, out);
+                    let id = fact.id;
+                    if self.merge(fact, source, now, out) && learned.len() <= RELAY_LEARNED {
+                        learned.push(id);
+                    }
+                }
+                // A synced node that learns a few facts from anti-entropy probably missed a
+                // broadcast others missed too (lost on the way): pass them on. One that learns
+                // many is catching up on its own and keeps them (re-announcing would cost a
+                // broadcast of everything it lacked).
+                if !announce && was_synced && !learned.is_empty() && learned.len() <= RELAY_LEARNED
+                {
+                    for id in learned {
+                        if let Some(e) = self.entries.get(&id).copied() {
+                            let f = self.fact_of(id, e);
+                            self.push_outbox(f, now, out);
+                        }
+                    }
                 }
                 if let (true, Some(mask)) = (last, reply)
                     && mask != 0
