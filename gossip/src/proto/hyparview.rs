@@ -236,6 +236,8 @@ pub enum Timer<P: PeerId> {
     Repair,
     /// A `NEIGHBOR` or `JOIN` request to this peer may have timed out.
     PendingExpired(P),
+    /// A full contact rejected our join: join again if its walks brought no link.
+    Rejoin,
 }
 
 /// Inputs of the overlay.
@@ -405,6 +407,7 @@ impl<P: PeerId> State<P> {
             }
             InEvent::TimerExpired(Timer::Shuffle) => self.on_shuffle_timer(rng, out),
             InEvent::TimerExpired(Timer::Repair) => self.on_repair_timer(now, rng, out),
+            InEvent::TimerExpired(Timer::Rejoin) => self.rejoin_if_isolated(now, out),
             InEvent::TimerExpired(Timer::PendingExpired(peer)) => {
                 self.on_pending_expired(peer, now, rng, out)
             }
@@ -600,7 +603,18 @@ impl<P: PeerId> State<P> {
         rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
-        let was_pending = self.take_pending(&from).is_some();
+        let taken = self.take_pending(&from);
+        let was_pending = taken.is_some();
+        if taken.is_some_and(|p| p.join) && !accepted {
+            // A full contact answered (see `Config::contact_evicts`): an answer, not a
+            // failure, so no backoff; if the walks bring no link, join again soon.
+            self.join_attempts = self.join_attempts.saturating_sub(1);
+            self.next_join_at = Some(now + self.config.join_timeout);
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.join_timeout,
+                Timer::Rejoin,
+            ));
+        }
         if self.active.contains(&from) {
             // Crossed requests: the link is already up, whatever this reply says.
             return;
@@ -801,13 +815,18 @@ impl<P: PeerId> State<P> {
         let next = periodic(self.config.repair_interval).mul_f64(rng.random_range(0.9..1.1));
         out.push_back(OutEvent::ScheduleTimer(next, Timer::Repair));
         self.refill(now, rng, out);
+        self.rejoin_if_isolated(now, out);
+    }
+
+    /// Isolated with nothing left to try: start over through a contact, once the backoff of
+    /// the previous join is over.
+    fn rejoin_if_isolated(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         let backoff_over = self.next_join_at.is_none_or(|t| t <= now);
         if self.active.is_empty()
             && self.pending.is_empty()
             && !self.contacts.is_empty()
             && backoff_over
         {
-            // Isolated with nothing left to try: start over through a contact.
             let contact = self.contacts[self.next_contact % self.contacts.len()];
             self.next_contact = self.next_contact.wrapping_add(1);
             self.send_join(contact, now, out);
