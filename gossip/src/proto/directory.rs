@@ -1618,20 +1618,18 @@ impl<P: PeerId> State<P> {
             && target == from
         {
             self.heal_probe = None;
-            // A member we hold alive needs no exchange and no new link: anti-entropy and the
-            // overlay cover it (forcing a link would evict a healthy one and churn the
-            // overlay). One we hold dead (or do not know) answering means two views split:
-            // link to it, exchange and re-announce.
-            let held_alive = self
+            // A member we hold alive needs no exchange, and no new link unless this node is cut
+            // off: forcing a link evicts a healthy one and churns the overlay. One we hold dead
+            // (or do not know) answering means two views split: link to it, exchange and
+            // re-announce.
+            let alive = self
                 .entries
                 .get(&target)
                 .is_some_and(|e| e.state() == MemberState::Alive);
-            if held_alive && self.neighbours.is_empty() {
-                // Isolated: any member that answers is a way back into the overlay.
+            if !alive || self.neighbours.is_empty() {
                 out.push_back(OutEvent::Reach(target));
             }
-            if !held_alive {
-                out.push_back(OutEvent::Reach(target));
+            if !alive {
                 let buckets = self.buckets.to_vec();
                 out.push_back(OutEvent::SendMessage(
                     target,
