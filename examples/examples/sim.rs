@@ -38,6 +38,10 @@ struct Args {
     /// Probability that a message is lost.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
+    /// Stop after the stable phase (bootstrap, warm-up, `--broadcasts` from one sender): the
+    /// workload other simulators report.
+    #[arg(long)]
+    stable_only: bool,
     /// Run the cluster directory (off: overlay and broadcast only).
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     directory: OnOff,
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
     let mut cfg = ScenarioConfig::new(args.nodes, args.broadcasts, args.crash, args.seed);
     cfg.sim.loss = args.loss;
     cfg.directory = matches!(args.directory, OnOff::On);
+    cfg.stable_only = args.stable_only;
     let report = scenario::run(cfg);
     print!("{}", report.table());
     println!("{}", report.to_json());

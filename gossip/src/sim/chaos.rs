@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rand::Rng;
 
-use super::scenario::members_converged;
+use super::scenario::{convergence_gap, members_converged};
 use super::{Sim, SimConfig};
 
 /// Settings of one chaos run.
@@ -112,6 +112,8 @@ pub struct ChaosReport {
     pub dead_in_views: u64,
     /// Checker 4: whether the directory converged (`None` with the directory off).
     pub members_converged: Option<bool>,
+    /// Checker 4: what the first node that breaks it gets wrong (views or directory).
+    pub membership_gap: Option<String>,
     /// Seconds of quiet phase until every checker passed (or the whole quiet phase).
     pub settle_s: f64,
     /// Messages lost on purpose.
@@ -144,7 +146,7 @@ impl ChaosReport {
                 "\"missing\":{},\"expected\":{},\"late_joiner_deliveries\":[{},{}],",
                 "\"asymmetric\":{},\"dead_in_views\":{},\"members_converged\":{},\"settle_s\":{:.1},",
                 "\"lost\":{},\"duplicated\":{},\"events\":{},\"trace_hash\":\"{:016x}\",",
-                "\"faults_end_s\":{:.1},\"missing_sample\":{:?}}}"
+                "\"faults_end_s\":{:.1},\"missing_sample\":{:?},\"membership_gap\":{}}}"
             ),
             self.seed,
             self.nodes,
@@ -170,6 +172,9 @@ impl ChaosReport {
             self.trace_hash,
             self.faults_end_s,
             self.missing_sample,
+            self.membership_gap
+                .as_deref()
+                .map_or("null".into(), |g| format!("{g:?}")),
         )
     }
 }
@@ -204,6 +209,27 @@ fn check_delivery(sim: &Sim, sample: &mut Vec<String>) -> (u64, u64, (u64, u64))
         }
     }
     (missing, expected, late)
+}
+
+/// Checker 4, overlay part: the first asymmetric or dead active-view entry, described.
+fn view_gap(sim: &Sim) -> Option<String> {
+    for id in sim.alive() {
+        let node = sim.node(id)?;
+        for &peer in node.membership().active_view() {
+            let Some(other) = sim.node(peer).filter(|_| sim.is_alive(peer)) else {
+                return Some(format!(
+                    "node {id} keeps dead node {peer} in its active view"
+                ));
+            };
+            if !other.membership().active_view().any(|p| *p == id) {
+                let theirs: Vec<u32> = other.membership().active_view().copied().collect();
+                return Some(format!(
+                    "node {id} has {peer} in its active view, {peer} does not have {id}: {theirs:?}"
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Checker 4, overlay part: (asymmetric entries, dead entries) over the live nodes' active views.
@@ -330,7 +356,13 @@ pub fn run_observed(cfg: &ChaosConfig, mut observe: impl FnMut(&Sim)) -> ChaosRe
     }
     let (missing, expected, late) = check_delivery(&sim, &mut sample);
     let (asymmetric, dead_in_views) = check_views(&sim);
-    let members_converged = cfg.directory.then(|| members_converged(&sim, &mut hint));
+    let gap = if cfg.directory {
+        convergence_gap(&sim, &mut hint)
+    } else {
+        None
+    };
+    let members_converged = cfg.directory.then_some(gap.is_none());
+    let membership_gap = view_gap(&sim).or(gap);
     let t = sim.tracker();
     ChaosReport {
         seed: cfg.seed,
@@ -349,6 +381,7 @@ pub fn run_observed(cfg: &ChaosConfig, mut observe: impl FnMut(&Sim)) -> ChaosRe
         asymmetric,
         dead_in_views,
         members_converged,
+        membership_gap,
         settle_s: (sim.now() - quiet_start).as_secs_f64(),
         lost: sim.stats().lost,
         duplicated: sim.stats().duplicated,

@@ -41,6 +41,12 @@ pub struct ScenarioConfig {
     pub crash: f64,
     /// Whether the cluster directory runs (`false`: overlay and broadcast only).
     pub directory: bool,
+    /// Whether the directory emits member events (nobody reads them here; off by default,
+    /// as the directory's docs advise for simulations of huge clusters).
+    pub member_events: bool,
+    /// Stop after the stable phase: bootstrap, warm-up and `broadcasts` from one sender only
+    /// (the workload other simulators report), no crash, no quiet tail.
+    pub stable_only: bool,
     /// How many nodes the others join through.
     pub contacts: usize,
     /// How long the overlay settles after the last join.
@@ -68,6 +74,8 @@ impl ScenarioConfig {
             broadcasts,
             crash,
             directory: true,
+            member_events: false,
+            stable_only: false,
             contacts: 5,
             bootstrap_settle: Duration::from_secs(2),
             round_timeout: Duration::from_secs(5),
@@ -482,37 +490,61 @@ fn detected(node: &Node, peer: u32, directory: bool) -> bool {
 
 /// Whether every live node lists exactly the live nodes as alive.
 ///
-/// One node (the first live one) is checked entry by entry; every other node must then have
-/// the same number of alive entries and the same directory checksum (an order-independent
-/// 64-bit hash of its alive and suspect entries), which makes the check O(n) instead of O(n^2).
-/// It starts with `hint` (the node that failed last time), so a failing check usually fails at
-/// once, and updates it.
+/// Fast path: a node with as many alive entries as there are live nodes and the same directory
+/// checksum (an order-independent 64-bit hash of the alive and suspect entries) as a node
+/// checked entry by entry lists the same members, so most nodes cost O(1). A node whose
+/// checksum differs (it may still hold a suspect entry for a dead node, which does not break
+/// the rule) is checked entry by entry. Starts with `hint` (the node that failed last time), so
+/// a failing check usually fails at once, and updates it.
 pub fn members_converged(sim: &Sim, hint: &mut u32) -> bool {
+    convergence_gap(sim, hint).is_none()
+}
+
+/// Like [`members_converged`], but says what is wrong at the first node that fails.
+pub fn convergence_gap(sim: &Sim, hint: &mut u32) -> Option<String> {
     let live: Vec<u32> = sim.alive().collect();
-    let Some(reference) = live.first().and_then(|&id| sim.node(id)) else {
-        return true;
-    };
-    let dir = reference.directory();
-    if dir.alive_count() != live.len()
-        || !live
+    let exact = |id: u32| -> Option<String> {
+        let dir = sim.node(id)?.directory();
+        if let Some(&other) = live
             .iter()
-            .all(|id| matches!(dir.get(id), Some((MemberState::Alive, _))))
-    {
-        *hint = live[0];
-        return false;
-    }
-    let checksum = dir.checksum();
+            .find(|p| !matches!(dir.get(p), Some((MemberState::Alive, _))))
+        {
+            let state = dir
+                .get(&other)
+                .map(|(s, i)| format!("{s:?} (incarnation {i})"));
+            return Some(format!(
+                "node {id} lists live node {other} as {}",
+                state.unwrap_or_else(|| "unknown".into())
+            ));
+        }
+        (dir.alive_count() != live.len()).then(|| {
+            let dead = (0..sim.len())
+                .filter(|p| !sim.is_alive(*p))
+                .find(|p| matches!(dir.get(p), Some((MemberState::Alive, _))));
+            format!(
+                "node {id} lists {} alive members for {} live nodes (e.g. dead node {:?} as alive)",
+                dir.alive_count(),
+                live.len(),
+                dead
+            )
+        })
+    };
+    let mut reference: Option<u64> = None;
     let start = live.iter().position(|&id| id == *hint).unwrap_or(0);
     for k in 0..live.len() {
         let id = live[(start + k) % live.len()];
         let Some(node) = sim.node(id) else { continue };
         let d = node.directory();
-        if d.alive_count() != live.len() || d.checksum() != checksum {
-            *hint = id;
-            return false;
+        if d.alive_count() == live.len() && reference == Some(d.checksum()) {
+            continue;
         }
+        if let Some(gap) = exact(id) {
+            *hint = id;
+            return Some(gap);
+        }
+        reference.get_or_insert(d.checksum());
     }
-    true
+    None
 }
 
 struct Runner {
@@ -583,6 +615,7 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     let wall = std::time::Instant::now();
     let mut sim_cfg = cfg.sim.clone();
     sim_cfg.proto.directory.enabled = cfg.directory;
+    sim_cfg.proto.directory.emit_events = cfg.member_events;
     let mut r = Runner {
         sim: Sim::new(sim_cfg),
         payload: Bytes::from(vec![0xab; cfg.payload_size]),
@@ -630,6 +663,12 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     }
     let shape_stable = Shape::of(&r.sim);
     let bounds_stable = Bounds::of(&r.sim, sender);
+    if r.cfg.stable_only {
+        let mut rep = report(r, isolated_after_bootstrap, 0, None, None, wall);
+        rep.shape_stable = shape_stable;
+        rep.bounds_stable = bounds_stable;
+        return rep;
+    }
 
     // 4. Crash a fraction at once, noting who must detect whom.
     let mut ids: Vec<u32> = r.sim.alive().collect();
