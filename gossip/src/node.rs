@@ -73,6 +73,8 @@ pub struct NodeStats {
     pub broadcast: proto::plumtree::Stats,
     /// Peers in the active view.
     pub active_view: usize,
+    /// The active view itself: the peers this node has open links to.
+    pub active_peers: Vec<NodeId>,
     /// Peers in the passive view.
     pub passive_view: usize,
 }
@@ -515,7 +517,8 @@ impl<T: Transport> Actor<T> {
                 let mut stats = self.stats.clone();
                 stats.transport = self.transport.stats();
                 stats.broadcast = self.state.broadcast_layer().stats().clone();
-                stats.active_view = self.state.membership().active_view().count();
+                stats.active_peers = self.state.membership().active_view().copied().collect();
+                stats.active_view = stats.active_peers.len();
                 stats.passive_view = self.state.membership().passive_view().count();
                 let _ = reply.send(stats);
             }

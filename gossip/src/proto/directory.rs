@@ -36,8 +36,9 @@
 //! 17 system broadcasts instead of about 1,700.
 //!
 //! The collector is a role, not a leader: any node accepts announcements, and a node that
-//! forwarded a fact keeps it until a broadcast covering it arrives. If the collector fails, the
-//! send fails, the collector becomes suspect, and the waiting facts go to the next smallest id;
+//! forwarded a fact keeps it until a broadcast covering it arrives. The collector acknowledges
+//! announcements; if it does not within the probe timeouts, it is suspected first hand, and the
+//! waiting facts go to the next smallest id;
 //! if nothing covered a fact within [`Config::forward_grace`], the node broadcasts it itself.
 //! Refutations and departures skip all this and are broadcast at once.
 //!
@@ -85,8 +86,8 @@
 //! # Memory
 //!
 //! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2); metadata
-//! lives in a side map holding only members that have any, and tombstone times in another
-//! holding only `Dead`/`Left` ones. With `P = u32` that is about 15 bytes per member (a hash
+//! lives in a side map holding only members that have any, and `Dead`/`Left` entries wait for
+//! reaping in a queue (12 bytes each with `P = u32`) ordered by when they died. With `P = u32` that is about 15 bytes per member (a hash
 //! table with one control byte per slot, at its usual load). Random picks for probing come from a
 //! small pool refilled by reservoir sampling, not from a second list of every id. Incarnations
 //! above [`MAX_INCARNATION`] are refused.
@@ -123,6 +124,12 @@ const BATCH_VERSION: u8 = 1;
 /// Relayed ping-requests remembered at once (older ones are forgotten).
 const MAX_RELAYS: usize = 64;
 
+/// Active neighbours remembered (the overlay's active view is far smaller).
+const MAX_NEIGHBOURS: usize = 64;
+
+/// Facts learned from one anti-entropy chunk that are still passed on (see `Message::Sync`).
+const RELAY_LEARNED: usize = 16;
+
 /// Members drawn at a time for probing.
 const PROBE_POOL: usize = 64;
 
@@ -156,6 +163,9 @@ pub struct Config {
     /// still arriving by broadcast and the digests would differ for nothing. At most three
     /// rounds in a row are skipped. A busy node also declines digests for the same reason.
     pub anti_entropy_quiet: Duration,
+    /// Most digests answered with a state transfer per anti-entropy interval (others are
+    /// ignored). A node receives about one digest per interval from its neighbours.
+    pub max_exchanges: usize,
     /// How often one member outside the active view is probed.
     pub probe_interval: Duration,
     /// How long a direct probe waits for its ack before asking neighbours to help.
@@ -204,6 +214,7 @@ impl Default for Config {
             sync_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(15),
             anti_entropy_quiet: Duration::from_secs(3),
+            max_exchanges: 8,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(400),
             indirect_probe_timeout: Duration::from_millis(600),
@@ -325,6 +336,8 @@ pub enum Message<P: PeerId> {
     Announce {
         /// The facts.
         facts: Vec<Fact<P>>,
+        /// Non-zero: answer with `Ack { seq }`, so the sender learns the collector is alive.
+        seq: u64,
     },
     /// Anti-entropy digest: one checksum per bucket of live entries.
     Digest {
@@ -370,6 +383,11 @@ pub enum Timer<P: PeerId> {
     /// The probe with this sequence number got no ack in time.
     ProbeTimeout {
         /// The probe.
+        seq: u64,
+    },
+    /// The collector did not acknowledge forwarded facts in time.
+    CollectorTimeout {
+        /// The acknowledgement awaited.
         seq: u64,
     },
     /// Periodic: exchange a digest with a random neighbour.
@@ -487,6 +505,14 @@ enum Source {
     Snapshot,
     /// Anti-entropy or healing exchange: others may lack it too.
     Exchange,
+}
+
+/// A `Dead` or `Left` entry and when it became so, in seconds of the directory's clock.
+#[derive(Debug, Clone, Copy)]
+struct Tomb<P> {
+    since: u32,
+    id: P,
+    entry: Entry,
 }
 
 /// A first-hand fact waiting in the outbox.
@@ -608,7 +634,11 @@ pub struct State<P: PeerId> {
     probe_pool: Vec<P>,
     metadata: Map<P, Bytes>,
     /// When each `Dead`/`Left` entry became so here.
-    tombstones: Map<P, Instant>,
+    /// `Dead`/`Left` entries in the order they became so (records go stale when the entry
+    /// changes again): reaping pops the old end.
+    tombstones: VecDeque<Tomb<P>>,
+    /// Origin of the coarse clock used for tombstones.
+    base: Option<Instant>,
     graveyard: Map<P, u32>,
     graveyard_order: VecDeque<P>,
     buckets: [u64; DIGEST_BUCKETS],
@@ -625,6 +655,8 @@ pub struct State<P: PeerId> {
     reforward: bool,
     /// Cached collector: the smallest `Alive` id (valid while it stays `Alive`).
     collector: Option<P>,
+    /// The collector and the sequence number of the acknowledgement awaited from it.
+    collector_check: Option<(P, u64)>,
     /// Changes of the live view so far, and how many of them `last_change` accounts for.
     changes: u64,
     changes_seen: u64,
@@ -632,6 +664,8 @@ pub struct State<P: PeerId> {
     last_change: Option<Instant>,
     /// Anti-entropy rounds skipped in a row.
     ae_skipped: u32,
+    /// Start of the current exchange-limit window and the exchanges answered in it.
+    exchange_window: Option<(Instant, usize)>,
     neighbours: Vec<P>,
     seeds: Vec<P>,
     synced: bool,
@@ -654,7 +688,8 @@ impl<P: PeerId> State<P> {
             entries: Map::default(),
             probe_pool: Vec::new(),
             metadata: Map::default(),
-            tombstones: Map::default(),
+            tombstones: VecDeque::new(),
+            base: None,
             graveyard: Map::default(),
             graveyard_order: VecDeque::new(),
             buckets: [0; DIGEST_BUCKETS],
@@ -665,10 +700,12 @@ impl<P: PeerId> State<P> {
             flush_at: None,
             reforward: false,
             collector: None,
+            collector_check: None,
             changes: 0,
             changes_seen: 0,
             last_change: None,
             ae_skipped: 0,
+            exchange_window: None,
             neighbours: Vec::new(),
             seeds: Vec::new(),
             synced: false,
@@ -969,7 +1006,7 @@ impl<P: PeerId> State<P> {
                 }
                 self.recount(&id, (0, false));
                 if !new.state().is_live() {
-                    self.tombstones.insert(id, now);
+                    self.entomb(id, new, now);
                 }
                 self.emit(out, id, None, false);
                 true
@@ -990,11 +1027,8 @@ impl<P: PeerId> State<P> {
                     (incarnation, fact.state.rank()) > (old.incarnation(), old.state().rank());
                 if newer {
                     self.entries.insert(id, new);
-                    let old_live = old.state().is_live();
-                    if new.state().is_live() && !old_live {
-                        self.tombstones.remove(&id);
-                    } else if !new.state().is_live() && old_live {
-                        self.tombstones.insert(id, now);
+                    if !new.state().is_live() {
+                        self.entomb(id, new, now);
                     }
                     if new.state() != MemberState::Suspect {
                         self.suspecting.remove(&id);
@@ -1187,13 +1221,31 @@ impl<P: PeerId> State<P> {
                     self.waiting.push_back((deadline, id));
                 }
             }
-            for chunk in forward.chunks(self.config.max_batch_entries.max(1)) {
-                out.push_back(OutEvent::SendMessage(
-                    collector,
-                    Message::Announce {
-                        facts: chunk.to_vec(),
-                    },
-                ));
+            if !forward.is_empty() {
+                // One ack per collector at a time tells whether it still listens: a collector
+                // that crashed is suspected after the probe timeouts and the facts move on,
+                // without waiting for the transport or for someone to announce its death.
+                let seq = match self.collector_check {
+                    Some((c, seq)) if c == collector => seq,
+                    _ => {
+                        let seq = self.next_seq();
+                        self.collector_check = Some((collector, seq));
+                        out.push_back(OutEvent::ScheduleTimer(
+                            self.config.probe_timeout + self.config.indirect_probe_timeout,
+                            Timer::CollectorTimeout { seq },
+                        ));
+                        seq
+                    }
+                };
+                for chunk in forward.chunks(self.config.max_batch_entries.max(1)) {
+                    out.push_back(OutEvent::SendMessage(
+                        collector,
+                        Message::Announce {
+                            facts: chunk.to_vec(),
+                            seq,
+                        },
+                    ));
+                }
             }
         }
         for chunk in broadcast.chunks(self.config.max_batch_entries.max(1)) {
@@ -1300,6 +1352,11 @@ impl<P: PeerId> State<P> {
             return;
         }
         if !self.neighbours.contains(&peer) {
+            if self.neighbours.len() >= MAX_NEIGHBOURS {
+                // The overlay's active view is far smaller; a missed `NeighborDown` must not
+                // make this grow.
+                self.neighbours.remove(0);
+            }
             self.neighbours.push(peer);
         }
         if !self.entries.contains_key(&peer) {
@@ -1379,6 +1436,7 @@ impl<P: PeerId> State<P> {
                     peer,
                     Message::Announce {
                         facts: vec![f.clone()],
+                        seq: 0,
                     },
                 ));
                 self.push_outbox(f, _now, out);
@@ -1434,14 +1492,31 @@ impl<P: PeerId> State<P> {
                     self.stats.invalid_messages += 1;
                     return;
                 }
-                self.synced = true;
+                let was_synced = std::mem::replace(&mut self.synced, true);
                 let source = if announce {
                     Source::Exchange
                 } else {
                     Source::Snapshot
                 };
+                let mut learned = Vec::new();
                 for fact in facts {
-                    self.merge(fact, source, now, out);
+                    let id = fact.id;
+                    if self.merge(fact, source, now, out) && learned.len() <= RELAY_LEARNED {
+                        learned.push(id);
+                    }
+                }
+                // A synced node that learns a few facts from anti-entropy probably missed a
+                // broadcast others missed too (lost on the way): pass them on. One that learns
+                // many is catching up on its own and keeps them (re-announcing would cost a
+                // broadcast of everything it lacked).
+                if !announce && was_synced && !learned.is_empty() && learned.len() <= RELAY_LEARNED
+                {
+                    for id in learned {
+                        if let Some(e) = self.entries.get(&id).copied() {
+                            let f = self.fact_of(id, e);
+                            self.push_outbox(f, now, out);
+                        }
+                    }
                 }
                 if let (true, Some(mask)) = (last, reply)
                     && mask != 0
@@ -1450,13 +1525,16 @@ impl<P: PeerId> State<P> {
                     self.send_state(from, mask, announce, None, out);
                 }
             }
-            Message::Announce { facts } => {
+            Message::Announce { facts, seq } => {
                 if facts.len() > self.config.max_batch_entries {
                     self.stats.invalid_messages += 1;
                     return;
                 }
                 if self.left {
                     return;
+                }
+                if seq != 0 {
+                    out.push_back(OutEvent::SendMessage(from, Message::Ack { seq }));
                 }
                 let refutations = self.stats.refutations;
                 for fact in facts {
@@ -1472,7 +1550,10 @@ impl<P: PeerId> State<P> {
                 if self.stats.refutations > refutations {
                     // Someone suspects us: answer it directly, the broadcast may take longer.
                     let facts = vec![self.own_fact()];
-                    out.push_back(OutEvent::SendMessage(from, Message::Announce { facts }));
+                    out.push_back(OutEvent::SendMessage(
+                        from,
+                        Message::Announce { facts, seq: 0 },
+                    ));
                 }
             }
             Message::Digest { buckets, heal } => {
@@ -1484,7 +1565,7 @@ impl<P: PeerId> State<P> {
                     return;
                 }
                 let mask = self.differing_buckets(&buckets);
-                if mask != 0 {
+                if mask != 0 && self.exchange_allowed(now) {
                     self.stats.exchanges += 1;
                     self.send_state(from, mask, heal, Some(mask), out);
                 }
@@ -1525,19 +1606,30 @@ impl<P: PeerId> State<P> {
             self.probe = None;
             return;
         }
+        if self
+            .collector_check
+            .is_some_and(|(c, s)| s == seq && c == from)
+        {
+            self.collector_check = None;
+            return;
+        }
         if let Some((target, s)) = self.heal_probe
             && s == seq
             && target == from
         {
             self.heal_probe = None;
-            out.push_back(OutEvent::Reach(target));
-            // A member we hold alive needs no exchange: anti-entropy covers it. One we hold dead
-            // (or do not know) answering means two views split: exchange and re-announce.
-            if !self
+            // A member we hold alive needs no exchange, and no new link unless this node is cut
+            // off: forcing a link evicts a healthy one and churns the overlay. One we hold dead
+            // (or do not know) answering means two views split: link to it, exchange and
+            // re-announce.
+            let alive = self
                 .entries
                 .get(&target)
-                .is_some_and(|e| e.state() == MemberState::Alive)
-            {
+                .is_some_and(|e| e.state() == MemberState::Alive);
+            if !alive || self.neighbours.is_empty() {
+                out.push_back(OutEvent::Reach(target));
+            }
+            if !alive {
                 let buckets = self.buckets.to_vec();
                 out.push_back(OutEvent::SendMessage(
                     target,
@@ -1558,6 +1650,23 @@ impl<P: PeerId> State<P> {
                 },
             ));
         }
+    }
+
+    /// At most [`Config::max_exchanges`] state transfers answer digests per anti-entropy
+    /// interval: a digest is small and the answer can be the whole directory, so this bounds
+    /// what a peer sending digests in a loop can make this node send.
+    fn exchange_allowed(&mut self, now: Instant) -> bool {
+        let window = self.config.anti_entropy_interval;
+        match self.exchange_window {
+            Some((start, n)) if now.saturating_duration_since(start) < window => {
+                if n >= self.config.max_exchanges {
+                    return false;
+                }
+                self.exchange_window = Some((start, n + 1));
+            }
+            _ => self.exchange_window = Some((now, 1)),
+        }
+        true
     }
 
     /// The live view changed within [`Config::anti_entropy_quiet`].
@@ -1672,7 +1781,7 @@ impl<P: PeerId> State<P> {
                 let before = self.contribution(&id);
                 self.entries.insert(id, new);
                 self.recount(&id, before);
-                self.tombstones.insert(id, now);
+                self.entomb(id, new, now);
                 self.emit(out, id, Some(e.state()), false);
                 let f = self.fact_of(id, new);
                 self.push_outbox(f, now, out);
@@ -1688,6 +1797,16 @@ impl<P: PeerId> State<P> {
                 self.start_probe(rng, out);
             }
             Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now, rng, out),
+            Timer::CollectorTimeout { seq } => {
+                if let Some((collector, s)) = self.collector_check
+                    && s == seq
+                {
+                    self.collector_check = None;
+                    self.stats.probes_failed += 1;
+                    // Suspecting it changes the collector: the waiting facts go to the next one.
+                    self.failure_observed(collector, now, out);
+                }
+            }
             Timer::AntiEntropy => {
                 if self.left {
                     return;
@@ -1857,29 +1976,14 @@ impl<P: PeerId> State<P> {
             Some(seeds[rng.random_range(0..seeds.len())])
         } else {
             // A random recently dead member (not one that left: it is gone on purpose).
-            let dead = self
-                .tombstones
-                .keys()
-                .filter(|id| {
-                    self.entries
-                        .get(id)
-                        .is_some_and(|e| e.state() == MemberState::Dead)
-                })
-                .count();
-            if dead == 0 {
-                None
-            } else {
-                let nth = rng.random_range(0..dead);
-                self.tombstones
-                    .keys()
-                    .filter(|id| {
-                        self.entries
-                            .get(id)
-                            .is_some_and(|e| e.state() == MemberState::Dead)
-                    })
-                    .nth(nth)
-                    .copied()
-            }
+            (0..8).find_map(|_| {
+                if self.tombstones.is_empty() {
+                    return None;
+                }
+                let t = self.tombstones[rng.random_range(0..self.tombstones.len())];
+                (t.entry.state() == MemberState::Dead && self.entries.get(&t.id) == Some(&t.entry))
+                    .then_some(t.id)
+            })
         };
         if let Some(target) = target {
             let seq = self.next_seq();
@@ -1910,27 +2014,43 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn reap(&mut self, now: Instant) {
-        let reap_after = self.config.reap_after;
-        let expired: Vec<P> = self
-            .tombstones
-            .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= reap_after)
-            .map(|(id, _)| *id)
-            .collect();
-        if expired.is_empty() {
-            return;
+    /// Seconds since the first instant this directory saw (tombstones need no finer clock).
+    fn secs(&mut self, now: Instant) -> u32 {
+        let base = *self.base.get_or_insert(now);
+        now.saturating_duration_since(base)
+            .as_secs()
+            .min(u32::MAX as u64) as u32
+    }
+
+    /// Record that `id` became `Dead` or `Left` (as `entry`) now.
+    fn entomb(&mut self, id: P, entry: Entry, now: Instant) {
+        let since = self.secs(now);
+        self.tombstones.push_back(Tomb { since, id, entry });
+        if self.tombstones.len() > 2 * self.entries.len() + 1024 {
+            // Members dying and coming back left stale records behind: drop them.
+            let entries = &self.entries;
+            self.tombstones
+                .retain(|t| entries.get(&t.id) == Some(&t.entry));
         }
-        for id in &expired {
-            let before = self.contribution(id);
-            self.tombstones.remove(id);
-            self.metadata.remove(id);
-            self.suspecting.remove(id);
-            let removed = self.entries.remove(id);
-            self.recount(id, before);
-            if let Some(e) = removed {
-                self.bury(*id, e.incarnation());
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let now = self.secs(now);
+        let after = self.config.reap_after.as_secs().min(u32::MAX as u64) as u32;
+        while let Some(&t) = self.tombstones.front() {
+            if now.saturating_sub(t.since) < after {
+                break;
             }
+            self.tombstones.pop_front();
+            if self.entries.get(&t.id) != Some(&t.entry) {
+                continue; // it changed since: a newer record (or none) stands for it
+            }
+            let before = self.contribution(&t.id);
+            self.metadata.remove(&t.id);
+            self.suspecting.remove(&t.id);
+            self.entries.remove(&t.id);
+            self.recount(&t.id, before);
+            self.bury(t.id, t.entry.incarnation());
         }
     }
 
@@ -1974,7 +2094,7 @@ pub fn encode_batch<P: PeerId>(facts: &[Fact<P>]) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// Decode a broadcast batch: `None` if it is malformed, over [`MAX_BATCH_DECODE`] bytes, has
+/// Decode a broadcast batch: `None` if it is malformed, over 1 MiB, has
 /// trailing bytes, an unknown version, or more than `max_entries` facts.
 pub fn decode_batch<P: PeerId>(payload: &[u8], max_entries: usize) -> Option<Vec<Fact<P>>> {
     if payload.len() > MAX_BATCH_DECODE {
