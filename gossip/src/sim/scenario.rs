@@ -284,6 +284,8 @@ pub struct ScenarioReport {
     pub members_converged: Option<bool>,
     /// Seconds from the crash until the directory converged.
     pub converge_s: Option<f64>,
+    /// If it did not converge: what the first failing node gets wrong.
+    pub membership_gap: Option<String>,
     /// Seconds from the crash until every live neighbour of a crashed node marked it dead (in
     /// its directory; without the directory: dropped it from its active view).
     pub detection_s: Option<f64>,
@@ -332,7 +334,7 @@ impl ScenarioReport {
                 "\"active_view\":[{},{:.2},{}],\"eager_mean\":{:.2},\"eager_max\":{},",
                 "\"min_hops_depth\":{},\"fastest_tree_hops\":{},\"fastest_latency_s\":{:.3},",
                 "\"events\":{},\"messages\":{},\"virtual_s\":{:.1},\"wall_s\":{:.2},",
-                "\"peak_rss_mb\":{},\"trace_hash\":\"{:016x}\"}}"
+                "\"peak_rss_mb\":{},\"trace_hash\":\"{:016x}\",\"membership_gap\":{}}}"
             ),
             self.nodes,
             self.broadcasts,
@@ -370,6 +372,9 @@ impl ScenarioReport {
             self.wall_s,
             opt(self.peak_rss_mb),
             self.trace_hash,
+            self.membership_gap
+                .as_deref()
+                .map_or("null".into(), |g| format!("{g:?}")),
         )
     }
 
@@ -737,6 +742,7 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     }
     let mut converged = None;
     let mut converge_s = None;
+    let mut gap = None;
     if r.cfg.directory {
         let mut hint = 0;
         let mut ok = members_converged(&r.sim, &mut hint);
@@ -746,6 +752,9 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
             ok = members_converged(&r.sim, &mut hint);
         }
         converged = Some(ok);
+        if !ok {
+            gap = convergence_gap(&r.sim, &mut hint);
+        }
         converge_s = ok.then(|| (r.sim.now() - crash_at).as_secs_f64());
     }
     // Give detection the rest of the tail if it still waits.
@@ -765,6 +774,7 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
     );
     rep.shape_stable = shape_stable;
     rep.bounds_stable = bounds_stable;
+    rep.membership_gap = gap;
     rep
 }
 
@@ -846,6 +856,7 @@ fn report(
         missed_after_crash,
         members_converged,
         converge_s,
+        membership_gap: None,
         detection_s: r.detected_at.map(|t| (t - crash_at).as_secs_f64()),
         undetected: r.pending.len(),
         violations: tracker.violations(),
