@@ -192,8 +192,7 @@ async fn a_cluster_under_attack_keeps_delivering_every_broadcast() {
         let _ = tokio::time::timeout(Duration::from_secs(10), a).await;
     }
 
-    let r = received.lock().unwrap();
-    for (i, got) in r.iter() {
+    for (i, got) in received.lock().unwrap().iter() {
         for c in &sent {
             let count = got.get(c).copied().unwrap_or(0);
             let expected = u32::from(c.from as usize != *i);
