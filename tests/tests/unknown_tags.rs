@@ -29,7 +29,7 @@ impl Tag for FromTheFuture {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_tags_are_relayed_and_reach_recv_as_messages() {
     let mut config = test_config();
-    config.protocol.membership.active_view_capacity = 2;
+    config.protocol.membership.active_view_capacity = 3;
     let nodes = tcp_cluster(8, &config).await;
     let ids: Vec<NodeId> = nodes.iter().map(|n| n.id()).collect();
     assert!(
@@ -58,7 +58,7 @@ async fn unknown_tags_are_relayed_and_reach_recv_as_messages() {
     for (i, node) in nodes.iter().enumerate().skip(1) {
         let mut got = Vec::new();
         while got.len() < sent.len() {
-            let msg: Message = tokio::time::timeout(Duration::from_secs(15), node.recv())
+            let msg: Message = tokio::time::timeout(Duration::from_secs(30), node.recv())
                 .await
                 .unwrap_or_else(|_| panic!("node {i} got {} of {} messages", got.len(), sent.len()))
                 .expect("recv");
