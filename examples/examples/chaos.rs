@@ -29,6 +29,9 @@ struct Args {
     /// Message loss during the fault phase.
     #[arg(long, default_value_t = 0.3)]
     loss: f64,
+    /// Length of the fault phase, in seconds.
+    #[arg(long, default_value_t = 20)]
+    fault_secs: u64,
     /// Run without the cluster directory.
     #[arg(long)]
     no_directory: bool,
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     for seed in args.first_seed..args.first_seed + args.seeds {
         let mut cfg = ChaosConfig::new(args.nodes, seed);
         cfg.loss = args.loss;
+        cfg.fault_phase = std::time::Duration::from_secs(args.fault_secs);
         cfg.directory = !args.no_directory;
         let report = chaos::run(&cfg);
         println!("{}", report.to_json());

@@ -65,7 +65,14 @@ async fn main() -> Result<(), gossip::Error> {
     println!("starting {} in-memory nodes", args.nodes);
     let mut nodes = Vec::new();
     for i in 0..args.nodes {
-        let config = Config { seed: Some(args.seed * 1000 + i as u64), ..Config::default() };
+        let mut config = Config { seed: Some(args.seed * 1000 + i as u64), ..Config::default() };
+        // Knobs for experiments: DEMO_OPT (optimization threshold), DEMO_G1 (graft timeout, ms).
+        if let Some(t) = std::env::var("DEMO_OPT").ok().and_then(|t| t.parse().ok()) {
+            config.protocol.broadcast.optimization_threshold = t;
+        }
+        if let Some(ms) = std::env::var("DEMO_G1").ok().and_then(|t| t.parse().ok()) {
+            config.protocol.broadcast.graft_timeout_1 = Duration::from_millis(ms);
+        }
         let node = Node::builder().config(config).memory(&network)?;
         if let Some(first) = nodes.first() {
             let first: &Node = first;
@@ -145,6 +152,20 @@ async fn main() -> Result<(), gossip::Error> {
     println!("latency p50 / p99  {:.1} ms / {:.1} ms", pct(0.5), pct(0.99));
     println!("members converged  {converged}");
     println!("wall time          {:.1} s", start.elapsed().as_secs_f64());
+    if std::env::var_os("DEMO_DEBUG").is_some() {
+        let mut sum = gossip::proto::plumtree::Stats::default();
+        for node in &nodes {
+            let s = node.stats().await?.broadcast;
+            sum.gossip_sent += s.gossip_sent;
+            sum.ihave_sent += s.ihave_sent;
+            sum.graft_sent += s.graft_sent;
+            sum.prune_sent += s.prune_sent;
+            sum.optimizations += s.optimizations;
+            sum.catchup_sent += s.catchup_sent;
+            sum.duplicates += s.duplicates;
+        }
+        println!("{sum:?}");
+    }
     Ok(())
 }
 

@@ -194,13 +194,48 @@ fn unknown_key(meta: &ParseNestedMeta, attr: &str, known: &[&str]) -> syn::Error
     let key = quote::ToTokens::to_token_stream(&meta.path)
         .to_string()
         .replace(' ', "");
-    let known = known
+    let list = known
         .iter()
         .map(|k| format!("`{k}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    syn::Error::new_spanned(
-        &meta.path,
-        format!("unknown key `{key}` in #[{attr}(...)]: the keys are {known}"),
-    )
+    let message = match known.iter().find(|k| edit_distance(k, &key) <= 2) {
+        Some(close) => {
+            format!(
+                "unknown key `{key}` in #[{attr}(...)]: did you mean `{close}`? (the keys are {list})"
+            )
+        }
+        None => format!("unknown key `{key}` in #[{attr}(...)]: the keys are {list}"),
+    };
+    syn::Error::new_spanned(&meta.path, message)
+}
+
+/// Levenshtein distance, for "did you mean" hints on short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_distance;
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("name", "name"), 0);
+        assert_eq!(edit_distance("name", "nmae"), 2);
+        assert_eq!(edit_distance("alias", "aliases"), 2);
+        assert_eq!(edit_distance("other", "default"), 7);
+        assert_eq!(edit_distance("", "crate"), 5);
+    }
 }

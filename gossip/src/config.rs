@@ -13,7 +13,7 @@ use crate::transport::tcp::TcpConfig;
 /// ```
 /// let mut config = gossip::Config::default();
 /// config.cluster_label = "billing-prod".into();
-/// config.protocol.detector.threshold = 10.0;
+/// config.protocol.detector.phi_threshold = 10.0;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -275,3 +275,76 @@ impl fmt::Debug for CodecError {
 }
 
 impl std::error::Error for CodecError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    fn assert_error<T: std::error::Error + Send + Sync + 'static>() {}
+
+    #[test]
+    fn errors_can_cross_threads_and_box() {
+        assert_error::<Error>();
+        assert_error::<EncodeError>();
+        assert_error::<DecodeError>();
+        assert_error::<FromMessageError>();
+        assert_error::<CodecError>();
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = Error::DuplicateTag {
+            name: "Commit".into(),
+            first: "a::Commit",
+            second: "b::Commit",
+        };
+        assert_eq!(
+            e.to_string(),
+            "two message types use the tag `Commit`: `a::Commit` and `b::Commit`; give one of \
+             them another name with #[tag(name = \"...\")] (keep the old name as an alias only \
+             on the type that used it before)"
+        );
+        let e = EncodeError::TooLarge {
+            size: 2000,
+            limit: 1024,
+        };
+        assert!(
+            e.to_string()
+                .contains("2000 bytes exceeds the limit of 1024"),
+            "{e}"
+        );
+        let e = DecodeError::UnsupportedVersion {
+            version: 7,
+            supported: codec::FORMAT_VERSION,
+        };
+        assert!(e.to_string().contains("run the same major version"), "{e}");
+        let e = DecodeError::Truncated {
+            len: 3,
+            header: codec::HEADER_LEN,
+        };
+        assert!(
+            e.to_string()
+                .starts_with("envelope of 3 bytes is shorter than its 10-byte"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unlisted_names_the_tag_and_the_fix() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Unregistered;
+        impl crate::Tag for Unregistered {
+            const NAME: &'static str = "error.unregistered";
+            const ID: u64 = crate::tag_id("error.unregistered");
+        }
+        let msg = Message::encode(&Unregistered, 64).unwrap();
+        let text = FromMessageError::Unlisted(msg).to_string();
+        let hex = format!("{:#018x}", crate::tag_id("error.unregistered"));
+        assert!(
+            text.starts_with(&format!("no variant for tag `{hex}`")),
+            "{text}"
+        );
+        assert!(text.contains("#[tags(other)]"), "{text}");
+    }
+}

@@ -128,7 +128,7 @@ impl Message {
 
     /// Whether this message decodes as `T` (its id is `T`'s id or one of `T`'s aliases).
     pub fn is<T: Tag>(&self) -> bool {
-        T::accepts(self.id)
+        tag::accepts::<T>(self.id)
     }
 
     /// The encoded payload (after the envelope header).
@@ -167,7 +167,7 @@ impl Message {
     /// [`DecodeError::Payload`] or [`DecodeError::TrailingBytes`] when the payload does not
     /// decode as `T` exactly.
     pub fn decode<T: Tag>(&self) -> Result<T, DecodeError> {
-        if !T::accepts(self.id) {
+        if !tag::accepts::<T>(self.id) {
             return Err(DecodeError::WrongTag {
                 expected: T::NAME,
                 actual: self.tag().to_owned(),
@@ -309,6 +309,27 @@ mod tests {
             Err(DecodeError::TooLarge { .. })
         ));
         assert!(Message::from_envelope_limited(bytes, len).is_ok());
+    }
+
+    proptest::proptest! {
+        /// Hostile envelopes: parsing and decoding return errors, never panic.
+        #[test]
+        fn random_envelopes_never_panic(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            valid_header in proptest::bool::ANY,
+        ) {
+            let mut bytes = body;
+            if valid_header && bytes.len() >= HEADER_LEN {
+                bytes[0] = codec::FORMAT_VERSION;
+                bytes[1] = codec::CODEC_BINCODE;
+                bytes[2..10].copy_from_slice(&crate::tag_id("message.commit").to_le_bytes());
+            }
+            if let Ok(msg) = Message::from_envelope(bytes.into()) {
+                let _ = msg.tag();
+                let _ = msg.decode::<Commit>();
+                let _ = msg.decode::<Doom>();
+            }
+        }
     }
 
     #[test]

@@ -38,6 +38,10 @@ use crate::message::Message;
 /// the type is then missing from the registry ([`check_registry`]).
 ///
 /// The name must be 1 to 128 characters among ASCII letters, digits and `_ - . : /`.
+///
+/// Payloads are encoded with bincode 2 through serde. serde writes a `Vec<u8>` element by
+/// element; for fields of raw bytes prefer `bytes::Bytes` (or `serde_bytes`), which is one
+/// length prefix and a copy: 20 times faster at 4 KiB (see `BENCHMARKS.md`).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a gossip message type",
     label = "not a gossip message type",
@@ -50,12 +54,12 @@ pub trait Tag: Serialize + DeserializeOwned + Send + 'static {
     const ID: u64;
     /// Ids of former names, also accepted when decoding.
     const ALIASES: &'static [u64] = &[];
+}
 
-    /// Whether a message with tag `id` decodes as this type (its id or one of its aliases).
-    #[inline]
-    fn accepts(id: u64) -> bool {
-        id == Self::ID || Self::ALIASES.contains(&id)
-    }
+/// Whether a message with tag `id` decodes as `T` (its id or one of its aliases).
+#[inline]
+pub(crate) fn accepts<T: Tag>(id: u64) -> bool {
+    id == T::ID || T::ALIASES.contains(&id)
 }
 
 /// The 64-bit id of a tag name: FNV-1a over its UTF-8 bytes.
@@ -315,8 +319,8 @@ mod tests {
         #[tag(crate = "crate", name = "doom", alias = "Doom", alias = "doom.v0")]
         pub struct Doom;
 
+        // Default `::gossip` paths resolve inside the crate too (`extern crate self`).
         #[derive(crate::Tag, Serialize, Deserialize, Debug, PartialEq)]
-        #[tag(crate = "crate")]
         pub struct Ping(pub u64);
 
         #[derive(crate::Tags, Debug, PartialEq)]

@@ -20,7 +20,7 @@ use proptest::test_runner::{Config as PtConfig, RngSeed};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-const NODES: u32 = 6;
+const NODES: u32 = 8;
 const MAX_CRASHES: usize = 2;
 
 #[derive(Debug, Clone)]
@@ -250,12 +250,37 @@ impl Cluster {
     }
 
     fn active_capacity(&self) -> usize {
-        let _ = &self.config;
-        5
+        self.config.membership.active_view_capacity
     }
 
     fn passive_capacity(&self) -> usize {
-        30
+        self.config.membership.passive_view_capacity
+    }
+
+    /// Every cache stays within its configured bound, at every step.
+    fn check_bounds(&self) -> Result<(), String> {
+        let b = &self.config.broadcast;
+        for (id, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            let layer = node.broadcast_layer();
+            if layer.cache_len() > b.cache_capacity {
+                return Err(format!("{id} caches {} messages", layer.cache_len()));
+            }
+            if layer.missing_len() > b.max_missing {
+                return Err(format!("{id} waits for {} messages", layer.missing_len()));
+            }
+            if layer.received_len() > b.max_origins {
+                return Err(format!("{id} records {} origins", layer.received_len()));
+            }
+            if node.directory().len() > self.config.directory.max_members {
+                return Err(format!("{id} lists {} members", node.directory().len()));
+            }
+            let active = node.membership().active_view().count();
+            if active > self.active_capacity() {
+                return Err(format!("{id} has {active} active peers"));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -270,7 +295,7 @@ proptest! {
     #[test]
     fn random_interleavings_keep_the_invariants(
         seed in any::<u64>(),
-        actions in proptest::collection::vec(action(), 1..250),
+        actions in proptest::collection::vec(action(), 1..400),
     ) {
         let mut c = Cluster::new(seed);
         // Let the joins complete before the chaos starts.
@@ -279,6 +304,9 @@ proptest! {
             c.apply(a);
             prop_assert!(c.violations.is_empty(), "{:?}", c.violations);
             prop_assert!(c.flight.len() < 100_000 && c.timers.len() < 100_000);
+            if let Err(e) = c.check_bounds() {
+                prop_assert!(false, "{}", e);
+            }
         }
         // Faults stop: the cluster repairs itself, then goes quiet.
         let until = c.now + Duration::from_secs(60);

@@ -85,8 +85,8 @@
 //! # Memory
 //!
 //! An entry is a map slot of the id plus 4 bytes (incarnation in 30 bits, state in 2); metadata
-//! lives in a side map holding only members that have any, and tombstone times in another
-//! holding only `Dead`/`Left` ones. With `P = u32` that is about 15 bytes per member (a hash
+//! lives in a side map holding only members that have any, and `Dead`/`Left` entries wait for
+//! reaping in a queue (12 bytes each with `P = u32`) ordered by when they died. With `P = u32` that is about 15 bytes per member (a hash
 //! table with one control byte per slot, at its usual load). Random picks for probing come from a
 //! small pool refilled by reservoir sampling, not from a second list of every id. Incarnations
 //! above [`MAX_INCARNATION`] are refused.
@@ -123,6 +123,9 @@ const BATCH_VERSION: u8 = 1;
 /// Relayed ping-requests remembered at once (older ones are forgotten).
 const MAX_RELAYS: usize = 64;
 
+/// Active neighbours remembered (the overlay's active view is far smaller).
+const MAX_NEIGHBOURS: usize = 64;
+
 /// Members drawn at a time for probing.
 const PROBE_POOL: usize = 64;
 
@@ -156,6 +159,9 @@ pub struct Config {
     /// still arriving by broadcast and the digests would differ for nothing. At most three
     /// rounds in a row are skipped. A busy node also declines digests for the same reason.
     pub anti_entropy_quiet: Duration,
+    /// Most digests answered with a state transfer per anti-entropy interval (others are
+    /// ignored). A node receives about one digest per interval from its neighbours.
+    pub max_exchanges: usize,
     /// How often one member outside the active view is probed.
     pub probe_interval: Duration,
     /// How long a direct probe waits for its ack before asking neighbours to help.
@@ -204,6 +210,7 @@ impl Default for Config {
             sync_timeout: Duration::from_secs(2),
             anti_entropy_interval: Duration::from_secs(15),
             anti_entropy_quiet: Duration::from_secs(3),
+            max_exchanges: 8,
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(400),
             indirect_probe_timeout: Duration::from_millis(600),
@@ -489,6 +496,14 @@ enum Source {
     Exchange,
 }
 
+/// A `Dead` or `Left` entry and when it became so, in seconds of the directory's clock.
+#[derive(Debug, Clone, Copy)]
+struct Tomb<P> {
+    since: u32,
+    id: P,
+    entry: Entry,
+}
+
 /// A first-hand fact waiting in the outbox.
 #[derive(Debug, Clone)]
 struct Pending<P: PeerId> {
@@ -608,7 +623,11 @@ pub struct State<P: PeerId> {
     probe_pool: Vec<P>,
     metadata: Map<P, Bytes>,
     /// When each `Dead`/`Left` entry became so here.
-    tombstones: Map<P, Instant>,
+    /// `Dead`/`Left` entries in the order they became so (records go stale when the entry
+    /// changes again): reaping pops the old end.
+    tombstones: VecDeque<Tomb<P>>,
+    /// Origin of the coarse clock used for tombstones.
+    base: Option<Instant>,
     graveyard: Map<P, u32>,
     graveyard_order: VecDeque<P>,
     buckets: [u64; DIGEST_BUCKETS],
@@ -632,6 +651,8 @@ pub struct State<P: PeerId> {
     last_change: Option<Instant>,
     /// Anti-entropy rounds skipped in a row.
     ae_skipped: u32,
+    /// Start of the current exchange-limit window and the exchanges answered in it.
+    exchange_window: Option<(Instant, usize)>,
     neighbours: Vec<P>,
     seeds: Vec<P>,
     synced: bool,
@@ -654,7 +675,8 @@ impl<P: PeerId> State<P> {
             entries: Map::default(),
             probe_pool: Vec::new(),
             metadata: Map::default(),
-            tombstones: Map::default(),
+            tombstones: VecDeque::new(),
+            base: None,
             graveyard: Map::default(),
             graveyard_order: VecDeque::new(),
             buckets: [0; DIGEST_BUCKETS],
@@ -669,6 +691,7 @@ impl<P: PeerId> State<P> {
             changes_seen: 0,
             last_change: None,
             ae_skipped: 0,
+            exchange_window: None,
             neighbours: Vec::new(),
             seeds: Vec::new(),
             synced: false,
@@ -969,7 +992,7 @@ impl<P: PeerId> State<P> {
                 }
                 self.recount(&id, (0, false));
                 if !new.state().is_live() {
-                    self.tombstones.insert(id, now);
+                    self.entomb(id, new, now);
                 }
                 self.emit(out, id, None, false);
                 true
@@ -990,11 +1013,8 @@ impl<P: PeerId> State<P> {
                     (incarnation, fact.state.rank()) > (old.incarnation(), old.state().rank());
                 if newer {
                     self.entries.insert(id, new);
-                    let old_live = old.state().is_live();
-                    if new.state().is_live() && !old_live {
-                        self.tombstones.remove(&id);
-                    } else if !new.state().is_live() && old_live {
-                        self.tombstones.insert(id, now);
+                    if !new.state().is_live() {
+                        self.entomb(id, new, now);
                     }
                     if new.state() != MemberState::Suspect {
                         self.suspecting.remove(&id);
@@ -1300,6 +1320,11 @@ impl<P: PeerId> State<P> {
             return;
         }
         if !self.neighbours.contains(&peer) {
+            if self.neighbours.len() >= MAX_NEIGHBOURS {
+                // The overlay's active view is far smaller; a missed `NeighborDown` must not
+                // make this grow.
+                self.neighbours.remove(0);
+            }
             self.neighbours.push(peer);
         }
         if !self.entries.contains_key(&peer) {
@@ -1484,7 +1509,7 @@ impl<P: PeerId> State<P> {
                     return;
                 }
                 let mask = self.differing_buckets(&buckets);
-                if mask != 0 {
+                if mask != 0 && self.exchange_allowed(now) {
                     self.stats.exchanges += 1;
                     self.send_state(from, mask, heal, Some(mask), out);
                 }
@@ -1530,14 +1555,18 @@ impl<P: PeerId> State<P> {
             && target == from
         {
             self.heal_probe = None;
-            out.push_back(OutEvent::Reach(target));
-            // A member we hold alive needs no exchange: anti-entropy covers it. One we hold dead
-            // (or do not know) answering means two views split: exchange and re-announce.
-            if !self
+            // A member we hold alive needs no exchange, and no new link unless this node is cut
+            // off: forcing a link evicts a healthy one and churns the overlay. One we hold dead
+            // (or do not know) answering means two views split: link to it, exchange and
+            // re-announce.
+            let alive = self
                 .entries
                 .get(&target)
-                .is_some_and(|e| e.state() == MemberState::Alive)
-            {
+                .is_some_and(|e| e.state() == MemberState::Alive);
+            if !alive || self.neighbours.is_empty() {
+                out.push_back(OutEvent::Reach(target));
+            }
+            if !alive {
                 let buckets = self.buckets.to_vec();
                 out.push_back(OutEvent::SendMessage(
                     target,
@@ -1558,6 +1587,23 @@ impl<P: PeerId> State<P> {
                 },
             ));
         }
+    }
+
+    /// At most [`Config::max_exchanges`] state transfers answer digests per anti-entropy
+    /// interval: a digest is small and the answer can be the whole directory, so this bounds
+    /// what a peer sending digests in a loop can make this node send.
+    fn exchange_allowed(&mut self, now: Instant) -> bool {
+        let window = self.config.anti_entropy_interval;
+        match self.exchange_window {
+            Some((start, n)) if now.saturating_duration_since(start) < window => {
+                if n >= self.config.max_exchanges {
+                    return false;
+                }
+                self.exchange_window = Some((start, n + 1));
+            }
+            _ => self.exchange_window = Some((now, 1)),
+        }
+        true
     }
 
     /// The live view changed within [`Config::anti_entropy_quiet`].
@@ -1672,7 +1718,7 @@ impl<P: PeerId> State<P> {
                 let before = self.contribution(&id);
                 self.entries.insert(id, new);
                 self.recount(&id, before);
-                self.tombstones.insert(id, now);
+                self.entomb(id, new, now);
                 self.emit(out, id, Some(e.state()), false);
                 let f = self.fact_of(id, new);
                 self.push_outbox(f, now, out);
@@ -1857,29 +1903,14 @@ impl<P: PeerId> State<P> {
             Some(seeds[rng.random_range(0..seeds.len())])
         } else {
             // A random recently dead member (not one that left: it is gone on purpose).
-            let dead = self
-                .tombstones
-                .keys()
-                .filter(|id| {
-                    self.entries
-                        .get(id)
-                        .is_some_and(|e| e.state() == MemberState::Dead)
-                })
-                .count();
-            if dead == 0 {
-                None
-            } else {
-                let nth = rng.random_range(0..dead);
-                self.tombstones
-                    .keys()
-                    .filter(|id| {
-                        self.entries
-                            .get(id)
-                            .is_some_and(|e| e.state() == MemberState::Dead)
-                    })
-                    .nth(nth)
-                    .copied()
-            }
+            (0..8).find_map(|_| {
+                if self.tombstones.is_empty() {
+                    return None;
+                }
+                let t = self.tombstones[rng.random_range(0..self.tombstones.len())];
+                (t.entry.state() == MemberState::Dead && self.entries.get(&t.id) == Some(&t.entry))
+                    .then_some(t.id)
+            })
         };
         if let Some(target) = target {
             let seq = self.next_seq();
@@ -1910,27 +1941,43 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn reap(&mut self, now: Instant) {
-        let reap_after = self.config.reap_after;
-        let expired: Vec<P> = self
-            .tombstones
-            .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= reap_after)
-            .map(|(id, _)| *id)
-            .collect();
-        if expired.is_empty() {
-            return;
+    /// Seconds since the first instant this directory saw (tombstones need no finer clock).
+    fn secs(&mut self, now: Instant) -> u32 {
+        let base = *self.base.get_or_insert(now);
+        now.saturating_duration_since(base)
+            .as_secs()
+            .min(u32::MAX as u64) as u32
+    }
+
+    /// Record that `id` became `Dead` or `Left` (as `entry`) now.
+    fn entomb(&mut self, id: P, entry: Entry, now: Instant) {
+        let since = self.secs(now);
+        self.tombstones.push_back(Tomb { since, id, entry });
+        if self.tombstones.len() > 2 * self.entries.len() + 1024 {
+            // Members dying and coming back left stale records behind: drop them.
+            let entries = &self.entries;
+            self.tombstones
+                .retain(|t| entries.get(&t.id) == Some(&t.entry));
         }
-        for id in &expired {
-            let before = self.contribution(id);
-            self.tombstones.remove(id);
-            self.metadata.remove(id);
-            self.suspecting.remove(id);
-            let removed = self.entries.remove(id);
-            self.recount(id, before);
-            if let Some(e) = removed {
-                self.bury(*id, e.incarnation());
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let now = self.secs(now);
+        let after = self.config.reap_after.as_secs().min(u32::MAX as u64) as u32;
+        while let Some(&t) = self.tombstones.front() {
+            if now.saturating_sub(t.since) < after {
+                break;
             }
+            self.tombstones.pop_front();
+            if self.entries.get(&t.id) != Some(&t.entry) {
+                continue; // it changed since: a newer record (or none) stands for it
+            }
+            let before = self.contribution(&t.id);
+            self.metadata.remove(&t.id);
+            self.suspecting.remove(&t.id);
+            self.entries.remove(&t.id);
+            self.recount(&t.id, before);
+            self.bury(t.id, t.entry.incarnation());
         }
     }
 
@@ -1974,7 +2021,7 @@ pub fn encode_batch<P: PeerId>(facts: &[Fact<P>]) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// Decode a broadcast batch: `None` if it is malformed, over [`MAX_BATCH_DECODE`] bytes, has
+/// Decode a broadcast batch: `None` if it is malformed, over 1 MiB, has
 /// trailing bytes, an unknown version, or more than `max_entries` facts.
 pub fn decode_batch<P: PeerId>(payload: &[u8], max_entries: usize) -> Option<Vec<Fact<P>>> {
     if payload.len() > MAX_BATCH_DECODE {

@@ -133,7 +133,10 @@ pub struct Config {
     /// overlay's diameter exceeded 140 hops. A full contact that keeps its links starts every
     /// walk into the settled overlay, and the joiner is linked where the walks end (diameter 8
     /// in the same run). The joiner reads a rejection from its contact and waits for the
-    /// walks; without them, it retries after `join_timeout`.
+    /// walks; if they bring no link within `join_timeout`, it joins again (no backoff). In the
+    /// project simulator (10,000 nodes joining at once, 2 s to settle) this took the stable
+    /// phase from LDH 57 / RMR 0.013 (paper behaviour) to LDH 21 / RMR 0.006, with one node
+    /// still isolated when the settle time ended; with 10 s to settle, LDH 14 / RMR 0.001.
     pub contact_evicts: bool,
     /// Cap on outstanding `NEIGHBOR` requests (default 16). Walks ending here while that many
     /// are in flight are dropped and counted: a flood of `FORWARDJOIN`s cannot make this node
@@ -236,6 +239,8 @@ pub enum Timer<P: PeerId> {
     Repair,
     /// A `NEIGHBOR` or `JOIN` request to this peer may have timed out.
     PendingExpired(P),
+    /// A full contact rejected our join: join again if its walks brought no link.
+    Rejoin,
 }
 
 /// Inputs of the overlay.
@@ -405,6 +410,7 @@ impl<P: PeerId> State<P> {
             }
             InEvent::TimerExpired(Timer::Shuffle) => self.on_shuffle_timer(rng, out),
             InEvent::TimerExpired(Timer::Repair) => self.on_repair_timer(now, rng, out),
+            InEvent::TimerExpired(Timer::Rejoin) => self.rejoin_if_isolated(now, out),
             InEvent::TimerExpired(Timer::PendingExpired(peer)) => {
                 self.on_pending_expired(peer, now, rng, out)
             }
@@ -600,7 +606,18 @@ impl<P: PeerId> State<P> {
         rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
-        let was_pending = self.take_pending(&from).is_some();
+        let taken = self.take_pending(&from);
+        let was_pending = taken.is_some();
+        if taken.is_some_and(|p| p.join) && !accepted {
+            // A full contact answered (see `Config::contact_evicts`): an answer, not a
+            // failure, so no backoff; if the walks bring no link, join again soon.
+            self.join_attempts = self.join_attempts.saturating_sub(1);
+            self.next_join_at = Some(now + self.config.join_timeout);
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.join_timeout,
+                Timer::Rejoin,
+            ));
+        }
         if self.active.contains(&from) {
             // Crossed requests: the link is already up, whatever this reply says.
             return;
@@ -801,13 +818,18 @@ impl<P: PeerId> State<P> {
         let next = periodic(self.config.repair_interval).mul_f64(rng.random_range(0.9..1.1));
         out.push_back(OutEvent::ScheduleTimer(next, Timer::Repair));
         self.refill(now, rng, out);
+        self.rejoin_if_isolated(now, out);
+    }
+
+    /// Isolated with nothing left to try: start over through a contact, once the backoff of
+    /// the previous join is over.
+    fn rejoin_if_isolated(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         let backoff_over = self.next_join_at.is_none_or(|t| t <= now);
         if self.active.is_empty()
             && self.pending.is_empty()
             && !self.contacts.is_empty()
             && backoff_over
         {
-            // Isolated with nothing left to try: start over through a contact.
             let contact = self.contacts[self.next_contact % self.contacts.len()];
             self.next_contact = self.next_contact.wrapping_add(1);
             self.send_join(contact, now, out);
@@ -1420,7 +1442,8 @@ mod tests {
             },
             at(20),
         );
-        assert!(sends(&out).is_empty());
+        let rejoin = OutEvent::ScheduleTimer(Duration::from_secs(1), Timer::Rejoin);
+        assert_eq!(out, vec![rejoin, OutEvent::Disconnect(100)]);
         let out = n.recv(
             7,
             Message::Neighbor {
@@ -1429,6 +1452,27 @@ mod tests {
             at(30),
         );
         assert!(out.contains(&OutEvent::NeighborUp(7)));
+        // Linked by a walk: the rejoin timer does nothing.
+        assert!(
+            n.handle(InEvent::TimerExpired(Timer::Rejoin), at(1_020))
+                .is_empty()
+        );
+        // No walk brought a link in time: join again, without backoff.
+        let mut early = Node::new(51);
+        early.handle(InEvent::RequestJoin(100), at(0));
+        let rejected = Message::NeighborReply {
+            accepted: false,
+            hints: vec![],
+        };
+        early.recv(100, rejected, at(20));
+        let out = early.handle(InEvent::TimerExpired(Timer::Rejoin), at(1_020));
+        assert_eq!(
+            out,
+            vec![
+                OutEvent::SendMessage(100, Message::Join),
+                OutEvent::ScheduleTimer(Duration::from_secs(1), Timer::PendingExpired(100)),
+            ]
+        );
         // With the paper's behaviour the contact makes room instead.
         let mut c = full_node();
         c.state.config.contact_evicts = true;

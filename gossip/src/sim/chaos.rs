@@ -98,6 +98,10 @@ pub struct ChaosReport {
     pub phantoms: u64,
     /// Checker 3: (broadcast, node) pairs that should have been delivered and were not.
     pub missing: u64,
+    /// Checker 3: a few of the missing deliveries, described.
+    pub missing_sample: Vec<String>,
+    /// Virtual time the faults stopped, in seconds.
+    pub faults_end_s: f64,
     /// Checker 3, informative: deliveries expected by checker 3.
     pub expected: u64,
     /// Late joiners that received broadcasts older than themselves, out of those they could.
@@ -139,7 +143,8 @@ impl ChaosReport {
                 "\"restarts\":{},\"alive_at_end\":{},\"duplicates\":{},\"phantoms\":{},",
                 "\"missing\":{},\"expected\":{},\"late_joiner_deliveries\":[{},{}],",
                 "\"asymmetric\":{},\"dead_in_views\":{},\"members_converged\":{},\"settle_s\":{:.1},",
-                "\"lost\":{},\"duplicated\":{},\"events\":{},\"trace_hash\":\"{:016x}\"}}"
+                "\"lost\":{},\"duplicated\":{},\"events\":{},\"trace_hash\":\"{:016x}\",",
+                "\"faults_end_s\":{:.1},\"missing_sample\":{:?}}}"
             ),
             self.seed,
             self.nodes,
@@ -163,13 +168,16 @@ impl ChaosReport {
             self.duplicated,
             self.events,
             self.trace_hash,
+            self.faults_end_s,
+            self.missing_sample,
         )
     }
 }
 
 /// Checker 3: (missing, expected, late-joiner (got, possible)).
-fn check_delivery(sim: &Sim) -> (u64, u64, (u64, u64)) {
+fn check_delivery(sim: &Sim, sample: &mut Vec<String>) -> (u64, u64, (u64, u64)) {
     let (mut missing, mut expected, mut late) = (0, 0, (0, 0));
+    sample.clear();
     for rec in sim.tracker().records() {
         if !sim.is_alive(rec.id.origin) {
             continue;
@@ -179,6 +187,16 @@ fn check_delivery(sim: &Sim) -> (u64, u64, (u64, u64)) {
             if node < rec.population {
                 expected += 1;
                 missing += u64::from(!got);
+                if !got && sample.len() < 8 {
+                    sample.push(format!(
+                        "node {node} lacks {}:{} sent at {:.1}s ({} of {} delivered)",
+                        rec.id.origin,
+                        rec.id.seq,
+                        rec.sent_at.as_secs_f64(),
+                        rec.deliveries,
+                        rec.population
+                    ));
+                }
             } else {
                 late.1 += 1;
                 late.0 += u64::from(got);
@@ -209,6 +227,11 @@ pub fn check_views(sim: &Sim) -> (u64, u64) {
 
 /// Run one chaos simulation and check its invariants.
 pub fn run(cfg: &ChaosConfig) -> ChaosReport {
+    run_observed(cfg, |_| {})
+}
+
+/// [`run`], calling `observe` after every second of the quiet phase (for diagnosis).
+pub fn run_observed(cfg: &ChaosConfig, mut observe: impl FnMut(&Sim)) -> ChaosReport {
     let mut sim_cfg = cfg.sim.clone();
     sim_cfg.seed = cfg.seed;
     sim_cfg.proto.directory.enabled = cfg.directory;
@@ -292,18 +315,20 @@ pub fn run(cfg: &ChaosConfig) -> ChaosReport {
 
     // Quiet phase: run until every checker passes, checking each second.
     let quiet_start = sim.now();
+    let mut sample = Vec::new();
     let quiet_end = quiet_start + cfg.quiet_phase;
     let mut hint = 0;
     loop {
         sim.run_for(Duration::from_secs(1));
-        let (missing, _, _) = check_delivery(&sim);
+        observe(&sim);
+        let (missing, _, _) = check_delivery(&sim, &mut sample);
         let (asym, dead) = check_views(&sim);
         let members = !cfg.directory || members_converged(&sim, &mut hint);
         if (missing == 0 && asym == 0 && dead == 0 && members) || sim.now() >= quiet_end {
             break;
         }
     }
-    let (missing, expected, late) = check_delivery(&sim);
+    let (missing, expected, late) = check_delivery(&sim, &mut sample);
     let (asymmetric, dead_in_views) = check_views(&sim);
     let members_converged = cfg.directory.then(|| members_converged(&sim, &mut hint));
     let t = sim.tracker();
@@ -317,6 +342,8 @@ pub fn run(cfg: &ChaosConfig) -> ChaosReport {
         duplicates: t.duplicates + t.self_deliveries,
         phantoms: t.phantoms,
         missing,
+        missing_sample: sample,
+        faults_end_s: quiet_start.as_secs_f64(),
         expected,
         late_joiner_deliveries: late,
         asymmetric,

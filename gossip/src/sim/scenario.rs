@@ -162,6 +162,77 @@ impl Shape {
     }
 }
 
+/// The best trees the overlay allows from one sender, to judge the broadcast tree against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bounds {
+    /// Hops to the farthest node along fewest-hop paths (no tree can have a smaller LDH).
+    pub min_hops_depth: u32,
+    /// Hops to the farthest node in the fastest-path tree (what first-arrival trees approach).
+    pub fastest_tree_hops: u32,
+    /// Latency to the last node along fastest paths, in seconds (no broadcast can be faster).
+    pub fastest_latency_s: f64,
+}
+
+impl Bounds {
+    /// Compute them over the live nodes' active views from `sender`.
+    pub fn of(sim: &Sim, sender: u32) -> Bounds {
+        use std::cmp::Reverse;
+        use std::collections::{BinaryHeap, VecDeque};
+        let n = sim.len() as usize;
+        let neighbours = |id: u32| -> Vec<u32> {
+            sim.node(id)
+                .map(|s| {
+                    s.membership()
+                        .active_view()
+                        .copied()
+                        .filter(|&p| sim.is_alive(p))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // Breadth-first: fewest hops.
+        let mut hops = vec![u32::MAX; n];
+        let mut queue = VecDeque::from([sender]);
+        hops[sender as usize] = 0;
+        let mut min_hops_depth = 0;
+        while let Some(id) = queue.pop_front() {
+            for p in neighbours(id) {
+                if hops[p as usize] == u32::MAX {
+                    hops[p as usize] = hops[id as usize] + 1;
+                    min_hops_depth = min_hops_depth.max(hops[p as usize]);
+                    queue.push_back(p);
+                }
+            }
+        }
+        // Dijkstra: fastest paths, and the hops along them.
+        let mut best = vec![u64::MAX; n];
+        let mut tree_hops = vec![0u32; n];
+        let mut heap = BinaryHeap::from([Reverse((0u64, sender))]);
+        best[sender as usize] = 0;
+        let (mut fastest_tree_hops, mut last) = (0, 0);
+        while let Some(Reverse((d, id))) = heap.pop() {
+            if d > best[id as usize] {
+                continue;
+            }
+            fastest_tree_hops = fastest_tree_hops.max(tree_hops[id as usize]);
+            last = last.max(d);
+            for p in neighbours(id) {
+                let nd = d + sim.link_latency(id, p).as_nanos() as u64;
+                if nd < best[p as usize] {
+                    best[p as usize] = nd;
+                    tree_hops[p as usize] = tree_hops[id as usize] + 1;
+                    heap.push(Reverse((nd, p)));
+                }
+            }
+        }
+        Bounds {
+            min_hops_depth,
+            fastest_tree_hops,
+            fastest_latency_s: last as f64 / 1e9,
+        }
+    }
+}
+
 /// What the scenario measured. [`ScenarioReport::to_json`] is the `sim` example's last line.
 #[derive(Debug, Clone)]
 pub struct ScenarioReport {
@@ -181,6 +252,8 @@ pub struct ScenarioReport {
     pub isolated_after_bootstrap: usize,
     /// Overlay and tree at the end of the stable phase.
     pub shape_stable: Shape,
+    /// What the overlay allows from the stable sender at the end of the stable phase.
+    pub bounds_stable: Bounds,
     /// Mean reliability of the stable phase.
     pub reliability_stable: f64,
     /// Mean RMR of the stable phase.
@@ -249,6 +322,7 @@ impl ScenarioReport {
                 "\"reliability_after_repair\":{},\"missed_after_crash\":{},\"members_converged\":{},",
                 "\"converge_s\":{},\"detection_s\":{},\"undetected\":{},\"violations\":{},",
                 "\"active_view\":[{},{:.2},{}],\"eager_mean\":{:.2},\"eager_max\":{},",
+                "\"min_hops_depth\":{},\"fastest_tree_hops\":{},\"fastest_latency_s\":{:.3},",
                 "\"events\":{},\"messages\":{},\"virtual_s\":{:.1},\"wall_s\":{:.2},",
                 "\"peak_rss_mb\":{},\"trace_hash\":\"{:016x}\"}}"
             ),
@@ -279,6 +353,9 @@ impl ScenarioReport {
             self.shape_stable.active_max,
             self.shape_stable.eager_mean,
             self.shape_stable.eager_max,
+            self.bounds_stable.min_hops_depth,
+            self.bounds_stable.fastest_tree_hops,
+            self.bounds_stable.fastest_latency_s,
             m.events,
             m.total(),
             self.virtual_s,
@@ -337,6 +414,11 @@ impl ScenarioReport {
             m.unreachable,
             m.link_failures
         );
+        let _ = writeln!(
+            s,
+            "timers fired: membership {} | broadcast {} | detector {} | directory {}",
+            m.timers[0], m.timers[1], m.timers[2], m.timers[3]
+        );
         let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.2}"));
         let _ = writeln!(
             s,
@@ -361,6 +443,15 @@ impl ScenarioReport {
             sh.passive_mean,
             sh.eager_mean,
             sh.eager_max
+        );
+        let b = &self.bounds_stable;
+        let _ = writeln!(
+            s,
+            "overlay bounds from the sender: fewest-hop depth {} | fastest-path tree {} hops, \
+             last node after {:.0} ms",
+            b.min_hops_depth,
+            b.fastest_tree_hops,
+            b.fastest_latency_s * 1e3
         );
         let _ = writeln!(
             s,
@@ -538,6 +629,7 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
         r.round(Phase::Stable, sender);
     }
     let shape_stable = Shape::of(&r.sim);
+    let bounds_stable = Bounds::of(&r.sim, sender);
 
     // 4. Crash a fraction at once, noting who must detect whom.
     let mut ids: Vec<u32> = r.sim.alive().collect();
@@ -633,6 +725,7 @@ pub fn run(cfg: ScenarioConfig) -> ScenarioReport {
         wall,
     );
     rep.shape_stable = shape_stable;
+    rep.bounds_stable = bounds_stable;
     rep
 }
 
@@ -700,6 +793,7 @@ fn report(
         directory: r.cfg.directory,
         isolated_after_bootstrap,
         shape_stable: Shape::default(),
+        bounds_stable: Bounds::default(),
         reliability_stable: mean(of(&rounds, &stable).map(|x| x.reliability)).unwrap_or(1.0),
         rmr_stable: mean(of(&rounds, &stable).map(|x| x.rmr)).unwrap_or(0.0),
         ldh_max_stable: of(&rounds, &stable).map(|x| x.ldh).max().unwrap_or(0),

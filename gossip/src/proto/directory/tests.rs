@@ -1458,6 +1458,18 @@ fn print_sizes() {
 }
 
 #[test]
+fn flapping_members_do_not_grow_the_tombstone_queue() {
+    let mut t = T::new(0);
+    // 50 members die and come back 100 times each within one reap period.
+    for inc in 0..100u64 {
+        t.update(9, &(1..=50).map(|i| fact(i, inc, Dead)).collect::<Vec<_>>());
+        t.update(9, &(1..=50).map(|i| alive(i, inc + 1)).collect::<Vec<_>>());
+    }
+    assert!(t.st.tombstones.len() <= 2 * t.st.len() + 1024);
+    assert_eq!(t.st.alive_count(), 51);
+}
+
+#[test]
 fn the_graveyard_is_bounded() {
     let config = Config {
         reap_after: Duration::from_secs(1),
@@ -1479,6 +1491,7 @@ fn the_graveyard_is_bounded() {
         assert!(t.st.graveyard.len() <= 4);
         assert!(t.st.graveyard_order.len() <= 8);
         assert_eq!(t.st.len(), 1, "everything but ourselves was reaped");
+        assert!(t.st.tombstones.is_empty(), "no record outlives its entry");
     }
 }
 
@@ -1526,4 +1539,22 @@ fn an_alive_seed_that_answers_is_reached_without_an_exchange() {
     let o = t.recv(9, Message::Ack { seq });
     assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))));
     assert!(sends(&o).is_empty());
+}
+
+#[test]
+fn digest_floods_get_a_bounded_answer() {
+    let mut t = T::new(0);
+    t.update(9, &(1..=100).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    t.now += Config::default().anti_entropy_quiet;
+    let digest = Message::Digest {
+        buckets: vec![0; DIGEST_BUCKETS],
+        heal: false,
+    };
+    let answered = (0..100)
+        .filter(|_| !sends(&t.recv(9, digest.clone())).is_empty())
+        .count();
+    assert_eq!(answered, Config::default().max_exchanges);
+    // A new window, a new allowance.
+    t.now += Config::default().anti_entropy_interval;
+    assert!(!sends(&t.recv(9, digest)).is_empty());
 }

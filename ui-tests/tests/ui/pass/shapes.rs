@@ -51,6 +51,17 @@ fn main() {
         Inbox::Other(m) => assert_eq!(m.decode::<Unit>().unwrap(), Unit),
         other => panic!("expected Other, got {other:?}"),
     }
+    // A message type local to a function.
+    #[derive(Tag, Serialize, Deserialize, Debug, PartialEq)]
+    #[tag(name = "shapes.local")]
+    struct Local {
+        n: i8,
+    }
+    let msg = Message::encode(&Local { n: -1 }, 64).unwrap();
+    assert_eq!(msg.tag(), "shapes.local");
+    assert_eq!(msg.decode::<Local>().unwrap(), Local { n: -1 });
+
     let registry = gossip::check_registry().unwrap();
+    assert!(registry.get(Local::ID).is_some());
     assert!(registry.get(Unit::ID).unwrap().rust_type.ends_with("::Unit"));
 }
