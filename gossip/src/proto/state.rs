@@ -146,6 +146,8 @@ impl<P: PeerId, R: Rng> State<P, R> {
     pub fn handle(&mut self, event: InEvent<P>, now: Instant) {
         let mut work = VecDeque::new();
         match event {
+            // Nobody else may speak as this node (a spoofed or looped-back message).
+            InEvent::RecvMessage(from, _) if from == self.me => return,
             InEvent::RecvMessage(from, message) => {
                 work.push_back(Step::Detector(detector::InEvent::Received(from)));
                 work.push_back(match message {
