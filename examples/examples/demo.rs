@@ -144,7 +144,7 @@ async fn main() -> Result<(), gossip::Error> {
         converged &= alive == ids;
     }
 
-    let mut t = tally.lock().unwrap();
+    let mut t = std::mem::take(&mut *tally.lock().unwrap());
     t.latencies_us.sort_unstable();
     let pct = |p: f64| {
         let l = &t.latencies_us;

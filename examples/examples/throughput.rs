@@ -143,8 +143,8 @@ async fn phase(
     let per_sender = messages / senders;
     let sent_total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for s in 0..senders {
-        let node = nodes[s].clone();
+    for node in nodes.iter().take(senders) {
+        let node = node.clone();
         let (sent_total, delivered) = (sent_total.clone(), delivered.clone());
         tasks.push(tokio::spawn(async move {
             let data = bytes::Bytes::from(vec![7u8; 1024]);

@@ -23,9 +23,10 @@ pub enum Inbox {
 
 /// Settings that make failure detection and repair quick enough for tests.
 pub fn test_config() -> Config {
-    let mut config = Config::default();
-    config.join_timeout = Duration::from_secs(20);
-    config
+    Config {
+        join_timeout: Duration::from_secs(20),
+        ..Config::default()
+    }
 }
 
 /// Poll `check` every 50 ms until it holds or `limit` passes; returns whether it held.
