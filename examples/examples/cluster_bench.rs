@@ -50,7 +50,10 @@ async fn wait_for(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<D
 async fn everyone_lists(nodes: &[Node], ids: &HashSet<NodeId>, state: MemberState) -> bool {
     for node in nodes {
         let members = node.members().await.unwrap_or_default();
-        let have = members.iter().filter(|m| m.state == state && ids.contains(&m.id)).count();
+        let have = members
+            .iter()
+            .filter(|m| m.state == state && ids.contains(&m.id))
+            .count();
         if have != ids.len() {
             return false;
         }
@@ -73,8 +76,17 @@ async fn main() {
     let start = Instant::now();
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..args.nodes {
-        let config = Config { seed: Some(args.seed * 10_000 + i as u64), ..Config::default() };
-        nodes.push(Node::builder().config(config).bind("127.0.0.1:0").await.expect("bind"));
+        let config = Config {
+            seed: Some(args.seed * 10_000 + i as u64),
+            ..Config::default()
+        };
+        nodes.push(
+            Node::builder()
+                .config(config)
+                .bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        );
     }
     let contact = nodes[0].local_addr();
     let join_start = Instant::now();
@@ -99,7 +111,8 @@ async fn main() {
     // Spread: 20 broadcasts from random nodes, time until the last node delivered each.
     let last_delivery: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
         Arc::new(std::sync::Mutex::new(vec![None; args.broadcasts]));
-    let counts: Arc<Vec<AtomicU64>> = Arc::new((0..args.broadcasts).map(|_| AtomicU64::new(0)).collect());
+    let counts: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.broadcasts).map(|_| AtomicU64::new(0)).collect());
     for node in &nodes {
         let (node, last, counts) = (node.clone(), last_delivery.clone(), counts.clone());
         tokio::spawn(async move {
@@ -115,10 +128,16 @@ async fn main() {
     for n in 0..args.broadcasts {
         let sender = rng.random_range(0..nodes.len());
         let t0 = Instant::now();
-        nodes[sender].broadcast(&Update { n: n as u32 }).await.unwrap();
+        nodes[sender]
+            .broadcast(&Update { n: n as u32 })
+            .await
+            .unwrap();
         let counts = counts.clone();
         let total = (nodes.len() - 1) as u64;
-        let done = wait_for(Duration::from_secs(10), async || counts[n].load(Ordering::Relaxed) >= total).await;
+        let done = wait_for(Duration::from_secs(10), async || {
+            counts[n].load(Ordering::Relaxed) >= total
+        })
+        .await;
         let last = last_delivery.lock().unwrap()[n];
         spreads.push(match (done, last) {
             (Some(_), Some(last)) => last.duration_since(t0).as_secs_f64() * 1000.0,
@@ -171,11 +190,15 @@ async fn main() {
     println!(
         "{{\"nodes\":{},\"converge_s\":{},\"spread_p50_ms\":{:.1},\"spread_max_ms\":{:.1},\"false_suspicions\":{},\"detect_s\":{},\"idle_bytes_per_node_per_s\":{:.0},\"wall_s\":{:.1}}}",
         args.nodes,
-        converge.map(|d| format!("{:.3}", d.as_secs_f64())).unwrap_or("null".into()),
+        converge
+            .map(|d| format!("{:.3}", d.as_secs_f64()))
+            .unwrap_or("null".into()),
         spread_p50,
         spread_max,
         false_count,
-        detect.map(|d| format!("{:.3}", d.as_secs_f64())).unwrap_or("null".into()),
+        detect
+            .map(|d| format!("{:.3}", d.as_secs_f64()))
+            .unwrap_or("null".into()),
         idle_bytes,
         start.elapsed().as_secs_f64()
     );

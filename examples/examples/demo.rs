@@ -51,7 +51,11 @@ struct Tally {
 fn bar(done: usize, total: usize, label: &str) {
     let width = 40;
     let filled = done * width / total.max(1);
-    print!("\r{label} [{}{}] {done}/{total}", "#".repeat(filled), " ".repeat(width - filled));
+    print!(
+        "\r{label} [{}{}] {done}/{total}",
+        "#".repeat(filled),
+        " ".repeat(width - filled)
+    );
     let _ = std::io::stdout().flush();
 }
 
@@ -65,7 +69,10 @@ async fn main() -> Result<(), gossip::Error> {
     println!("starting {} in-memory nodes", args.nodes);
     let mut nodes = Vec::new();
     for i in 0..args.nodes {
-        let mut config = Config { seed: Some(args.seed * 1000 + i as u64), ..Config::default() };
+        let mut config = Config {
+            seed: Some(args.seed * 1000 + i as u64),
+            ..Config::default()
+        };
         // Knobs for experiments: DEMO_OPT (optimization threshold), DEMO_G1 (graft timeout, ms).
         if let Some(t) = std::env::var("DEMO_OPT").ok().and_then(|t| t.parse().ok()) {
             config.protocol.broadcast.optimization_threshold = t;
@@ -137,19 +144,30 @@ async fn main() -> Result<(), gossip::Error> {
         converged &= alive == ids;
     }
 
-    let mut t = tally.lock().unwrap();
+    let mut t = std::mem::take(&mut *tally.lock().unwrap());
     t.latencies_us.sort_unstable();
     let pct = |p: f64| {
         let l = &t.latencies_us;
-        if l.is_empty() { 0.0 } else { l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0 }
+        if l.is_empty() {
+            0.0
+        } else {
+            l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+        }
     };
     let rmr = payloads as f64 / (args.broadcasts as f64 * (args.nodes - 1) as f64) - 1.0;
     println!();
     println!("nodes              {}", args.nodes);
     println!("delivered          {} / {} expected", t.delivered, expected);
     println!("RMR                {rmr:.3}  (redundant payload messages per delivery)");
-    println!("LDH                {}  (most hops to a delivery)", t.max_hops);
-    println!("latency p50 / p99  {:.1} ms / {:.1} ms", pct(0.5), pct(0.99));
+    println!(
+        "LDH                {}  (most hops to a delivery)",
+        t.max_hops
+    );
+    println!(
+        "latency p50 / p99  {:.1} ms / {:.1} ms",
+        pct(0.5),
+        pct(0.99)
+    );
     println!("members converged  {converged}");
     println!("wall time          {:.1} s", start.elapsed().as_secs_f64());
     if std::env::var_os("DEMO_DEBUG").is_some() {

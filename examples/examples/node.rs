@@ -42,7 +42,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), gossip::Error> {
     let args = Args::parse();
-    let config = Config { cluster_label: args.label, ..Config::default() };
+    let config = Config {
+        cluster_label: args.label,
+        ..Config::default()
+    };
     let node = Node::builder().config(config).bind(args.bind).await?;
     println!("node {} listening on {}", node.id(), node.local_addr());
     if let Some(contact) = args.join {
@@ -88,7 +91,11 @@ async fn main() -> Result<(), gossip::Error> {
             }
             "/quit" => break,
             text => {
-                node.broadcast(&Chat { from: name.clone(), text: text.to_string() }).await?;
+                node.broadcast(&Chat {
+                    from: name.clone(),
+                    text: text.to_string(),
+                })
+                .await?;
             }
         }
     }

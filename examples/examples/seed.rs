@@ -35,7 +35,11 @@ async fn serve(node: Node, name: &'static str) -> Result<(), gossip::Error> {
             }
             Inbox::Doom(_) => {
                 println!("{name}: doom! answering with a commit");
-                node.broadcast(&Commit { key: "Doom".into(), value: vec![0, 1, 0, 1] }).await?;
+                node.broadcast(&Commit {
+                    key: "Doom".into(),
+                    value: vec![0, 1, 0, 1],
+                })
+                .await?;
             }
         }
     }
@@ -51,13 +55,19 @@ async fn main() -> Result<(), gossip::Error> {
     tokio::spawn(serve(b.clone(), "b"));
     tokio::spawn(serve(c.clone(), "c"));
 
-    a.broadcast(&Commit { key: "answer".into(), value: vec![42] }).await?;
+    a.broadcast(&Commit {
+        key: "answer".into(),
+        value: vec![42],
+    })
+    .await?;
     a.broadcast(&Doom).await?;
 
     // `a` sees the two commits b and c send in answer to its Doom.
     for _ in 0..2 {
         match tokio::time::timeout(Duration::from_secs(10), a.recv_typed::<Inbox>()).await {
-            Ok(Ok(Inbox::Commit(commit))) => println!("a: commit {} = {:?}", commit.key, commit.value),
+            Ok(Ok(Inbox::Commit(commit))) => {
+                println!("a: commit {} = {:?}", commit.key, commit.value)
+            }
             Ok(Ok(other)) => println!("a: {other:?}"),
             Ok(Err(e)) => return Err(e),
             Err(_) => {

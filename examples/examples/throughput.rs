@@ -42,7 +42,12 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -60,11 +65,18 @@ struct Phase {
 async fn start_cluster(memory: Option<&MemoryNetwork>) -> Vec<Node> {
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..NODES {
-        let mut config = Config { seed: Some(i as u64 + 1), ..Config::default() };
+        let mut config = Config {
+            seed: Some(i as u64 + 1),
+            ..Config::default()
+        };
         config.recv_capacity = 1 << 16;
         let node = match memory {
             Some(net) => Node::builder().config(config).memory(net).unwrap(),
-            None => Node::builder().config(config).bind("127.0.0.1:0").await.unwrap(),
+            None => Node::builder()
+                .config(config)
+                .bind("127.0.0.1:0")
+                .await
+                .unwrap(),
         };
         if let Some(first) = nodes.first() {
             node.join(first.local_addr()).await.unwrap();
@@ -87,15 +99,25 @@ async fn totals(nodes: &[Node]) -> (u64, u64) {
 
 /// Run one phase: `messages` broadcasts spread over `senders`, at `rate` per second (None: as
 /// fast as the nodes accept them).
-async fn phase(nodes: &[Node], name: &str, senders: usize, messages: usize, rate: Option<f64>) -> Phase {
+async fn phase(
+    nodes: &[Node],
+    name: &str,
+    senders: usize,
+    messages: usize,
+    rate: Option<f64>,
+) -> Phase {
     let start = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
     let last_us = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(messages * NODES)));
     let mut receivers = Vec::new();
     for node in nodes {
-        let (node, delivered, latencies, last_us) =
-            (node.clone(), delivered.clone(), latencies.clone(), last_us.clone());
+        let (node, delivered, latencies, last_us) = (
+            node.clone(),
+            delivered.clone(),
+            latencies.clone(),
+            last_us.clone(),
+        );
         receivers.push(tokio::spawn(async move {
             let mut local = Vec::new();
             loop {
@@ -121,8 +143,8 @@ async fn phase(nodes: &[Node], name: &str, senders: usize, messages: usize, rate
     let per_sender = messages / senders;
     let sent_total = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for s in 0..senders {
-        let node = nodes[s].clone();
+    for node in nodes.iter().take(senders) {
+        let node = node.clone();
         let (sent_total, delivered) = (sent_total.clone(), delivered.clone());
         tasks.push(tokio::spawn(async move {
             let data = bytes::Bytes::from(vec![7u8; 1024]);
@@ -140,7 +162,10 @@ async fn phase(nodes: &[Node], name: &str, senders: usize, messages: usize, rate
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
                 }
-                let blob = Blob { sent_at_us: start.elapsed().as_micros() as u64, data: data.clone() };
+                let blob = Blob {
+                    sent_at_us: start.elapsed().as_micros() as u64,
+                    data: data.clone(),
+                };
                 node.broadcast(&blob).await.unwrap();
                 sent_total.fetch_add(1, Ordering::Relaxed);
             }
@@ -155,7 +180,9 @@ async fn phase(nodes: &[Node], name: &str, senders: usize, messages: usize, rate
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // Throughput up to the last delivery, not up to the deadline.
-    let elapsed = (last_us.load(Ordering::Relaxed) as f64 / 1e6 - t0.duration_since(start).as_secs_f64()).max(1e-3);
+    let elapsed = (last_us.load(Ordering::Relaxed) as f64 / 1e6
+        - t0.duration_since(start).as_secs_f64())
+    .max(1e-3);
     let cpu = cpu_seconds() - cpu0;
     let got = delivered.load(Ordering::Relaxed);
     for r in receivers {
@@ -172,11 +199,19 @@ async fn phase(nodes: &[Node], name: &str, senders: usize, messages: usize, rate
             catchup += s.broadcast.catchup_sent;
             bad += s.bad_frames;
         }
-        eprintln!("{name}: dropped_overflow {drops} lagged {lagged} grafts {grafts} catchup {catchup} bad_frames {bad}");
+        eprintln!(
+            "{name}: dropped_overflow {drops} lagged {lagged} grafts {grafts} catchup {catchup} bad_frames {bad}"
+        );
     }
     let mut l = latencies.lock().unwrap().clone();
     l.sort_unstable();
-    let pct = |p: f64| if l.is_empty() { 0.0 } else { l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0 };
+    let pct = |p: f64| {
+        if l.is_empty() {
+            0.0
+        } else {
+            l[((l.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+        }
+    };
     let sent = (per_sender * senders) as f64;
     Phase {
         name: name.to_string(),
@@ -266,12 +301,30 @@ async fn main() {
     let tcp = start_cluster(None).await;
     phases.push(phase(&tcp, "tcp one sender (paced 1000/s)", 1, 2000, Some(1000.0)).await);
     phases.push(phase(&tcp, "tcp one sender (flat out)", 1, args.messages, None).await);
-    phases.push(phase(&tcp, "tcp all senders (flat out)", NODES, args.messages, None).await);
+    phases.push(
+        phase(
+            &tcp,
+            "tcp all senders (flat out)",
+            NODES,
+            args.messages,
+            None,
+        )
+        .await,
+    );
     drop(tcp);
     let net = MemoryNetwork::new(1);
     let mem = start_cluster(Some(&net)).await;
     phases.push(phase(&mem, "memory one sender (flat out)", 1, args.messages, None).await);
-    phases.push(phase(&mem, "memory all senders (flat out)", NODES, args.messages, None).await);
+    phases.push(
+        phase(
+            &mem,
+            "memory all senders (flat out)",
+            NODES,
+            args.messages,
+            None,
+        )
+        .await,
+    );
 
     println!(
         "{:<32} {:>9} {:>12} {:>8} {:>8} {:>7} {:>10} {:>9}",
@@ -280,11 +333,21 @@ async fn main() {
     for p in &phases {
         println!(
             "{:<32} {:>9.4} {:>12.0} {:>8.2} {:>8.2} {:>7.3} {:>10.0} {:>9.2}",
-            p.name, p.delivered_ratio, p.deliveries_per_s, p.p50_ms, p.p99_ms, p.rmr, p.wire_bytes_per_delivery, p.cpu_us_per_delivery
+            p.name,
+            p.delivered_ratio,
+            p.deliveries_per_s,
+            p.p50_ms,
+            p.p99_ms,
+            p.rmr,
+            p.wire_bytes_per_delivery,
+            p.cpu_us_per_delivery
         );
     }
     let best_tcp = phases[1].deliveries_per_s.max(phases[2].deliveries_per_s);
-    println!("gossip over TCP reaches {:.1}% of the raw tree", 100.0 * best_tcp / raw);
+    println!(
+        "gossip over TCP reaches {:.1}% of the raw tree",
+        100.0 * best_tcp / raw
+    );
     let json: Vec<String> = phases
         .iter()
         .map(|p| {

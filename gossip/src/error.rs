@@ -99,7 +99,11 @@ pub enum TransportError {
 }
 
 fn fmt_addrs(addrs: &[std::net::SocketAddr]) -> String {
-    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Why a value could not be turned into an envelope.

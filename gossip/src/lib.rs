@@ -19,8 +19,8 @@ mod tag;
 pub mod transport;
 pub mod wire;
 
-pub use error::{DecodeError, EncodeError, Error, FromMessageError};
 pub use config::Config;
+pub use error::{DecodeError, EncodeError, Error, FromMessageError};
 pub use id::NodeId;
 pub use node::{Builder, Event, Node, NodeStats};
 pub use proto::directory::MemberState;

@@ -27,13 +27,13 @@ use tokio::time::Instant as TokioInstant;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::error::{FromMessageError, TransportError};
 use crate::inbox::{Inbox, Pop};
 use crate::proto::directory::MemberEvent;
 use crate::proto::{self, InEvent, OutEvent};
 use crate::transport::memory::MemoryNetwork;
 use crate::transport::tcp::TcpTransport;
 use crate::transport::{Transport, TransportEvent, TransportStats};
-use crate::error::{FromMessageError, TransportError};
 use crate::{Error, Member, Message, MessageId, NodeId, Tag, Tags};
 
 type State = proto::State<NodeId, SmallRng>;
@@ -145,7 +145,9 @@ impl Builder {
         crate::tag::check_registry()?;
         let generation = new_generation();
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let transport = network.bind(any, generation).map_err(TransportError::from)?;
+        let transport = network
+            .bind(any, generation)
+            .map_err(TransportError::from)?;
         Ok(Node::start(self.config, transport, generation))
     }
 
@@ -154,7 +156,9 @@ impl Builder {
     pub fn memory_at(self, network: &MemoryNetwork, addr: SocketAddr) -> Result<Node, Error> {
         crate::tag::check_registry()?;
         let generation = new_generation();
-        let transport = network.bind(addr, generation).map_err(TransportError::from)?;
+        let transport = network
+            .bind(addr, generation)
+            .map_err(TransportError::from)?;
         Ok(Node::start(self.config, transport, generation))
     }
 }
@@ -185,7 +189,11 @@ impl Node {
     }
 
     /// Start a node over any transport.
-    pub fn with_transport<T: Transport>(config: Config, transport: T, generation: u64) -> Result<Node, Error> {
+    pub fn with_transport<T: Transport>(
+        config: Config,
+        transport: T,
+        generation: u64,
+    ) -> Result<Node, Error> {
         crate::tag::check_registry()?;
         Ok(Self::start(config, transport, generation))
     }
@@ -200,7 +208,13 @@ impl Node {
             None => SmallRng::from_os_rng(),
         };
         let now = TokioInstant::now().into_std();
-        let state = State::new(id, config.protocol.clone(), rng, config.metadata.clone(), now);
+        let state = State::new(
+            id,
+            config.protocol.clone(),
+            rng,
+            config.metadata.clone(),
+            now,
+        );
         let actor = Actor {
             id,
             state,
@@ -239,9 +253,16 @@ impl Node {
         self.shared.id.addr
     }
 
-    async fn command<R>(&self, make: impl FnOnce(oneshot::Sender<R>) -> Command) -> Result<R, Error> {
+    async fn command<R>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<R>) -> Command,
+    ) -> Result<R, Error> {
         let (tx, rx) = oneshot::channel();
-        self.shared.commands.send(make(tx)).await.map_err(|_| Error::Closed)?;
+        self.shared
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)
     }
 
@@ -308,7 +329,10 @@ impl Node {
                 Ok(typed) => return Ok(typed),
                 Err(FromMessageError::Unlisted(message)) => {
                     self.shared.unlisted.fetch_add(1, Ordering::Relaxed);
-                    debug!(tag = message.tag(), "recv_typed skipped a message its enum does not list");
+                    debug!(
+                        tag = message.tag(),
+                        "recv_typed skipped a message its enum does not list"
+                    );
                 }
                 Err(FromMessageError::Decode(e)) => return Err(Error::Decode(e)),
             }
@@ -433,7 +457,10 @@ impl<T: Transport> Actor<T> {
     async fn run(mut self) {
         self.drain();
         loop {
-            let next_timer = self.timers.peek().map(|Reverse(t)| TokioInstant::from_std(t.at));
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse(t)| TokioInstant::from_std(t.at));
             let next_join = self.joins.iter().map(|j| j.next_try.min(j.deadline)).min();
             let wake = match (next_timer, next_join) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -581,7 +608,10 @@ impl<T: Transport> Actor<T> {
             TransportEvent::Rejected { addr, reason } => {
                 warn!(%addr, %reason, "a peer rejected this node's handshake");
                 for join in self.joins.iter_mut().filter(|j| j.addrs.contains(&addr)) {
-                    join.rejected = Some(Error::JoinRejected { addr, reason: reason.clone() });
+                    join.rejected = Some(Error::JoinRejected {
+                        addr,
+                        reason: reason.clone(),
+                    });
                 }
                 self.check_joins();
             }
@@ -612,11 +642,17 @@ impl<T: Transport> Actor<T> {
                 }
                 OutEvent::ScheduleTimer(at, timer) => {
                     self.timer_seq += 1;
-                    self.timers.push(Reverse(TimerEntry { at, seq: self.timer_seq, timer }));
+                    self.timers.push(Reverse(TimerEntry {
+                        at,
+                        seq: self.timer_seq,
+                        timer,
+                    }));
                 }
                 OutEvent::Deliver(delivery) => {
                     let parsed = Message::from_envelope_limited(delivery.payload, self.max_frame)
-                        .map(|m| m.with_source(delivery.id.origin, Some(delivery.id), delivery.hops));
+                        .map(|m| {
+                            m.with_source(delivery.id.origin, Some(delivery.id), delivery.hops)
+                        });
                     match parsed {
                         Ok(message) => {
                             self.stats.delivered += 1;

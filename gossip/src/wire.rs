@@ -325,6 +325,12 @@ impl Hello {
     /// acceptor) that the dialer expects this node's identity. The key proof is checked by the
     /// transport, which holds the keyring.
     pub fn check(&self, label: &str, encrypted: bool, me: NodeId) -> Result<(), RejectReason> {
+        if self.from == me {
+            // Nobody else may speak as this node: the directory would answer "itself".
+            return Err(RejectReason::Malformed(
+                "the peer claims this node's own identity".into(),
+            ));
+        }
         if self.label != label {
             return Err(RejectReason::Label {
                 ours: label.to_owned(),

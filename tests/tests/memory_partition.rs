@@ -42,12 +42,19 @@ async fn a_healed_partition_remerges_and_catches_up() {
     // Long enough for each side to declare the other dead.
     let left_ids: Vec<NodeId> = left.iter().map(|n| n.id()).collect();
     assert!(
-        eventually(Duration::from_secs(30), || all_see(right, &left_ids, gossip::MemberState::Dead))
-            .await,
+        eventually(Duration::from_secs(30), || all_see(
+            right,
+            &left_ids,
+            gossip::MemberState::Dead
+        ))
+        .await,
         "the right side never noticed the partition"
     );
     left[0].broadcast(&Commit { from: 0, n: 1 }).await.unwrap();
-    right[0].broadcast(&Commit { from: 10, n: 2 }).await.unwrap();
+    right[0]
+        .broadcast(&Commit { from: 10, n: 2 })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     {
         let r = received.lock().unwrap();
@@ -71,13 +78,18 @@ async fn a_healed_partition_remerges_and_catches_up() {
         })
     })
     .await;
-    assert!(caught_up, "broadcasts from the partition did not reach the other side");
+    assert!(
+        caught_up,
+        "broadcasts from the partition did not reach the other side"
+    );
     // And new broadcasts reach everyone through the re-merged overlay.
     nodes[3].broadcast(&Commit { from: 3, n: 3 }).await.unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
             let r = received.lock().unwrap();
-            (0..20).filter(|i| *i != 3).all(|i| r[&i].contains_key(&Commit { from: 3, n: 3 }))
+            (0..20)
+                .filter(|i| *i != 3)
+                .all(|i| r[&i].contains_key(&Commit { from: 3, n: 3 }))
         })
         .await
     );

@@ -24,7 +24,10 @@ async fn fifty_nodes_deliver_every_broadcast_exactly_once() {
     let mut sent = Vec::new();
     for n in 0..500u32 {
         let from = rng.random_range(0..nodes.len());
-        let commit = Commit { from: from as u32, n };
+        let commit = Commit {
+            from: from as u32,
+            n,
+        };
         nodes[from].broadcast(&commit).await.expect("broadcast");
         sent.push(commit);
     }
@@ -57,8 +60,12 @@ async fn crashed_nodes_are_marked_dead_and_broadcasts_still_reach_survivors() {
     drop(crashed);
     // Detection (~1 s) + suspicion timeout + spreading, with a wide margin for slow CI.
     assert!(
-        eventually(Duration::from_secs(20), || all_see(&nodes, &crashed_ids, MemberState::Dead))
-            .await,
+        eventually(Duration::from_secs(20), || all_see(
+            &nodes,
+            &crashed_ids,
+            MemberState::Dead
+        ))
+        .await,
         "survivors did not all mark the crashed nodes dead"
     );
     let received = collect(&nodes);
@@ -70,7 +77,13 @@ async fn crashed_nodes_are_marked_dead_and_broadcasts_still_reach_survivors() {
     }
     assert!(
         eventually(Duration::from_secs(20), || async {
-            received.lock().unwrap().values().map(|m| m.len()).sum::<usize>() == 20 * 15
+            received
+                .lock()
+                .unwrap()
+                .values()
+                .map(|m| m.len())
+                .sum::<usize>()
+                == 20 * 15
         })
         .await,
         "broadcasts after the crash did not reach every survivor"
@@ -89,8 +102,12 @@ async fn a_leaving_node_is_left_not_dead_everywhere() {
     leaver.leave().await.unwrap();
     assert!(matches!(leaver.recv().await, Err(gossip::Error::Closed)));
     assert!(
-        eventually(Duration::from_secs(10), || all_see(&nodes, std::slice::from_ref(&leaver_id), MemberState::Left))
-            .await,
+        eventually(Duration::from_secs(10), || all_see(
+            &nodes,
+            std::slice::from_ref(&leaver_id),
+            MemberState::Left
+        ))
+        .await,
         "not every node lists the leaver as Left"
     );
     // And it stays Left: the failure detector must not turn it into Dead.
@@ -107,15 +124,23 @@ async fn a_restarted_node_rejoins_and_receives() {
     let (old_id, addr) = (old.id(), old.local_addr());
     drop(old);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let restarted = Node::builder().config(config.clone()).bind(addr).await.expect("rebind");
+    let restarted = Node::builder()
+        .config(config.clone())
+        .bind(addr)
+        .await
+        .expect("rebind");
     assert_eq!(restarted.local_addr(), addr);
     assert_ne!(restarted.id(), old_id, "a restart must be a new identity");
     restarted.join(nodes[0].local_addr()).await.unwrap();
     nodes.push(restarted);
     let new_id = nodes[5].id();
     assert!(
-        eventually(Duration::from_secs(20), || all_see(&nodes, std::slice::from_ref(&new_id), MemberState::Alive))
-            .await
+        eventually(Duration::from_secs(20), || all_see(
+            &nodes,
+            std::slice::from_ref(&new_id),
+            MemberState::Alive
+        ))
+        .await
     );
     let received = collect(&nodes[5..]);
     nodes[0].broadcast(&Commit { from: 0, n: 1 }).await.unwrap();
@@ -133,9 +158,19 @@ async fn a_restarted_node_rejoins_and_receives() {
 async fn joining_nobody_times_out_with_a_clear_error() {
     let mut config = test_config();
     config.join_timeout = Duration::from_secs(2);
-    let node = Node::builder().config(config).bind("127.0.0.1:0").await.unwrap();
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let node = Node::builder()
+        .config(config)
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let error = node.join(nobody).await.unwrap_err();
-    assert!(matches!(error, gossip::Error::JoinTimeout { .. }), "{error}");
+    assert!(
+        matches!(error, gossip::Error::JoinTimeout { .. }),
+        "{error}"
+    );
     assert!(error.to_string().contains(&nobody.to_string()), "{error}");
 }

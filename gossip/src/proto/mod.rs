@@ -61,7 +61,9 @@ impl<T> PeerId for T where
 /// Identifies one broadcast: the node that originated it and its per-origin sequence number.
 ///
 /// Ids are not content hashes, so the same content can be broadcast twice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(bound = "")]
 pub struct MessageId<P: PeerId> {
     /// The node that broadcast the message.

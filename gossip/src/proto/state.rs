@@ -129,10 +129,16 @@ impl<P: PeerId, R: Rng> State<P, R> {
             det_out: VecDeque::new(),
             dir_out: VecDeque::new(),
         };
-        state.membership.start(now, &mut state.rng, &mut state.hpv_out);
-        state.broadcast.start(now, &mut state.rng, &mut state.plum_out);
+        state
+            .membership
+            .start(now, &mut state.rng, &mut state.hpv_out);
+        state
+            .broadcast
+            .start(now, &mut state.rng, &mut state.plum_out);
         state.detector.start(now, &mut state.det_out);
-        state.directory.start(now, &mut state.rng, &mut state.dir_out);
+        state
+            .directory
+            .start(now, &mut state.rng, &mut state.dir_out);
         state.run(VecDeque::new(), now);
         state
     }
@@ -146,13 +152,17 @@ impl<P: PeerId, R: Rng> State<P, R> {
     pub fn handle(&mut self, event: InEvent<P>, now: Instant) {
         let mut work = VecDeque::new();
         match event {
+            // Nobody else may speak as this node (a spoofed or looped-back message).
+            InEvent::RecvMessage(from, _) if from == self.me => return,
             InEvent::RecvMessage(from, message) => {
                 work.push_back(Step::Detector(detector::InEvent::Received(from)));
                 work.push_back(match message {
                     Message::Membership(m) => {
                         Step::Membership(hyparview::InEvent::RecvMessage(from, m))
                     }
-                    Message::Broadcast(m) => Step::Broadcast(plumtree::InEvent::RecvMessage(from, m)),
+                    Message::Broadcast(m) => {
+                        Step::Broadcast(plumtree::InEvent::RecvMessage(from, m))
+                    }
                     Message::Detector(m) => Step::Detector(detector::InEvent::RecvMessage(from, m)),
                     Message::Directory(m) => {
                         Step::Directory(directory::InEvent::RecvMessage(from, m))
@@ -244,14 +254,17 @@ impl<P: PeerId, R: Rng> State<P, R> {
             let Some(step) = work.pop_front() else { break };
             match step {
                 Step::Membership(ev) => {
-                    self.membership.handle(ev, now, &mut self.rng, &mut self.hpv_out)
+                    self.membership
+                        .handle(ev, now, &mut self.rng, &mut self.hpv_out)
                 }
                 Step::Broadcast(ev) => {
-                    self.broadcast.handle(ev, now, &mut self.rng, &mut self.plum_out)
+                    self.broadcast
+                        .handle(ev, now, &mut self.rng, &mut self.plum_out)
                 }
                 Step::Detector(ev) => self.detector.handle(ev, now, &mut self.det_out),
                 Step::Directory(ev) => {
-                    self.directory.handle(ev, now, &mut self.rng, &mut self.dir_out)
+                    self.directory
+                        .handle(ev, now, &mut self.rng, &mut self.dir_out)
                 }
                 Step::SystemBroadcast(payload) => {
                     self.broadcast.broadcast(
@@ -273,11 +286,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
             match ev {
                 hyparview::OutEvent::SendMessage(to, m) => {
                     work.push_back(Step::Detector(detector::InEvent::Sent(to)));
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Membership(m)));
+                    self.out
+                        .push_back(OutEvent::SendMessage(to, Message::Membership(m)));
                 }
-                hyparview::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Membership(t)))
-                }
+                hyparview::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Membership(t))),
                 hyparview::OutEvent::NeighborUp(p) => {
                     work.push_back(Step::Detector(detector::InEvent::LinkUp(p)));
                     work.push_back(Step::Broadcast(plumtree::InEvent::NeighborUp(p)));
@@ -295,11 +309,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
             match ev {
                 plumtree::OutEvent::SendMessage(to, m) => {
                     work.push_back(Step::Detector(detector::InEvent::Sent(to)));
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Broadcast(m)));
+                    self.out
+                        .push_back(OutEvent::SendMessage(to, Message::Broadcast(m)));
                 }
-                plumtree::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Broadcast(t)))
-                }
+                plumtree::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Broadcast(t))),
                 plumtree::OutEvent::Deliver(d) => match d.kind {
                     PayloadKind::User => self.out.push_back(OutEvent::Deliver(d)),
                     PayloadKind::System => work.push_back(Step::Directory(
@@ -310,12 +325,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
         }
         while let Some(ev) = self.det_out.pop_front() {
             match ev {
-                detector::OutEvent::SendMessage(to, m) => {
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Detector(m)))
-                }
-                detector::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Detector(t)))
-                }
+                detector::OutEvent::SendMessage(to, m) => self
+                    .out
+                    .push_back(OutEvent::SendMessage(to, Message::Detector(m))),
+                detector::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Detector(t))),
                 detector::OutEvent::PeerFailed(p) => {
                     work.push_back(Step::Membership(hyparview::InEvent::PeerFailed(p)));
                     work.push_back(Step::Directory(directory::InEvent::PeerFailed(p)));
@@ -324,12 +339,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
         }
         while let Some(ev) = self.dir_out.pop_front() {
             match ev {
-                directory::OutEvent::SendMessage(to, m) => {
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Directory(m)))
-                }
-                directory::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Directory(t)))
-                }
+                directory::OutEvent::SendMessage(to, m) => self
+                    .out
+                    .push_back(OutEvent::SendMessage(to, Message::Directory(m))),
+                directory::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Directory(t))),
                 directory::OutEvent::Broadcast(payload) => {
                     work.push_back(Step::SystemBroadcast(payload))
                 }

@@ -268,14 +268,11 @@ impl MemoryNetwork {
         };
         let len = frame.len() as u64;
         let link = (from.addr, to.addr);
-        let at = (Instant::now() + delay).max(net.link_clock.get(&link).copied().unwrap_or(Instant::now()));
+        let at = (Instant::now() + delay)
+            .max(net.link_clock.get(&link).copied().unwrap_or(Instant::now()));
         net.link_clock.insert(link, at);
         let ep = &net.endpoints[&to.addr];
-        let delivery = Delivery {
-            at,
-            from,
-            frame,
-        };
+        let delivery = Delivery { at, from, frame };
         match ep.tx.try_send(delivery) {
             Ok(()) => {
                 net.stats.sent += 1;
@@ -302,7 +299,8 @@ impl MemoryNetwork {
             .is_some_and(|ep| ep.generation == id.generation)
         {
             net.endpoints.remove(&id.addr);
-            net.link_clock.retain(|(a, b), _| *a != id.addr && *b != id.addr);
+            net.link_clock
+                .retain(|(a, b), _| *a != id.addr && *b != id.addr);
         }
     }
 }

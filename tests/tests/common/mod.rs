@@ -23,9 +23,10 @@ pub enum Inbox {
 
 /// Settings that make failure detection and repair quick enough for tests.
 pub fn test_config() -> Config {
-    let mut config = Config::default();
-    config.join_timeout = Duration::from_secs(20);
-    config
+    Config {
+        join_timeout: Duration::from_secs(20),
+        ..Config::default()
+    }
 }
 
 /// Poll `check` every 50 ms until it holds or `limit` passes; returns whether it held.
@@ -48,11 +49,19 @@ where
 
 /// `n` TCP nodes on 127.0.0.1, all joined through the first one.
 pub async fn tcp_cluster(n: usize, config: &Config) -> Vec<Node> {
-    let first = Node::builder().config(config.clone()).bind("127.0.0.1:0").await.expect("bind");
+    let first = Node::builder()
+        .config(config.clone())
+        .bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let contact = first.local_addr();
     let mut nodes = vec![first];
     for _ in 1..n {
-        let node = Node::builder().config(config.clone()).bind("127.0.0.1:0").await.expect("bind");
+        let node = Node::builder()
+            .config(config.clone())
+            .bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         node.join(contact).await.expect("join");
         nodes.push(node);
     }
@@ -73,7 +82,13 @@ pub fn collect(nodes: &[Node]) -> Received {
             loop {
                 match node.recv_typed::<Inbox>().await {
                     Ok(Inbox::Commit(c)) => {
-                        *received.lock().unwrap().get_mut(&i).unwrap().entry(c).or_default() += 1;
+                        *received
+                            .lock()
+                            .unwrap()
+                            .get_mut(&i)
+                            .unwrap()
+                            .entry(c)
+                            .or_default() += 1;
                     }
                     Err(gossip::Error::Closed) => break,
                     Err(e) => panic!("node {i}: {e}"),
@@ -87,7 +102,9 @@ pub fn collect(nodes: &[Node]) -> Received {
 /// Whether every node in `members` lists each of `ids` in `state`.
 pub async fn all_see(nodes: &[Node], ids: &[NodeId], state: MemberState) -> bool {
     for node in nodes {
-        let Ok(members) = node.members().await else { return false };
+        let Ok(members) = node.members().await else {
+            return false;
+        };
         for id in ids {
             if !members.iter().any(|m| m.id == *id && m.state == state) {
                 return false;
@@ -100,9 +117,14 @@ pub async fn all_see(nodes: &[Node], ids: &[NodeId], state: MemberState) -> bool
 /// Whether every node lists exactly `ids` as Alive.
 pub async fn alive_exactly(nodes: &[Node], ids: &[NodeId]) -> bool {
     for node in nodes {
-        let Ok(members) = node.members().await else { return false };
-        let mut alive: Vec<NodeId> =
-            members.iter().filter(|m| m.state == MemberState::Alive).map(|m| m.id).collect();
+        let Ok(members) = node.members().await else {
+            return false;
+        };
+        let mut alive: Vec<NodeId> = members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive)
+            .map(|m| m.id)
+            .collect();
         alive.sort();
         let mut want = ids.to_vec();
         want.sort();
