@@ -11,7 +11,11 @@ use super::directory::{Member, MemberEvent};
 use super::plumtree::{Delivery, PayloadKind};
 use super::{Instant, MessageId, PeerId, detector, directory, hyparview, plumtree};
 
-/// Every protocol setting, by layer. `Default` suits a LAN.
+/// Every protocol setting, by layer.
+///
+/// Two presets: [`Config::default`] suits a WAN and the simulator (links of 10-100 ms; the
+/// simulator's figures were measured with it), [`Config::lan`] suits a LAN or an in-memory
+/// cluster (links of a few milliseconds) and is what `gossip::Config::default()` uses.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     /// HyParView overlay.
@@ -22,6 +26,18 @@ pub struct Config {
     pub detector: detector::Config,
     /// Cluster directory.
     pub directory: directory::Config,
+}
+
+impl Config {
+    /// The preset for LAN latencies (well under 10 ms per hop): the broadcast layer repairs a
+    /// missing message after tens of milliseconds instead of half a second, see
+    /// [`plumtree::Config::lan`]. The other layers keep their defaults.
+    pub fn lan() -> Self {
+        Self {
+            broadcast: plumtree::Config::lan(),
+            ..Self::default()
+        }
+    }
 }
 
 /// A message between two nodes: one variant per layer.
@@ -129,10 +145,16 @@ impl<P: PeerId, R: Rng> State<P, R> {
             det_out: VecDeque::new(),
             dir_out: VecDeque::new(),
         };
-        state.membership.start(now, &mut state.rng, &mut state.hpv_out);
-        state.broadcast.start(now, &mut state.rng, &mut state.plum_out);
+        state
+            .membership
+            .start(now, &mut state.rng, &mut state.hpv_out);
+        state
+            .broadcast
+            .start(now, &mut state.rng, &mut state.plum_out);
         state.detector.start(now, &mut state.det_out);
-        state.directory.start(now, &mut state.rng, &mut state.dir_out);
+        state
+            .directory
+            .start(now, &mut state.rng, &mut state.dir_out);
         state.run(VecDeque::new(), now);
         state
     }
@@ -152,7 +174,9 @@ impl<P: PeerId, R: Rng> State<P, R> {
                     Message::Membership(m) => {
                         Step::Membership(hyparview::InEvent::RecvMessage(from, m))
                     }
-                    Message::Broadcast(m) => Step::Broadcast(plumtree::InEvent::RecvMessage(from, m)),
+                    Message::Broadcast(m) => {
+                        Step::Broadcast(plumtree::InEvent::RecvMessage(from, m))
+                    }
                     Message::Detector(m) => Step::Detector(detector::InEvent::RecvMessage(from, m)),
                     Message::Directory(m) => {
                         Step::Directory(directory::InEvent::RecvMessage(from, m))
@@ -244,14 +268,17 @@ impl<P: PeerId, R: Rng> State<P, R> {
             let Some(step) = work.pop_front() else { break };
             match step {
                 Step::Membership(ev) => {
-                    self.membership.handle(ev, now, &mut self.rng, &mut self.hpv_out)
+                    self.membership
+                        .handle(ev, now, &mut self.rng, &mut self.hpv_out)
                 }
                 Step::Broadcast(ev) => {
-                    self.broadcast.handle(ev, now, &mut self.rng, &mut self.plum_out)
+                    self.broadcast
+                        .handle(ev, now, &mut self.rng, &mut self.plum_out)
                 }
                 Step::Detector(ev) => self.detector.handle(ev, now, &mut self.det_out),
                 Step::Directory(ev) => {
-                    self.directory.handle(ev, now, &mut self.rng, &mut self.dir_out)
+                    self.directory
+                        .handle(ev, now, &mut self.rng, &mut self.dir_out)
                 }
                 Step::SystemBroadcast(payload) => {
                     self.broadcast.broadcast(
@@ -273,11 +300,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
             match ev {
                 hyparview::OutEvent::SendMessage(to, m) => {
                     work.push_back(Step::Detector(detector::InEvent::Sent(to)));
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Membership(m)));
+                    self.out
+                        .push_back(OutEvent::SendMessage(to, Message::Membership(m)));
                 }
-                hyparview::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Membership(t)))
-                }
+                hyparview::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Membership(t))),
                 hyparview::OutEvent::NeighborUp(p) => {
                     work.push_back(Step::Detector(detector::InEvent::LinkUp(p)));
                     work.push_back(Step::Broadcast(plumtree::InEvent::NeighborUp(p)));
@@ -295,11 +323,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
             match ev {
                 plumtree::OutEvent::SendMessage(to, m) => {
                     work.push_back(Step::Detector(detector::InEvent::Sent(to)));
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Broadcast(m)));
+                    self.out
+                        .push_back(OutEvent::SendMessage(to, Message::Broadcast(m)));
                 }
-                plumtree::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Broadcast(t)))
-                }
+                plumtree::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Broadcast(t))),
                 plumtree::OutEvent::Deliver(d) => match d.kind {
                     PayloadKind::User => self.out.push_back(OutEvent::Deliver(d)),
                     PayloadKind::System => work.push_back(Step::Directory(
@@ -310,12 +339,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
         }
         while let Some(ev) = self.det_out.pop_front() {
             match ev {
-                detector::OutEvent::SendMessage(to, m) => {
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Detector(m)))
-                }
-                detector::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Detector(t)))
-                }
+                detector::OutEvent::SendMessage(to, m) => self
+                    .out
+                    .push_back(OutEvent::SendMessage(to, Message::Detector(m))),
+                detector::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Detector(t))),
                 detector::OutEvent::PeerFailed(p) => {
                     work.push_back(Step::Membership(hyparview::InEvent::PeerFailed(p)));
                     work.push_back(Step::Directory(directory::InEvent::PeerFailed(p)));
@@ -324,12 +353,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
         }
         while let Some(ev) = self.dir_out.pop_front() {
             match ev {
-                directory::OutEvent::SendMessage(to, m) => {
-                    self.out.push_back(OutEvent::SendMessage(to, Message::Directory(m)))
-                }
-                directory::OutEvent::ScheduleTimer(d, t) => {
-                    self.out.push_back(OutEvent::ScheduleTimer(at(d), Timer::Directory(t)))
-                }
+                directory::OutEvent::SendMessage(to, m) => self
+                    .out
+                    .push_back(OutEvent::SendMessage(to, Message::Directory(m))),
+                directory::OutEvent::ScheduleTimer(d, t) => self
+                    .out
+                    .push_back(OutEvent::ScheduleTimer(at(d), Timer::Directory(t))),
                 directory::OutEvent::Broadcast(payload) => {
                     work.push_back(Step::SystemBroadcast(payload))
                 }
