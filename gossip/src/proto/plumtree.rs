@@ -150,6 +150,12 @@ pub struct Config {
     pub fifo_gap_timeout: Duration,
     /// Cap on messages held back by FIFO ordering (default 4096); beyond it gaps are skipped.
     pub fifo_max_held: usize,
+    /// How many origins get a tree of their own (default 64): which neighbours are eager and
+    /// which lazy for that origin's messages. The least recently active origin's tree is
+    /// dropped when a new one is needed; the messages of an origin without a tree use the
+    /// shared sets. 0 gives the paper's single shared tree. See "Many senders" in the module
+    /// docs.
+    pub max_origin_trees: usize,
 }
 
 impl Default for Config {
@@ -177,6 +183,7 @@ impl Default for Config {
             fifo: false,
             fifo_gap_timeout: Duration::from_secs(5),
             fifo_max_held: 4096,
+            max_origin_trees: 64,
         }
     }
 }
@@ -269,8 +276,13 @@ pub enum Message<P: PeerId> {
     IHave(Vec<IHave<P>>),
     /// Move the link to eager; with an id, also send that message.
     Graft(Option<MessageId<P>>),
-    /// Move the link to lazy.
+    /// Move the link to lazy, for the messages of every origin.
     Prune,
+    /// Move the link to lazy for the messages of this origin.
+    PruneOrigin(P),
+    /// Move the link to eager for the messages of this origin (a tree optimisation: no
+    /// payload is asked for).
+    GraftOrigin(P),
     /// What the sender has received, so the receiver can send what it lacks.
     Digest(Digest<P>),
     /// A payload sent in answer to a digest.
@@ -291,8 +303,8 @@ impl<P: PeerId> Message<P> {
         match self {
             Message::Gossip(_) => "gossip",
             Message::IHave(_) => "ihave",
-            Message::Graft(_) => "graft",
-            Message::Prune => "prune",
+            Message::Graft(_) | Message::GraftOrigin(_) => "graft",
+            Message::Prune | Message::PruneOrigin(_) => "prune",
             Message::Digest(_) => "digest",
             Message::CatchUp(_) => "catchup",
         }
@@ -489,6 +501,15 @@ struct Missing<P> {
     announcers: Vec<(P, u16)>,
 }
 
+/// The tree of one origin: the neighbours that are lazy for its messages (the others are
+/// eager).
+#[derive(Debug)]
+struct OriginTree<P> {
+    lazy: Vec<P>,
+    /// Last time a message of this origin arrived, for least-recently-used replacement.
+    last: Stamp,
+}
+
 /// Broadcast state of one node.
 ///
 /// Every collection is ordered (no hashing), so iteration and therefore runs are deterministic.
@@ -515,8 +536,11 @@ pub struct State<P: PeerId> {
     digest_cursor: Option<P>,
     fifo_held: BTreeMap<MessageId<P>, Delivery<P>>,
     fifo_armed: BTreeSet<P>,
-    /// Peers recently kept as the shorter path by [`Self::better_path`], with when.
-    switched: Vec<(P, Instant)>,
+    /// Peers recently kept as the shorter path by [`Self::better_path`], for which origin,
+    /// with when.
+    switched: Vec<(P, P, Instant)>,
+    /// Per-origin trees, at most `max_origin_trees`.
+    trees: BTreeMap<P, OriginTree<P>>,
     stats: Stats,
 }
 
@@ -545,6 +569,7 @@ impl<P: PeerId> State<P> {
             fifo_held: BTreeMap::new(),
             fifo_armed: BTreeSet::new(),
             switched: Vec::new(),
+            trees: BTreeMap::new(),
             stats: Stats::default(),
         }
     }
@@ -576,8 +601,17 @@ impl<P: PeerId> State<P> {
                 match message {
                     Message::Gossip(g) => self.on_gossip(from, g, now, out),
                     Message::IHave(ids) => self.on_ihave(from, ids, now, out),
-                    Message::Graft(id) => self.on_graft(from, id, out),
-                    Message::Prune => self.on_prune(from, now, out),
+                    Message::Graft(id) => self.on_graft(from, id, now, out),
+                    Message::Prune => self.on_prune(from, None, now, out),
+                    Message::PruneOrigin(origin) => self.on_prune(from, Some(origin), now, out),
+                    Message::GraftOrigin(origin) => {
+                        self.stats.graft_received += 1;
+                        if self.is_neighbor(&from) {
+                            self.set_eager_for(origin, from, now);
+                        } else {
+                            self.stats.dropped_invalid += 1;
+                        }
+                    }
                     Message::Digest(d) => self.on_digest(from, d, now, out),
                     Message::CatchUp(g) => self.on_catchup(from, g, now, out),
                 }
@@ -587,7 +621,7 @@ impl<P: PeerId> State<P> {
                     self.dispatch_armed = false;
                     self.flush_lazy(out);
                 }
-                Timer::SendGraft(id) => self.on_graft_timer(id, out),
+                Timer::SendGraft(id) => self.on_graft_timer(id, now, out),
                 Timer::Evict => {
                     self.evict(now);
                     out.push_back(OutEvent::ScheduleTimer(
@@ -626,7 +660,10 @@ impl<P: PeerId> State<P> {
                 self.eager.retain(|p| *p != peer);
                 self.lazy.retain(|p| *p != peer);
                 self.lazy_queue.retain(|(p, _)| *p != peer);
-                self.switched.retain(|(p, _)| *p != peer);
+                self.switched.retain(|(p, _, _)| *p != peer);
+                for tree in self.trees.values_mut() {
+                    tree.lazy.retain(|p| *p != peer);
+                }
             }
         }
     }
@@ -646,6 +683,7 @@ impl<P: PeerId> State<P> {
             seq: self.seq,
         };
         self.cache_insert(id, kind, payload.clone(), 0, self.me, now);
+        self.touch_tree(self.me, now);
         self.forward(
             &Gossip {
                 id,
@@ -720,18 +758,18 @@ impl<P: PeerId> State<P> {
                 if self.better_path(from, g.id, g.hops, true, now, out) {
                     return;
                 }
-                if let Some(i) = self.eager.iter().position(|p| *p == from) {
-                    self.eager.swap_remove(i);
-                    self.lazy.push(from);
+                let origin = g.id.origin;
+                if self.eager_for(&origin, &from) {
+                    self.set_lazy_for(origin, from, now);
                     self.stats.prune_sent += 1;
-                    out.push_back(OutEvent::SendMessage(from, Message::Prune));
+                    out.push_back(OutEvent::SendMessage(from, self.prune_message(origin)));
                 }
             }
             Accept::New => {
                 // A link that delivers a new message is part of the tree (paper, Alg. 1).
-                if let Some(i) = self.lazy.iter().position(|p| *p == from) {
-                    self.lazy.swap_remove(i);
-                    self.eager.push(from);
+                self.touch_tree(g.id.origin, now);
+                if self.is_neighbor(&from) && !self.eager_for(&g.id.origin, &from) {
+                    self.set_eager_for(g.id.origin, from, now);
                 }
                 let missing = self.missing.remove(&g.id);
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
@@ -880,8 +918,9 @@ impl<P: PeerId> State<P> {
         }
         // Only an announcement over a lazy link, or a copy pushed over an eager one, can
         // replace an eager path.
-        let from_lazy = self.lazy.contains(&from);
-        if from_lazy == duplicate || !self.eager.contains(&old) {
+        let origin = id.origin;
+        let from_lazy = !self.eager_for(&origin, &from);
+        if from_lazy == duplicate || !self.eager_for(&origin, &old) {
             self.set_path(id, from, hops);
             return false;
         }
@@ -891,20 +930,20 @@ impl<P: PeerId> State<P> {
             // It pushes to us, so the link is eager at its end, but our own copy may be
             // crossing theirs and get this link pruned there: remember that for a short while,
             // so that PRUNE is answered with a GRAFT instead of leaving us without a parent.
-            self.switched.retain(|(p, _)| *p != from);
+            self.switched.retain(|(p, o, _)| (*p, *o) != (from, origin));
             if self.switched.len() >= SWITCHED_CAP {
                 self.switched.remove(0);
             }
-            self.switched.push((from, now));
+            self.switched.push((from, origin, now));
         } else {
             self.stats.graft_sent += 1;
-            out.push_back(OutEvent::SendMessage(from, Message::Graft(None)));
+            out.push_back(OutEvent::SendMessage(from, self.graft_message(origin)));
         }
-        self.make_eager(from);
-        if self.eager.contains(&old) {
-            self.make_lazy(old);
+        self.set_eager_for(origin, from, now);
+        if self.eager_for(&origin, &old) {
+            self.set_lazy_for(origin, old, now);
             self.stats.prune_sent += 1;
-            out.push_back(OutEvent::SendMessage(old, Message::Prune));
+            out.push_back(OutEvent::SendMessage(old, self.prune_message(origin)));
         }
         true
     }
@@ -916,13 +955,27 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn on_graft(&mut self, from: P, id: Option<MessageId<P>>, out: &mut VecDeque<OutEvent<P>>) {
+    fn on_graft(
+        &mut self,
+        from: P,
+        id: Option<MessageId<P>>,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         self.stats.graft_received += 1;
         if !self.is_neighbor(&from) {
             self.stats.dropped_invalid += 1;
             return;
         }
-        self.make_eager(from);
+        match id {
+            Some(id) => self.set_eager_for(id.origin, from, now),
+            None => {
+                self.make_eager(from);
+                for tree in self.trees.values_mut() {
+                    tree.lazy.retain(|p| *p != from);
+                }
+            }
+        }
         if let Some(id) = id
             && let Some(c) = self.cache.get(&id)
         {
@@ -937,28 +990,52 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn on_prune(&mut self, from: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+    fn on_prune(
+        &mut self,
+        from: P,
+        origin: Option<P>,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         self.stats.prune_received += 1;
         if !self.is_neighbor(&from) {
             self.stats.dropped_invalid += 1;
             return;
         }
-        if let Some(i) = self.switched.iter().position(|(p, _)| *p == from) {
-            let (_, at) = self.switched.swap_remove(i);
+        if let Some(i) = self
+            .switched
+            .iter()
+            .position(|(p, o, _)| *p == from && origin.is_none_or(|origin| origin == *o))
+        {
+            let (_, o, at) = self.switched.swap_remove(i);
             if now.saturating_duration_since(at) < self.config.graft_timeout_1
-                && self.eager.contains(&from)
+                && self.eager_for(&o, &from)
             {
                 // The PRUNE answers the copy we sent before we chose `from` as the shorter
                 // path: keep the link and tell them.
                 self.stats.graft_sent += 1;
-                out.push_back(OutEvent::SendMessage(from, Message::Graft(None)));
+                let graft = match origin {
+                    Some(o) => self.graft_message(o),
+                    None => Message::Graft(None),
+                };
+                out.push_back(OutEvent::SendMessage(from, graft));
                 return;
             }
         }
-        self.make_lazy(from);
+        match origin {
+            Some(origin) => self.set_lazy_for(origin, from, now),
+            None => {
+                self.make_lazy(from);
+                for tree in self.trees.values_mut() {
+                    if !tree.lazy.contains(&from) {
+                        tree.lazy.push(from);
+                    }
+                }
+            }
+        }
     }
 
-    fn on_graft_timer(&mut self, id: MessageId<P>, out: &mut VecDeque<OutEvent<P>>) {
+    fn on_graft_timer(&mut self, id: MessageId<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         if self.has(&id) {
             self.missing.remove(&id);
             return;
@@ -982,7 +1059,7 @@ impl<P: PeerId> State<P> {
             return;
         };
         let (peer, _) = m.announcers.remove(best);
-        self.make_eager(peer);
+        self.set_eager_for(id.origin, peer, now);
         self.stats.graft_sent += 1;
         self.stats.graft_repairs += 1;
         out.push_back(OutEvent::SendMessage(peer, Message::Graft(Some(id))));
@@ -1139,6 +1216,88 @@ impl<P: PeerId> State<P> {
         self.eager.contains(peer) || self.lazy.contains(peer)
     }
 
+    /// The neighbours that are lazy for `origin`'s messages: its tree's, or the shared set.
+    fn tree_lazy(&self, origin: &P) -> &[P] {
+        self.trees.get(origin).map_or(&self.lazy, |t| &t.lazy)
+    }
+
+    /// Whether `peer` is a neighbour that `origin`'s messages are pushed to.
+    fn eager_for(&self, origin: &P, peer: &P) -> bool {
+        self.is_neighbor(peer) && !self.tree_lazy(origin).contains(peer)
+    }
+
+    /// The tree of `origin`, made from the shared sets if it has none (replacing the least
+    /// recently active tree when full); `None` when per-origin trees are off.
+    fn tree_mut(&mut self, origin: P, now: Instant) -> Option<&mut OriginTree<P>> {
+        let cap = self.config.max_origin_trees;
+        if cap == 0 {
+            return None;
+        }
+        if !self.trees.contains_key(&origin) {
+            if self.trees.len() >= cap
+                && let Some(oldest) = self
+                    .trees
+                    .iter()
+                    .min_by_key(|(_, t)| t.last)
+                    .map(|(o, _)| *o)
+            {
+                self.trees.remove(&oldest);
+            }
+            let last = self.stamp(now);
+            let lazy = self.lazy.clone();
+            self.trees.insert(origin, OriginTree { lazy, last });
+        }
+        self.trees.get_mut(&origin)
+    }
+
+    /// A message of `origin` arrived: give it a tree, or refresh the one it has.
+    fn touch_tree(&mut self, origin: P, now: Instant) {
+        let stamp = self.stamp(now);
+        if let Some(t) = self.tree_mut(origin, now) {
+            t.last = stamp;
+        }
+    }
+
+    /// Push `origin`'s messages to `peer` (and, as the template for new trees, all others').
+    fn set_eager_for(&mut self, origin: P, peer: P, now: Instant) {
+        if !self.is_neighbor(&peer) {
+            return;
+        }
+        self.make_eager(peer);
+        if let Some(t) = self.tree_mut(origin, now) {
+            t.lazy.retain(|p| *p != peer);
+        }
+    }
+
+    /// Only announce `origin`'s messages to `peer` (and, as the template, all others').
+    fn set_lazy_for(&mut self, origin: P, peer: P, now: Instant) {
+        if !self.is_neighbor(&peer) {
+            return;
+        }
+        self.make_lazy(peer);
+        if let Some(t) = self.tree_mut(origin, now)
+            && !t.lazy.contains(&peer)
+        {
+            t.lazy.push(peer);
+        }
+    }
+
+    fn prune_message(&self, origin: P) -> Message<P> {
+        if self.config.max_origin_trees == 0 {
+            Message::Prune
+        } else {
+            Message::PruneOrigin(origin)
+        }
+    }
+
+    fn graft_message(&self, origin: P) -> Message<P> {
+        if self.config.max_origin_trees == 0 {
+            Message::Graft(None)
+        } else {
+            Message::GraftOrigin(origin)
+        }
+    }
+
     fn make_eager(&mut self, peer: P) {
         if let Some(i) = self.lazy.iter().position(|p| *p == peer) {
             self.lazy.swap_remove(i);
@@ -1157,8 +1316,17 @@ impl<P: PeerId> State<P> {
     /// lazy peers, except `from`.
     fn forward(&mut self, g: &Gossip<P>, from: P, out: &mut VecDeque<OutEvent<P>>) {
         let hops = g.hops.saturating_add(1);
-        for &peer in &self.eager {
-            if peer != from {
+        let ihave = IHave { id: g.id, hops };
+        for i in 0..self.eager.len() + self.lazy.len() {
+            let peer = if i < self.eager.len() {
+                self.eager[i]
+            } else {
+                self.lazy[i - self.eager.len()]
+            };
+            if peer == from {
+                continue;
+            }
+            if self.eager_for(&g.id.origin, &peer) {
                 self.stats.gossip_sent += 1;
                 let m = Gossip {
                     id: g.id,
@@ -1167,12 +1335,7 @@ impl<P: PeerId> State<P> {
                     hops,
                 };
                 out.push_back(OutEvent::SendMessage(peer, Message::Gossip(m)));
-            }
-        }
-        let ihave = IHave { id: g.id, hops };
-        for i in 0..self.lazy.len() {
-            let peer = self.lazy[i];
-            if peer != from {
+            } else {
                 self.queue_ihave(peer, ihave, out);
             }
         }

@@ -171,7 +171,7 @@ fn duplicate_prunes_the_sender() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     b.recv(1, gossip(1, 1, 1));
     let out = b.recv(3, gossip(1, 1, 2));
-    assert_eq!(out, vec![OutEvent::SendMessage(3, Message::Prune)]);
+    assert_eq!(out, vec![OutEvent::SendMessage(3, Message::PruneOrigin(1))]);
     assert_eq!(b.state.eager_peers(), &[1]);
     assert_eq!(b.state.lazy_peers(), &[3]);
     assert_eq!(b.state.stats().duplicates, 1);
@@ -290,8 +290,8 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
     assert_eq!(
         out,
         vec![
-            OutEvent::SendMessage(3, Message::Graft(None)),
-            OutEvent::SendMessage(1, Message::Prune)
+            OutEvent::SendMessage(3, Message::GraftOrigin(9)),
+            OutEvent::SendMessage(1, Message::PruneOrigin(9))
         ]
     );
     assert_eq!(b.state.eager_peers(), &[3]);
@@ -325,8 +325,8 @@ fn an_ihave_that_overtook_the_payload_still_reshapes_the_tree() {
     );
     let out = b.recv(1, gossip(9, 1, 7));
     assert_eq!(deliveries(&out), vec![id(9, 1)]);
-    assert!(out.contains(&OutEvent::SendMessage(3, Message::Graft(None))));
-    assert!(out.contains(&OutEvent::SendMessage(1, Message::Prune)));
+    assert!(out.contains(&OutEvent::SendMessage(3, Message::GraftOrigin(9))));
+    assert!(out.contains(&OutEvent::SendMessage(1, Message::PruneOrigin(9))));
     assert_eq!(b.state.eager_peers(), &[3]);
     // And the stale graft timer does nothing.
     assert!(b.timer(Timer::SendGraft(id(9, 1))).is_empty());
@@ -338,7 +338,7 @@ fn a_shorter_duplicate_keeps_its_link_and_prunes_the_longer_one() {
     b.recv(1, gossip(9, 1, 8));
     // The copy from 3 is 5 hops shorter: prune 1, keep 3.
     let out = b.recv(3, gossip(9, 1, 3));
-    assert_eq!(out, vec![OutEvent::SendMessage(1, Message::Prune)]);
+    assert_eq!(out, vec![OutEvent::SendMessage(1, Message::PruneOrigin(9))]);
     assert_eq!(b.state.lazy_peers(), &[1]);
     assert!(b.state.eager_peers().contains(&3));
     // 3 prunes us for the copy we forwarded before we knew: answered with a GRAFT, link kept.
@@ -353,7 +353,7 @@ fn a_shorter_duplicate_keeps_its_link_and_prunes_the_longer_one() {
     // A longer duplicate prunes its sender as usual; one from the link it came by does not.
     assert_eq!(
         b.recv(4, gossip(9, 1, 9)),
-        vec![OutEvent::SendMessage(4, Message::Prune)]
+        vec![OutEvent::SendMessage(4, Message::PruneOrigin(9))]
     );
     b.recv(1, gossip(9, 2, 2));
     assert!(b.recv(1, gossip(9, 2, 2)).is_empty());
