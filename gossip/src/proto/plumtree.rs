@@ -322,6 +322,9 @@ pub enum Timer<P: PeerId> {
     Evict,
     /// Send a digest to one random neighbour (periodic).
     CatchUp,
+    /// Send a second digest to a new neighbour, once the messages too young for the first one
+    /// are old enough to be offered.
+    CatchUpPeer(P),
     /// A FIFO gap of this origin has been held long enough: skip it.
     FifoGap(P),
 }
@@ -643,6 +646,11 @@ impl<P: PeerId> State<P> {
                     let next = jitter(self.config.catchup_interval, rng);
                     out.push_back(OutEvent::ScheduleTimer(next, Timer::CatchUp));
                 }
+                Timer::CatchUpPeer(peer) => {
+                    if self.is_neighbor(&peer) {
+                        self.send_digest(peer, now, out);
+                    }
+                }
                 Timer::FifoGap(origin) => self.on_fifo_gap(origin, out),
             },
             InEvent::NeighborUp(peer) => {
@@ -653,7 +661,13 @@ impl<P: PeerId> State<P> {
                 if !self.is_neighbor(&peer) {
                     self.eager.push(peer);
                 }
+                // At once, and again when what was too young to be offered is old enough:
+                // a healed partition exchanges everything over its first link.
                 self.send_digest(peer, now, out);
+                out.push_back(OutEvent::ScheduleTimer(
+                    self.config.catchup_min_age + self.config.dispatch_timeout,
+                    Timer::CatchUpPeer(peer),
+                ));
             }
             InEvent::NeighborDown(peer) => {
                 self.stats.neighbor_down += u64::from(self.is_neighbor(&peer));
@@ -758,8 +772,11 @@ impl<P: PeerId> State<P> {
                 if self.better_path(from, g.id, g.hops, true, now, out) {
                     return;
                 }
+                // Prune even a link that is lazy here for this origin: the peer pushed, so it is
+                // eager at its end (the two ends made their trees of this origin from different
+                // shared sets), and only a PRUNE makes them agree.
                 let origin = g.id.origin;
-                if self.eager_for(&origin, &from) {
+                if self.is_neighbor(&from) {
                     self.set_lazy_for(origin, from, now);
                     self.stats.prune_sent += 1;
                     out.push_back(OutEvent::SendMessage(from, self.prune_message(origin)));
@@ -1244,7 +1261,15 @@ impl<P: PeerId> State<P> {
                 self.trees.remove(&oldest);
             }
             let last = self.stamp(now);
-            let lazy = self.lazy.clone();
+            // Start from the tree of the lowest tracked origin: both ends of a link agree on
+            // it (the GRAFT/PRUNE exchanges of one origin are symmetric) and every node picks
+            // the same one while they track the same origins, so a new origin starts on one
+            // spanning tree rather than on a mix of the shared sets, which differ at the two
+            // ends of a link once several origins have reshaped them.
+            let lazy = match self.trees.first_key_value() {
+                Some((_, t)) => t.lazy.clone(),
+                None => self.lazy.clone(),
+            };
             self.trees.insert(origin, OriginTree { lazy, last });
         }
         self.trees.get_mut(&origin)
