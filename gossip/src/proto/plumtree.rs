@@ -25,6 +25,25 @@
 //! Latency varies per message, so the first flood builds a fast but deep first-arrival tree;
 //! with these rules it settles near the shortest-hop tree within the warm-up broadcasts.
 //!
+//! # Many senders
+//!
+//! The paper shares one tree among all senders. With many concurrent senders that tree does
+//! not hold: a PRUNE only proves that a link was redundant for the message that crossed it,
+//! and two messages from different origins crossing a cycle at the same time prune two
+//! different links of it, which splits the eager graph; the next messages are then repaired
+//! by GRAFT (a timeout late), the grafts make new cycles, and so on. In a 50-node cluster with
+//! 200 broadcasts from random nodes, about half the deliveries went through IHAVE and GRAFT.
+//! So the eager/lazy split is kept per origin for the `max_origin_trees` most recently active
+//! origins: PRUNE and the optimisation's GRAFT name the origin (`PruneOrigin`, `GraftOrigin`)
+//! and change that origin's tree only, and within one origin the paper's argument holds (the
+//! link a node first received a message by is never pruned, so the eager links stay a
+//! spanning tree). A new origin's tree starts as a copy of the lowest tracked origin's tree,
+//! which the two ends of each link agree on. An origin beyond the cap uses the shared sets,
+//! which every PRUNE and GRAFT also updates, as the paper's single tree. A duplicate from a
+//! link that is already lazy here for its origin still gets a PRUNE: the two ends disagree, and
+//! otherwise the sender keeps pushing. Memory: one small list of lazy neighbours per tracked
+//! origin.
+//!
 //! Messages are named by [`MessageId`]: the origin and a per-origin sequence number, so the
 //! same content can be broadcast twice and the record of received ids is compact: per origin,
 //! the highest sequence number seen and the few holes below it.
@@ -744,6 +763,11 @@ impl<P: PeerId> State<P> {
     /// Holes (missing sequence numbers) tracked over all origins.
     pub fn holes_len(&self) -> usize {
         self.total_holes
+    }
+
+    /// Origins with a tree of their own (at most [`Config::max_origin_trees`]).
+    pub fn origin_trees_len(&self) -> usize {
+        self.trees.len()
     }
 
     /// Messages announced to this node that it is waiting for.
