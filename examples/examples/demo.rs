@@ -181,6 +181,10 @@ async fn main() -> Result<(), gossip::Error> {
             sum.optimizations += s.optimizations;
             sum.catchup_sent += s.catchup_sent;
             sum.duplicates += s.duplicates;
+            sum.neighbor_up += s.neighbor_up;
+            sum.neighbor_down += s.neighbor_down;
+            sum.graft_repairs += s.graft_repairs;
+            sum.delivered += s.delivered;
         }
         println!("{sum:?}");
     }

@@ -17,7 +17,9 @@ use crate::transport::tcp::TcpConfig;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The protocol core: overlay, broadcast, failure detection, directory.
+    /// The protocol core: overlay, broadcast, failure detection, directory. Default:
+    /// [`proto::Config::lan`] (graft timeouts for links of a few milliseconds); use
+    /// `proto::Config::default()` for a WAN (10-100 ms links).
     pub protocol: proto::Config,
     /// Nodes with different labels refuse each other's connections, so two clusters on the
     /// same hosts stay apart even without encryption. Default: empty.
@@ -55,7 +57,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            protocol: proto::Config::default(),
+            protocol: proto::Config::lan(),
             cluster_label: String::new(),
             keyring: None,
             tcp: TcpConfig::default(),

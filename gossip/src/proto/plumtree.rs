@@ -25,6 +25,25 @@
 //! Latency varies per message, so the first flood builds a fast but deep first-arrival tree;
 //! with these rules it settles near the shortest-hop tree within the warm-up broadcasts.
 //!
+//! # Many senders
+//!
+//! The paper shares one tree among all senders. With many concurrent senders that tree does
+//! not hold: a PRUNE only proves that a link was redundant for the message that crossed it,
+//! and two messages from different origins crossing a cycle at the same time prune two
+//! different links of it, which splits the eager graph; the next messages are then repaired
+//! by GRAFT (a timeout late), the grafts make new cycles, and so on. In a 50-node cluster with
+//! 200 broadcasts from random nodes, about half the deliveries went through IHAVE and GRAFT.
+//! So the eager/lazy split is kept per origin for the `max_origin_trees` most recently active
+//! origins: PRUNE and the optimisation's GRAFT name the origin (`PruneOrigin`, `GraftOrigin`)
+//! and change that origin's tree only, and within one origin the paper's argument holds (the
+//! link a node first received a message by is never pruned, so the eager links stay a
+//! spanning tree). A new origin's tree starts as a copy of the lowest tracked origin's tree,
+//! which the two ends of each link agree on. An origin beyond the cap uses the shared sets,
+//! which every PRUNE and GRAFT also updates, as the paper's single tree. A duplicate from a
+//! link that is already lazy here for its origin still gets a PRUNE: the two ends disagree, and
+//! otherwise the sender keeps pushing. Memory: one small list of lazy neighbours per tracked
+//! origin.
+//!
 //! Messages are named by [`MessageId`]: the origin and a per-origin sequence number, so the
 //! same content can be broadcast twice and the record of received ids is compact: per origin,
 //! the highest sequence number seen and the few holes below it.
@@ -150,6 +169,12 @@ pub struct Config {
     pub fifo_gap_timeout: Duration,
     /// Cap on messages held back by FIFO ordering (default 4096); beyond it gaps are skipped.
     pub fifo_max_held: usize,
+    /// How many origins get a tree of their own (default 64): which neighbours are eager and
+    /// which lazy for that origin's messages. The least recently active origin's tree is
+    /// dropped when a new one is needed; the messages of an origin without a tree use the
+    /// shared sets. 0 gives the paper's single shared tree. See "Many senders" in the module
+    /// docs.
+    pub max_origin_trees: usize,
 }
 
 impl Default for Config {
@@ -177,6 +202,25 @@ impl Default for Config {
             fifo: false,
             fifo_gap_timeout: Duration::from_secs(5),
             fifo_max_held: 4096,
+            max_origin_trees: 64,
+        }
+    }
+}
+
+impl Config {
+    /// The preset for LAN latencies (a few milliseconds per hop, or an in-memory cluster).
+    ///
+    /// The graft timeouts only need to exceed the spread of arrival times along the tree,
+    /// which on a LAN is a few milliseconds per hop: `graft_timeout_1` 60 ms, `graft_timeout_2`
+    /// 30 ms, so a message the tree failed to bring arrives tens of milliseconds late instead
+    /// of half a second. IHAVE batches are flushed after 5 ms. Everything else is
+    /// [`Config::default`], the WAN (10-100 ms links) preset the simulator uses.
+    pub fn lan() -> Self {
+        Self {
+            dispatch_timeout: Duration::from_millis(5),
+            graft_timeout_1: Duration::from_millis(60),
+            graft_timeout_2: Duration::from_millis(30),
+            ..Self::default()
         }
     }
 }
@@ -251,8 +295,13 @@ pub enum Message<P: PeerId> {
     IHave(Vec<IHave<P>>),
     /// Move the link to eager; with an id, also send that message.
     Graft(Option<MessageId<P>>),
-    /// Move the link to lazy.
+    /// Move the link to lazy, for the messages of every origin.
     Prune,
+    /// Move the link to lazy for the messages of this origin.
+    PruneOrigin(P),
+    /// Move the link to eager for the messages of this origin (a tree optimisation: no
+    /// payload is asked for).
+    GraftOrigin(P),
     /// What the sender has received, so the receiver can send what it lacks.
     Digest(Digest<P>),
     /// A payload sent in answer to a digest.
@@ -273,8 +322,8 @@ impl<P: PeerId> Message<P> {
         match self {
             Message::Gossip(_) => "gossip",
             Message::IHave(_) => "ihave",
-            Message::Graft(_) => "graft",
-            Message::Prune => "prune",
+            Message::Graft(_) | Message::GraftOrigin(_) => "graft",
+            Message::Prune | Message::PruneOrigin(_) => "prune",
             Message::Digest(_) => "digest",
             Message::CatchUp(_) => "catchup",
         }
@@ -292,6 +341,9 @@ pub enum Timer<P: PeerId> {
     Evict,
     /// Send a digest to one random neighbour (periodic).
     CatchUp,
+    /// Send a second digest to a new neighbour, once the messages too young for the first one
+    /// are old enough to be offered.
+    CatchUpPeer(P),
     /// A FIFO gap of this origin has been held long enough: skip it.
     FifoGap(P),
 }
@@ -377,6 +429,13 @@ pub struct Stats {
     pub fifo_gaps_skipped: u64,
     /// FIFO: messages that arrived after their gap was skipped, not delivered.
     pub fifo_dropped_late: u64,
+    /// Neighbours that came up (overlay links opened).
+    pub neighbor_up: u64,
+    /// Neighbours that went down (overlay links closed).
+    pub neighbor_down: u64,
+    /// GRAFTs sent because an announced message did not come by the tree in time (repairs,
+    /// as opposed to tree optimisations).
+    pub graft_repairs: u64,
 }
 
 /// A payload in the cache.
@@ -464,6 +523,15 @@ struct Missing<P> {
     announcers: Vec<(P, u16)>,
 }
 
+/// The tree of one origin: the neighbours that are lazy for its messages (the others are
+/// eager).
+#[derive(Debug)]
+struct OriginTree<P> {
+    lazy: Vec<P>,
+    /// Last time a message of this origin arrived, for least-recently-used replacement.
+    last: Stamp,
+}
+
 /// Broadcast state of one node.
 ///
 /// Every collection is ordered (no hashing), so iteration and therefore runs are deterministic.
@@ -490,8 +558,11 @@ pub struct State<P: PeerId> {
     digest_cursor: Option<P>,
     fifo_held: BTreeMap<MessageId<P>, Delivery<P>>,
     fifo_armed: BTreeSet<P>,
-    /// Peers recently kept as the shorter path by [`Self::better_path`], with when.
-    switched: Vec<(P, Instant)>,
+    /// Peers recently kept as the shorter path by [`Self::better_path`], for which origin,
+    /// with when.
+    switched: Vec<(P, P, Instant)>,
+    /// Per-origin trees, at most `max_origin_trees`.
+    trees: BTreeMap<P, OriginTree<P>>,
     stats: Stats,
 }
 
@@ -520,6 +591,7 @@ impl<P: PeerId> State<P> {
             fifo_held: BTreeMap::new(),
             fifo_armed: BTreeSet::new(),
             switched: Vec::new(),
+            trees: BTreeMap::new(),
             stats: Stats::default(),
         }
     }
@@ -551,8 +623,17 @@ impl<P: PeerId> State<P> {
                 match message {
                     Message::Gossip(g) => self.on_gossip(from, g, now, out),
                     Message::IHave(ids) => self.on_ihave(from, ids, now, out),
-                    Message::Graft(id) => self.on_graft(from, id, out),
-                    Message::Prune => self.on_prune(from, now, out),
+                    Message::Graft(id) => self.on_graft(from, id, now, out),
+                    Message::Prune => self.on_prune(from, None, now, out),
+                    Message::PruneOrigin(origin) => self.on_prune(from, Some(origin), now, out),
+                    Message::GraftOrigin(origin) => {
+                        self.stats.graft_received += 1;
+                        if self.is_neighbor(&from) {
+                            self.set_eager_for(origin, from, now);
+                        } else {
+                            self.stats.dropped_invalid += 1;
+                        }
+                    }
                     Message::Digest(d) => self.on_digest(from, d, now, out),
                     Message::CatchUp(g) => self.on_catchup(from, g, now, out),
                 }
@@ -562,7 +643,7 @@ impl<P: PeerId> State<P> {
                     self.dispatch_armed = false;
                     self.flush_lazy(out);
                 }
-                Timer::SendGraft(id) => self.on_graft_timer(id, out),
+                Timer::SendGraft(id) => self.on_graft_timer(id, now, out),
                 Timer::Evict => {
                     self.evict(now);
                     out.push_back(OutEvent::ScheduleTimer(
@@ -584,22 +665,38 @@ impl<P: PeerId> State<P> {
                     let next = jitter(self.config.catchup_interval, rng);
                     out.push_back(OutEvent::ScheduleTimer(next, Timer::CatchUp));
                 }
+                Timer::CatchUpPeer(peer) => {
+                    if self.is_neighbor(&peer) {
+                        self.send_digest(peer, now, out);
+                    }
+                }
                 Timer::FifoGap(origin) => self.on_fifo_gap(origin, out),
             },
             InEvent::NeighborUp(peer) => {
                 if peer == self.me {
                     return;
                 }
+                self.stats.neighbor_up += 1;
                 if !self.is_neighbor(&peer) {
                     self.eager.push(peer);
                 }
+                // At once, and again when what was too young to be offered is old enough:
+                // a healed partition exchanges everything over its first link.
                 self.send_digest(peer, now, out);
+                out.push_back(OutEvent::ScheduleTimer(
+                    self.config.catchup_min_age + self.config.dispatch_timeout,
+                    Timer::CatchUpPeer(peer),
+                ));
             }
             InEvent::NeighborDown(peer) => {
+                self.stats.neighbor_down += u64::from(self.is_neighbor(&peer));
                 self.eager.retain(|p| *p != peer);
                 self.lazy.retain(|p| *p != peer);
                 self.lazy_queue.retain(|(p, _)| *p != peer);
-                self.switched.retain(|(p, _)| *p != peer);
+                self.switched.retain(|(p, _, _)| *p != peer);
+                for tree in self.trees.values_mut() {
+                    tree.lazy.retain(|p| *p != peer);
+                }
             }
         }
     }
@@ -619,6 +716,7 @@ impl<P: PeerId> State<P> {
             seq: self.seq,
         };
         self.cache_insert(id, kind, payload.clone(), 0, self.me, now);
+        self.touch_tree(self.me, now);
         self.forward(
             &Gossip {
                 id,
@@ -667,6 +765,11 @@ impl<P: PeerId> State<P> {
         self.total_holes
     }
 
+    /// Origins with a tree of their own (at most [`Config::max_origin_trees`]).
+    pub fn origin_trees_len(&self) -> usize {
+        self.trees.len()
+    }
+
     /// Messages announced to this node that it is waiting for.
     pub fn missing_len(&self) -> usize {
         self.missing.len()
@@ -693,18 +796,21 @@ impl<P: PeerId> State<P> {
                 if self.better_path(from, g.id, g.hops, true, now, out) {
                     return;
                 }
-                if let Some(i) = self.eager.iter().position(|p| *p == from) {
-                    self.eager.swap_remove(i);
-                    self.lazy.push(from);
+                // Prune even a link that is lazy here for this origin: the peer pushed, so it is
+                // eager at its end (the two ends made their trees of this origin from different
+                // shared sets), and only a PRUNE makes them agree.
+                let origin = g.id.origin;
+                if self.is_neighbor(&from) {
+                    self.set_lazy_for(origin, from, now);
                     self.stats.prune_sent += 1;
-                    out.push_back(OutEvent::SendMessage(from, Message::Prune));
+                    out.push_back(OutEvent::SendMessage(from, self.prune_message(origin)));
                 }
             }
             Accept::New => {
                 // A link that delivers a new message is part of the tree (paper, Alg. 1).
-                if let Some(i) = self.lazy.iter().position(|p| *p == from) {
-                    self.lazy.swap_remove(i);
-                    self.eager.push(from);
+                self.touch_tree(g.id.origin, now);
+                if self.is_neighbor(&from) && !self.eager_for(&g.id.origin, &from) {
+                    self.set_eager_for(g.id.origin, from, now);
                 }
                 let missing = self.missing.remove(&g.id);
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
@@ -853,8 +959,9 @@ impl<P: PeerId> State<P> {
         }
         // Only an announcement over a lazy link, or a copy pushed over an eager one, can
         // replace an eager path.
-        let from_lazy = self.lazy.contains(&from);
-        if from_lazy == duplicate || !self.eager.contains(&old) {
+        let origin = id.origin;
+        let from_lazy = !self.eager_for(&origin, &from);
+        if from_lazy == duplicate || !self.eager_for(&origin, &old) {
             self.set_path(id, from, hops);
             return false;
         }
@@ -864,20 +971,20 @@ impl<P: PeerId> State<P> {
             // It pushes to us, so the link is eager at its end, but our own copy may be
             // crossing theirs and get this link pruned there: remember that for a short while,
             // so that PRUNE is answered with a GRAFT instead of leaving us without a parent.
-            self.switched.retain(|(p, _)| *p != from);
+            self.switched.retain(|(p, o, _)| (*p, *o) != (from, origin));
             if self.switched.len() >= SWITCHED_CAP {
                 self.switched.remove(0);
             }
-            self.switched.push((from, now));
+            self.switched.push((from, origin, now));
         } else {
             self.stats.graft_sent += 1;
-            out.push_back(OutEvent::SendMessage(from, Message::Graft(None)));
+            out.push_back(OutEvent::SendMessage(from, self.graft_message(origin)));
         }
-        self.make_eager(from);
-        if self.eager.contains(&old) {
-            self.make_lazy(old);
+        self.set_eager_for(origin, from, now);
+        if self.eager_for(&origin, &old) {
+            self.set_lazy_for(origin, old, now);
             self.stats.prune_sent += 1;
-            out.push_back(OutEvent::SendMessage(old, Message::Prune));
+            out.push_back(OutEvent::SendMessage(old, self.prune_message(origin)));
         }
         true
     }
@@ -889,13 +996,27 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn on_graft(&mut self, from: P, id: Option<MessageId<P>>, out: &mut VecDeque<OutEvent<P>>) {
+    fn on_graft(
+        &mut self,
+        from: P,
+        id: Option<MessageId<P>>,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         self.stats.graft_received += 1;
         if !self.is_neighbor(&from) {
             self.stats.dropped_invalid += 1;
             return;
         }
-        self.make_eager(from);
+        match id {
+            Some(id) => self.set_eager_for(id.origin, from, now),
+            None => {
+                self.make_eager(from);
+                for tree in self.trees.values_mut() {
+                    tree.lazy.retain(|p| *p != from);
+                }
+            }
+        }
         if let Some(id) = id
             && let Some(c) = self.cache.get(&id)
         {
@@ -910,28 +1031,52 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn on_prune(&mut self, from: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+    fn on_prune(
+        &mut self,
+        from: P,
+        origin: Option<P>,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         self.stats.prune_received += 1;
         if !self.is_neighbor(&from) {
             self.stats.dropped_invalid += 1;
             return;
         }
-        if let Some(i) = self.switched.iter().position(|(p, _)| *p == from) {
-            let (_, at) = self.switched.swap_remove(i);
+        if let Some(i) = self
+            .switched
+            .iter()
+            .position(|(p, o, _)| *p == from && origin.is_none_or(|origin| origin == *o))
+        {
+            let (_, o, at) = self.switched.swap_remove(i);
             if now.saturating_duration_since(at) < self.config.graft_timeout_1
-                && self.eager.contains(&from)
+                && self.eager_for(&o, &from)
             {
                 // The PRUNE answers the copy we sent before we chose `from` as the shorter
                 // path: keep the link and tell them.
                 self.stats.graft_sent += 1;
-                out.push_back(OutEvent::SendMessage(from, Message::Graft(None)));
+                let graft = match origin {
+                    Some(o) => self.graft_message(o),
+                    None => Message::Graft(None),
+                };
+                out.push_back(OutEvent::SendMessage(from, graft));
                 return;
             }
         }
-        self.make_lazy(from);
+        match origin {
+            Some(origin) => self.set_lazy_for(origin, from, now),
+            None => {
+                self.make_lazy(from);
+                for tree in self.trees.values_mut() {
+                    if !tree.lazy.contains(&from) {
+                        tree.lazy.push(from);
+                    }
+                }
+            }
+        }
     }
 
-    fn on_graft_timer(&mut self, id: MessageId<P>, out: &mut VecDeque<OutEvent<P>>) {
+    fn on_graft_timer(&mut self, id: MessageId<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         if self.has(&id) {
             self.missing.remove(&id);
             return;
@@ -955,8 +1100,9 @@ impl<P: PeerId> State<P> {
             return;
         };
         let (peer, _) = m.announcers.remove(best);
-        self.make_eager(peer);
+        self.set_eager_for(id.origin, peer, now);
         self.stats.graft_sent += 1;
+        self.stats.graft_repairs += 1;
         out.push_back(OutEvent::SendMessage(peer, Message::Graft(Some(id))));
         out.push_back(OutEvent::ScheduleTimer(
             self.config.graft_timeout_2,
@@ -1111,6 +1257,96 @@ impl<P: PeerId> State<P> {
         self.eager.contains(peer) || self.lazy.contains(peer)
     }
 
+    /// The neighbours that are lazy for `origin`'s messages: its tree's, or the shared set.
+    fn tree_lazy(&self, origin: &P) -> &[P] {
+        self.trees.get(origin).map_or(&self.lazy, |t| &t.lazy)
+    }
+
+    /// Whether `peer` is a neighbour that `origin`'s messages are pushed to.
+    fn eager_for(&self, origin: &P, peer: &P) -> bool {
+        self.is_neighbor(peer) && !self.tree_lazy(origin).contains(peer)
+    }
+
+    /// The tree of `origin`, made from the shared sets if it has none (replacing the least
+    /// recently active tree when full); `None` when per-origin trees are off.
+    fn tree_mut(&mut self, origin: P, now: Instant) -> Option<&mut OriginTree<P>> {
+        let cap = self.config.max_origin_trees;
+        if cap == 0 {
+            return None;
+        }
+        if !self.trees.contains_key(&origin) {
+            if self.trees.len() >= cap
+                && let Some(oldest) = self
+                    .trees
+                    .iter()
+                    .min_by_key(|(_, t)| t.last)
+                    .map(|(o, _)| *o)
+            {
+                self.trees.remove(&oldest);
+            }
+            let last = self.stamp(now);
+            // Start from the tree of the lowest tracked origin: both ends of a link agree on
+            // it (the GRAFT/PRUNE exchanges of one origin are symmetric) and every node picks
+            // the same one while they track the same origins, so a new origin starts on one
+            // spanning tree rather than on a mix of the shared sets, which differ at the two
+            // ends of a link once several origins have reshaped them.
+            let lazy = match self.trees.first_key_value() {
+                Some((_, t)) => t.lazy.clone(),
+                None => self.lazy.clone(),
+            };
+            self.trees.insert(origin, OriginTree { lazy, last });
+        }
+        self.trees.get_mut(&origin)
+    }
+
+    /// A message of `origin` arrived: give it a tree, or refresh the one it has.
+    fn touch_tree(&mut self, origin: P, now: Instant) {
+        let stamp = self.stamp(now);
+        if let Some(t) = self.tree_mut(origin, now) {
+            t.last = stamp;
+        }
+    }
+
+    /// Push `origin`'s messages to `peer` (and, as the template for new trees, all others').
+    fn set_eager_for(&mut self, origin: P, peer: P, now: Instant) {
+        if !self.is_neighbor(&peer) {
+            return;
+        }
+        self.make_eager(peer);
+        if let Some(t) = self.tree_mut(origin, now) {
+            t.lazy.retain(|p| *p != peer);
+        }
+    }
+
+    /// Only announce `origin`'s messages to `peer` (and, as the template, all others').
+    fn set_lazy_for(&mut self, origin: P, peer: P, now: Instant) {
+        if !self.is_neighbor(&peer) {
+            return;
+        }
+        self.make_lazy(peer);
+        if let Some(t) = self.tree_mut(origin, now)
+            && !t.lazy.contains(&peer)
+        {
+            t.lazy.push(peer);
+        }
+    }
+
+    fn prune_message(&self, origin: P) -> Message<P> {
+        if self.config.max_origin_trees == 0 {
+            Message::Prune
+        } else {
+            Message::PruneOrigin(origin)
+        }
+    }
+
+    fn graft_message(&self, origin: P) -> Message<P> {
+        if self.config.max_origin_trees == 0 {
+            Message::Graft(None)
+        } else {
+            Message::GraftOrigin(origin)
+        }
+    }
+
     fn make_eager(&mut self, peer: P) {
         if let Some(i) = self.lazy.iter().position(|p| *p == peer) {
             self.lazy.swap_remove(i);
@@ -1129,8 +1365,17 @@ impl<P: PeerId> State<P> {
     /// lazy peers, except `from`.
     fn forward(&mut self, g: &Gossip<P>, from: P, out: &mut VecDeque<OutEvent<P>>) {
         let hops = g.hops.saturating_add(1);
-        for &peer in &self.eager {
-            if peer != from {
+        let ihave = IHave { id: g.id, hops };
+        for i in 0..self.eager.len() + self.lazy.len() {
+            let peer = if i < self.eager.len() {
+                self.eager[i]
+            } else {
+                self.lazy[i - self.eager.len()]
+            };
+            if peer == from {
+                continue;
+            }
+            if self.eager_for(&g.id.origin, &peer) {
                 self.stats.gossip_sent += 1;
                 let m = Gossip {
                     id: g.id,
@@ -1139,12 +1384,7 @@ impl<P: PeerId> State<P> {
                     hops,
                 };
                 out.push_back(OutEvent::SendMessage(peer, Message::Gossip(m)));
-            }
-        }
-        let ihave = IHave { id: g.id, hops };
-        for i in 0..self.lazy.len() {
-            let peer = self.lazy[i];
-            if peer != from {
+            } else {
                 self.queue_ihave(peer, ihave, out);
             }
         }

@@ -11,7 +11,11 @@ use super::directory::{Member, MemberEvent};
 use super::plumtree::{Delivery, PayloadKind};
 use super::{Instant, MessageId, PeerId, detector, directory, hyparview, plumtree};
 
-/// Every protocol setting, by layer. `Default` suits a LAN.
+/// Every protocol setting, by layer.
+///
+/// Two presets: [`Config::default`] suits a WAN and the simulator (links of 10-100 ms; the
+/// simulator's figures were measured with it), [`Config::lan`] suits a LAN or an in-memory
+/// cluster (links of a few milliseconds) and is what `gossip::Config::default()` uses.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     /// HyParView overlay.
@@ -22,6 +26,18 @@ pub struct Config {
     pub detector: detector::Config,
     /// Cluster directory.
     pub directory: directory::Config,
+}
+
+impl Config {
+    /// The preset for LAN latencies (well under 10 ms per hop): the broadcast layer repairs a
+    /// missing message after tens of milliseconds instead of half a second, see
+    /// [`plumtree::Config::lan`]. The other layers keep their defaults.
+    pub fn lan() -> Self {
+        Self {
+            broadcast: plumtree::Config::lan(),
+            ..Self::default()
+        }
+    }
 }
 
 /// A message between two nodes: one variant per layer.

@@ -171,7 +171,7 @@ fn duplicate_prunes_the_sender() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     b.recv(1, gossip(1, 1, 1));
     let out = b.recv(3, gossip(1, 1, 2));
-    assert_eq!(out, vec![OutEvent::SendMessage(3, Message::Prune)]);
+    assert_eq!(out, vec![OutEvent::SendMessage(3, Message::PruneOrigin(1))]);
     assert_eq!(b.state.eager_peers(), &[1]);
     assert_eq!(b.state.lazy_peers(), &[3]);
     assert_eq!(b.state.stats().duplicates, 1);
@@ -274,6 +274,93 @@ fn graft_answers_with_the_payload_and_makes_the_link_eager() {
     assert_eq!(a.state.eager_peers(), &[2]);
 }
 
+fn sends_gossip_to(out: &[OutEvent<u32>], to: u32) -> bool {
+    out.iter()
+        .any(|o| matches!(o, OutEvent::SendMessage(p, Message::Gossip(_)) if *p == to))
+}
+
+#[test]
+fn a_prune_for_one_origin_leaves_the_others_eager() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    assert!(sends_gossip_to(&b.recv(1, gossip(8, 1, 1)), 3));
+    assert!(sends_gossip_to(&b.recv(1, gossip(9, 1, 1)), 3));
+    // 3 had origin 9's message already: that link is redundant for origin 9 only.
+    assert_eq!(
+        b.recv(3, gossip(9, 1, 2)),
+        vec![OutEvent::SendMessage(3, Message::PruneOrigin(9))]
+    );
+    assert!(sends_gossip_to(&b.recv(1, gossip(8, 2, 1)), 3));
+    let out = b.recv(1, gossip(9, 2, 1));
+    assert!(!sends_gossip_to(&out, 3));
+    assert_eq!(
+        sends(&b.timer(Timer::DispatchLazyPush)),
+        vec![(
+            3,
+            &Message::IHave(vec![IHave {
+                id: id(9, 2),
+                hops: 2
+            }])
+        )]
+    );
+    // The other end of the link, on receiving that PRUNE: lazy for 9, still eager for 8.
+    let mut c = Node::with_neighbors(3, Config::default(), &[2, 4]);
+    c.recv(4, gossip(8, 1, 1));
+    c.recv(4, gossip(9, 1, 1));
+    c.recv(2, Message::PruneOrigin(9));
+    assert!(sends_gossip_to(&c.recv(4, gossip(8, 2, 1)), 2));
+    assert!(!sends_gossip_to(&c.recv(4, gossip(9, 2, 1)), 2));
+    // A GRAFT naming the origin makes it eager again for that origin.
+    c.recv(2, Message::GraftOrigin(9));
+    assert!(sends_gossip_to(&c.recv(4, gossip(9, 3, 1)), 2));
+    // From a peer that is not a neighbour, both are ignored and counted.
+    let before = c.state.stats().dropped_invalid;
+    c.recv(7, Message::PruneOrigin(9));
+    c.recv(7, Message::GraftOrigin(9));
+    assert_eq!(c.state.stats().dropped_invalid, before + 2);
+}
+
+#[test]
+fn a_duplicate_over_a_link_already_lazy_here_is_pruned_again() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    b.recv(1, gossip(9, 1, 1));
+    b.recv(3, gossip(9, 1, 2));
+    b.recv(1, gossip(9, 2, 1));
+    // 3 still pushes origin 9 (its end of the link disagrees): tell it again.
+    assert_eq!(
+        b.recv(3, gossip(9, 2, 2)),
+        vec![OutEvent::SendMessage(3, Message::PruneOrigin(9))]
+    );
+    assert_eq!(b.state.stats().duplicates, 2);
+}
+
+#[test]
+fn origin_trees_are_bounded_and_zero_gives_the_shared_tree() {
+    let config = Config {
+        max_origin_trees: 2,
+        ..Config::default()
+    };
+    let mut b = Node::with_neighbors(2, config, &[1, 3]);
+    for origin in 10..20 {
+        b.recv(1, gossip(origin, 1, 1));
+        b.recv(3, gossip(origin, 1, 2));
+        assert!(b.state.origin_trees_len() <= 2);
+    }
+    assert_eq!(b.state.origin_trees_len(), 2);
+    // With no per-origin trees, a duplicate prunes the link for every origin (the paper).
+    let config = Config {
+        max_origin_trees: 0,
+        ..Config::default()
+    };
+    let mut b = Node::with_neighbors(2, config, &[1, 3]);
+    b.recv(1, gossip(9, 1, 1));
+    assert_eq!(
+        b.recv(3, gossip(9, 1, 2)),
+        vec![OutEvent::SendMessage(3, Message::Prune)]
+    );
+    assert_eq!(b.state.origin_trees_len(), 0);
+    assert!(!sends_gossip_to(&b.recv(1, gossip(8, 1, 1)), 3));
+}
+
 #[test]
 fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
@@ -290,8 +377,8 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
     assert_eq!(
         out,
         vec![
-            OutEvent::SendMessage(3, Message::Graft(None)),
-            OutEvent::SendMessage(1, Message::Prune)
+            OutEvent::SendMessage(3, Message::GraftOrigin(9)),
+            OutEvent::SendMessage(1, Message::PruneOrigin(9))
         ]
     );
     assert_eq!(b.state.eager_peers(), &[3]);
@@ -325,8 +412,8 @@ fn an_ihave_that_overtook_the_payload_still_reshapes_the_tree() {
     );
     let out = b.recv(1, gossip(9, 1, 7));
     assert_eq!(deliveries(&out), vec![id(9, 1)]);
-    assert!(out.contains(&OutEvent::SendMessage(3, Message::Graft(None))));
-    assert!(out.contains(&OutEvent::SendMessage(1, Message::Prune)));
+    assert!(out.contains(&OutEvent::SendMessage(3, Message::GraftOrigin(9))));
+    assert!(out.contains(&OutEvent::SendMessage(1, Message::PruneOrigin(9))));
     assert_eq!(b.state.eager_peers(), &[3]);
     // And the stale graft timer does nothing.
     assert!(b.timer(Timer::SendGraft(id(9, 1))).is_empty());
@@ -338,7 +425,7 @@ fn a_shorter_duplicate_keeps_its_link_and_prunes_the_longer_one() {
     b.recv(1, gossip(9, 1, 8));
     // The copy from 3 is 5 hops shorter: prune 1, keep 3.
     let out = b.recv(3, gossip(9, 1, 3));
-    assert_eq!(out, vec![OutEvent::SendMessage(1, Message::Prune)]);
+    assert_eq!(out, vec![OutEvent::SendMessage(1, Message::PruneOrigin(9))]);
     assert_eq!(b.state.lazy_peers(), &[1]);
     assert!(b.state.eager_peers().contains(&3));
     // 3 prunes us for the copy we forwarded before we knew: answered with a GRAFT, link kept.
@@ -353,7 +440,7 @@ fn a_shorter_duplicate_keeps_its_link_and_prunes_the_longer_one() {
     // A longer duplicate prunes its sender as usual; one from the link it came by does not.
     assert_eq!(
         b.recv(4, gossip(9, 1, 9)),
-        vec![OutEvent::SendMessage(4, Message::Prune)]
+        vec![OutEvent::SendMessage(4, Message::PruneOrigin(9))]
     );
     b.recv(1, gossip(9, 2, 2));
     assert!(b.recv(1, gossip(9, 2, 2)).is_empty());
@@ -757,6 +844,8 @@ fn every_message_round_trips_through_bincode() {
         Message::Graft(Some(mid)),
         Message::Graft(None),
         Message::Prune,
+        Message::PruneOrigin(peer),
+        Message::GraftOrigin(peer),
         Message::Digest(Digest {
             after: None,
             until: Some(peer),
