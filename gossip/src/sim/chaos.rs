@@ -10,8 +10,8 @@
 //! 3. every broadcast whose origin is alive at the end reached every node alive at the end that
 //!    existed when it was sent (later joiners are only counted, not required: they receive what
 //!    the catch-up window still holds);
-//! 4. membership converged: active views are symmetric and hold no dead node, and (directory
-//!    on) every live node lists exactly the live nodes as alive.
+//! 4. membership converged: active views are symmetric, hold no dead node and connect every
+//!    live node, and (directory on) every live node lists exactly the live nodes as alive.
 
 use std::time::Duration;
 
@@ -110,6 +110,8 @@ pub struct ChaosReport {
     pub asymmetric: u64,
     /// Checker 4: active-view entries naming a dead node.
     pub dead_in_views: u64,
+    /// Checker 4: connected components of the overlay (must be 1) and the smallest one's size.
+    pub components: (usize, usize),
     /// Checker 4: whether the directory converged (`None` with the directory off).
     pub members_converged: Option<bool>,
     /// Checker 4: what the first node that breaks it gets wrong (views or directory).
@@ -134,6 +136,7 @@ impl ChaosReport {
             && self.missing == 0
             && self.asymmetric == 0
             && self.dead_in_views == 0
+            && self.components.0 == 1
             && self.members_converged != Some(false)
     }
 
@@ -144,7 +147,8 @@ impl ChaosReport {
                 "{{\"seed\":{},\"nodes\":{},\"ok\":{},\"broadcasts\":{},\"crashes\":{},",
                 "\"restarts\":{},\"alive_at_end\":{},\"duplicates\":{},\"phantoms\":{},",
                 "\"missing\":{},\"expected\":{},\"late_joiner_deliveries\":[{},{}],",
-                "\"asymmetric\":{},\"dead_in_views\":{},\"members_converged\":{},\"settle_s\":{:.1},",
+                "\"asymmetric\":{},\"dead_in_views\":{},\"components\":[{},{}],",
+                "\"members_converged\":{},\"settle_s\":{:.1},",
                 "\"lost\":{},\"duplicated\":{},\"events\":{},\"trace_hash\":\"{:016x}\",",
                 "\"faults_end_s\":{:.1},\"missing_sample\":{:?},\"membership_gap\":{}}}"
             ),
@@ -163,6 +167,8 @@ impl ChaosReport {
             self.late_joiner_deliveries.1,
             self.asymmetric,
             self.dead_in_views,
+            self.components.0,
+            self.components.1,
             self.members_converged
                 .map_or("null".into(), |b| b.to_string()),
             self.settle_s,
@@ -209,6 +215,33 @@ fn check_delivery(sim: &Sim, sample: &mut Vec<String>) -> (u64, u64, (u64, u64))
         }
     }
     (missing, expected, late)
+}
+
+/// Checker 4, overlay part: connected components of the live nodes' active views (1 when the
+/// overlay is connected), and the size of the smallest one.
+pub fn components(sim: &Sim) -> (usize, usize) {
+    let mut seen = vec![false; sim.len() as usize];
+    let (mut count, mut smallest) = (0, usize::MAX);
+    for start in sim.alive() {
+        if seen[start as usize] {
+            continue;
+        }
+        count += 1;
+        seen[start as usize] = true;
+        let (mut stack, mut size) = (vec![start], 0);
+        while let Some(id) = stack.pop() {
+            size += 1;
+            let Some(node) = sim.node(id) else { continue };
+            for &p in node.membership().active_view() {
+                if sim.is_alive(p) && !seen[p as usize] {
+                    seen[p as usize] = true;
+                    stack.push(p);
+                }
+            }
+        }
+        smallest = smallest.min(size);
+    }
+    (count, if count == 0 { 0 } else { smallest })
 }
 
 /// Checker 4, overlay part: the first asymmetric or dead active-view entry, described.
@@ -350,7 +383,10 @@ pub fn run_observed(cfg: &ChaosConfig, mut observe: impl FnMut(&Sim)) -> ChaosRe
         let (missing, _, _) = check_delivery(&sim, &mut sample);
         let (asym, dead) = check_views(&sim);
         let members = !cfg.directory || members_converged(&sim, &mut hint);
-        if (missing == 0 && asym == 0 && dead == 0 && members) || sim.now() >= quiet_end {
+        let connected = components(&sim).0 == 1;
+        if (missing == 0 && asym == 0 && dead == 0 && connected && members)
+            || sim.now() >= quiet_end
+        {
             break;
         }
     }
@@ -380,6 +416,7 @@ pub fn run_observed(cfg: &ChaosConfig, mut observe: impl FnMut(&Sim)) -> ChaosRe
         late_joiner_deliveries: late,
         asymmetric,
         dead_in_views,
+        components: components(&sim),
         members_converged,
         membership_gap,
         settle_s: (sim.now() - quiet_start).as_secs_f64(),
