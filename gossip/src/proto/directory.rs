@@ -1613,11 +1613,14 @@ impl<P: PeerId> State<P> {
             self.collector_check = None;
             return;
         }
+        // A seed given by address only (the runtime's generation-0 ids) answers from its real
+        // id: match its ack by sequence number, and reach the id that answered.
         if let Some((target, s)) = self.heal_probe
             && s == seq
-            && target == from
+            && (target == from || self.seeds.contains(&target))
         {
             self.heal_probe = None;
+            let target = from;
             // A member we hold alive needs no exchange, and no new link unless this node is cut
             // off: forcing a link evicts a healthy one and churns the overlay. One we hold dead
             // (or do not know) answering means two views split: link to it, exchange and

@@ -1592,6 +1592,23 @@ fn an_alive_member_that_answers_is_only_reached_by_an_isolated_node() {
 }
 
 #[test]
+fn a_seed_known_by_address_answers_from_its_real_id_and_is_reached() {
+    // The runtime joins through "whoever listens at this address" (id 1000 here); the seed
+    // answers from its real id, 9.
+    let mut t = T::new(0);
+    t.handle(InEvent::Join(vec![1000]));
+    let s = sends(&t.timer(Timer::Heal));
+    let [(1000, Message::Ping { seq })] = s[..] else {
+        panic!("{s:?}")
+    };
+    // A stranger's ack with another sequence number is not the answer.
+    assert!(t.recv(5, Message::Ack { seq: seq + 1 }).is_empty());
+    let o = t.recv(9, Message::Ack { seq });
+    assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))), "{o:?}");
+    assert!(!o.iter().any(|e| matches!(e, OutEvent::Reach(1000))));
+}
+
+#[test]
 fn digest_floods_get_a_bounded_answer() {
     let mut t = T::new(0);
     t.update(9, &(1..=100).map(|i| alive(i, 0)).collect::<Vec<_>>());
