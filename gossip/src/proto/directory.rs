@@ -50,6 +50,15 @@
 //! asks for the same buckets back. Facts learned this way are not re-broadcast (the node only
 //! missed them), except in a *healing* exchange, described below.
 //!
+//! Every other round, when the node is quiet (its live view did not change for
+//! [`Config::anti_entropy_quiet`]), the digest goes to a random `Alive` member *outside* the
+//! active view instead. That is how a split overlay is noticed: a receiver that is quiet too and
+//! finds buckets that differ knows of news at least that old which never crossed between them,
+//! so likely no broadcast path joins them. It counts a suspected split, asks the overlay to reach
+//! the sender (HyParView forces the link when both are full) and answers with a healing
+//! exchange. In a healthy quiet cluster the digests agree and nothing happens; a lost broadcast
+//! costs one forced link and one re-announcement.
+//!
 //! # Failure handling
 //!
 //! A failure observed first hand ([`InEvent::PeerFailed`] from the detector or the transport, or a
@@ -67,8 +76,10 @@
 //!
 //! # Partition healing
 //!
-//! Every [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
-//! (the join contacts; always a seed when it has no neighbour). In a large cluster only about
+//! Besides the anti-entropy rounds outside the active view (above), every
+//! [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
+//! (the join contacts; always a seed when it has no neighbour). A seed known by address only
+//! answers from its real id: its ack is matched by sequence number and the real id reached. In a large cluster only about
 //! [`Config::heal_fanout`] nodes do so per interval. If it answers, the node asks the
 //! overlay to reach it ([`OutEvent::Reach`]) and starts a *healing* anti-entropy exchange with
 //! it: facts that change either side during it are re-announced (through the collector), so each
@@ -465,6 +476,9 @@ pub struct Stats {
     pub facts_dropped: u64,
     /// Local `SetMetadata` refused for being over `max_metadata_len`.
     pub metadata_rejected: u64,
+    /// Digests from outside the active view that differed while both sides were quiet: the
+    /// overlay looked split, so the sender was reached and a healing exchange started.
+    pub splits_suspected: u64,
 }
 
 /// Largest incarnation a member can have: it shares a `u32` with the state.
@@ -664,6 +678,8 @@ pub struct State<P: PeerId> {
     last_change: Option<Instant>,
     /// Anti-entropy rounds skipped in a row.
     ae_skipped: u32,
+    /// Anti-entropy rounds run: every other one goes outside the active view.
+    ae_rounds: u64,
     /// Start of the current exchange-limit window and the exchanges answered in it.
     exchange_window: Option<(Instant, usize)>,
     neighbours: Vec<P>,
@@ -705,6 +721,7 @@ impl<P: PeerId> State<P> {
             changes_seen: 0,
             last_change: None,
             ae_skipped: 0,
+            ae_rounds: 0,
             exchange_window: None,
             neighbours: Vec::new(),
             seeds: Vec::new(),
@@ -1567,7 +1584,17 @@ impl<P: PeerId> State<P> {
                 let mask = self.differing_buckets(&buckets);
                 if mask != 0 && self.exchange_allowed(now) {
                     self.stats.exchanges += 1;
-                    self.send_state(from, mask, heal, Some(mask), out);
+                    // From outside the active view, while both sides are quiet (a busy sender
+                    // sends no such digest): news of seconds ago reached one side and not the
+                    // other, so likely no broadcast path joins them. Link to the sender (the
+                    // overlay forces it if full) and heal: what changes either side is
+                    // re-announced on both.
+                    let split = !heal && !self.neighbours.contains(&from);
+                    if split {
+                        self.stats.splits_suspected += 1;
+                        out.push_back(OutEvent::Reach(from));
+                    }
+                    self.send_state(from, mask, heal || split, Some(mask), out);
                 }
             }
             Message::Ping { seq } => {
@@ -1823,8 +1850,19 @@ impl<P: PeerId> State<P> {
                     return;
                 }
                 self.ae_skipped = 0;
-                if !self.neighbours.is_empty() {
-                    let to = self.neighbours[rng.random_range(0..self.neighbours.len())];
+                self.ae_rounds = self.ae_rounds.wrapping_add(1);
+                // Every other round, when quiet, goes to a member outside the active view: a
+                // difference there is how a split overlay is noticed (see `Message::Digest`).
+                let stranger = if self.ae_rounds.is_multiple_of(2) && !self.busy(now) {
+                    self.random_stranger(rng)
+                } else {
+                    None
+                };
+                let to = stranger.or_else(|| {
+                    (!self.neighbours.is_empty())
+                        .then(|| self.neighbours[rng.random_range(0..self.neighbours.len())])
+                });
+                if let Some(to) = to {
                     let buckets = self.buckets.to_vec();
                     out.push_back(OutEvent::SendMessage(
                         to,
@@ -2055,6 +2093,29 @@ impl<P: PeerId> State<P> {
             self.recount(&t.id, before);
             self.bury(t.id, t.entry.incarnation());
         }
+    }
+
+    /// A random `Alive` member outside the active view, if one turns up in a few draws.
+    fn random_stranger<R: Rng>(&mut self, rng: &mut R) -> Option<P> {
+        for _ in 0..8 {
+            if self.probe_pool.is_empty() {
+                self.refill_probe_pool(rng);
+            }
+            if self.probe_pool.is_empty() {
+                return None;
+            }
+            let id = self.probe_pool[rng.random_range(0..self.probe_pool.len())];
+            if id != self.me
+                && !self.neighbours.contains(&id)
+                && self
+                    .entries
+                    .get(&id)
+                    .is_some_and(|e| e.state() == MemberState::Alive)
+            {
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// Draw [`PROBE_POOL`] random members (reservoir sampling over the entries): probes take

@@ -899,6 +899,108 @@ fn anti_entropy_exchanges_only_differing_buckets_and_converges() {
 }
 
 #[test]
+fn a_quiet_difference_with_a_stranger_reaches_it_and_heals() {
+    let quiet = Config::default().anti_entropy_quiet;
+    // `a` (node 0) and `b` (node 100) were on two sides of a split overlay: each knows the
+    // other, but news on each side never crossed.
+    let mut a = T::new(0);
+    let mut b = T::new(100);
+    a.update(
+        9,
+        &(1..=20)
+            .chain([100])
+            .map(|i| alive(i, 0))
+            .collect::<Vec<_>>(),
+    );
+    b.update(
+        9,
+        &(1..=10)
+            .chain(30..=40)
+            .map(|i| alive(i, 0))
+            .collect::<Vec<_>>(),
+    );
+    b.update(9, &[alive(0, 0)]);
+    a.handle(InEvent::NeighborUp(1));
+    b.handle(InEvent::NeighborUp(30));
+    a.now += quiet;
+    b.now += quiet;
+    // Rounds alternate: a neighbour, then a member outside the active view.
+    let o = a.timer(Timer::AntiEntropy);
+    assert!(
+        matches!(sends(&o)[..], [(1, Message::Digest { heal: false, .. })]),
+        "{o:?}"
+    );
+    let o = a.timer(Timer::AntiEntropy);
+    let s = sends(&o);
+    let [(to, Message::Digest { heal: false, .. })] = s[..] else {
+        panic!("{s:?}")
+    };
+    assert!(to != 1 && to != 0, "a stranger, not a neighbour: {to}");
+    // `b` gets such a digest from `a`, a member outside its active view: it reaches `a` and
+    // answers with a healing exchange, so the news of both sides is announced on both.
+    let digest = Message::Digest {
+        buckets: a.st.buckets.to_vec(),
+        heal: false,
+    };
+    let o = b.recv(0, digest.clone());
+    assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(0))), "{o:?}");
+    assert!(
+        sends(&o)
+            .iter()
+            .all(|(to, m)| *to == 0 && matches!(m, Message::Sync { announce: true, .. }))
+    );
+    assert_eq!(b.st.stats().splits_suspected, 1);
+    pump(&mut a, &mut b, o, false);
+    assert_eq!(a.st.checksum(), b.st.checksum());
+    // What each side lacked is re-announced.
+    let news: Vec<u32> = broadcasts(&a.timer(Timer::Flush))
+        .concat()
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert!(news.contains(&35), "{news:?}");
+
+    // The same difference from a neighbour is an ordinary exchange: no reach.
+    let mut c = T::new(200);
+    c.update(9, &[alive(5, 0), alive(0, 0)]);
+    c.handle(InEvent::NeighborUp(0));
+    c.now += quiet;
+    let o = c.recv(0, digest.clone());
+    assert!(!o.iter().any(|e| matches!(e, OutEvent::Reach(_))));
+    assert!(matches!(
+        sends(&o)[..],
+        [
+            (
+                0,
+                Message::Sync {
+                    announce: false,
+                    ..
+                }
+            ),
+            ..
+        ]
+    ));
+    // A busy node neither reaches nor answers: the news may still be on its way.
+    let mut d = T::new(300);
+    d.update(9, &[alive(5, 0)]);
+    assert!(d.recv(0, digest).is_empty());
+    // Nor does a busy node send digests outside its active view.
+    let mut e = T::new(400);
+    e.update(9, &(1..=20).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    e.handle(InEvent::NeighborUp(1));
+    let mut sent = 0;
+    for i in 1..=8 {
+        e.now += Duration::from_millis(10);
+        e.update(9, &[fact(2, i, Alive)]);
+        for (to, _) in sends(&e.timer(Timer::AntiEntropy)) {
+            assert_eq!(to, 1, "busy: neighbours only");
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 2, "three busy rounds skipped in a row, then one sent");
+}
+
+#[test]
 fn a_healing_exchange_reannounces_what_each_side_lacked() {
     // Two former partitions: `a` (node 0) holds 1..=5 alive and thinks 100 dead; `b` (node 100)
     // holds 100..=104 alive and thinks 0 dead. Both are their side's collector.
