@@ -50,6 +50,11 @@
 //! asks for the same buckets back. Facts learned this way are not re-broadcast (the node only
 //! missed them), except in a *healing* exchange, described below.
 //!
+//! A joiner's snapshot is taken before it has a link, so broadcasts sent in between miss it.
+//! Shortly after its first link comes up, it sends that neighbour a [`Message::CatchUp`] digest;
+//! the neighbour answers with the differing buckets if they hold few entries (a node far
+//! behind is left to plumtree's catch-up and to anti-entropy).
+//!
 //! Every other round, when the node is quiet (its live view did not change for
 //! [`Config::anti_entropy_quiet`]), the digest goes to a random `Alive` member *outside* the
 //! active view instead. That is how a split overlay is noticed: a receiver that is quiet too and
@@ -358,6 +363,12 @@ pub enum Message<P: PeerId> {
         /// re-broadcast, so both former partitions learn them.
         heal: bool,
     },
+    /// The sender just got its first link (its join snapshot may predate it): send the facts
+    /// of the buckets that differ, if they are few.
+    CatchUp {
+        /// [`DIGEST_BUCKETS`] checksums.
+        buckets: Vec<u64>,
+    },
     /// Are you there?
     Ping {
         /// Echoed in the ack.
@@ -409,6 +420,8 @@ pub enum Timer<P: PeerId> {
     Reap,
     /// No snapshot arrived yet: ask someone else.
     SyncRetry,
+    /// Ask a neighbour for what the join snapshot missed.
+    CatchUp,
 }
 
 /// Inputs of the directory.
@@ -479,6 +492,8 @@ pub struct Stats {
     /// Digests from outside the active view that differed while both sides were quiet: the
     /// overlay looked split, so the sender was reached and a healing exchange started.
     pub splits_suspected: u64,
+    /// Small gaps filled for a neighbour that just got its first link.
+    pub catch_ups_served: u64,
 }
 
 /// Largest incarnation a member can have: it shares a `u32` with the state.
@@ -686,6 +701,8 @@ pub struct State<P: PeerId> {
     seeds: Vec<P>,
     synced: bool,
     sync_requested: bool,
+    /// A catch-up was scheduled since this node last had no link.
+    catch_up_armed: bool,
     suspecting: Map<P, u32>,
     probe: Option<Probe<P>>,
     heal_probe: Option<(P, u64)>,
@@ -727,6 +744,7 @@ impl<P: PeerId> State<P> {
             seeds: Vec::new(),
             synced: false,
             sync_requested: false,
+            catch_up_armed: false,
             suspecting: Map::default(),
             probe: None,
             heal_probe: None,
@@ -782,9 +800,14 @@ impl<P: PeerId> State<P> {
             InEvent::TimerExpired(timer) => self.on_timer(timer, now, rng, out),
             InEvent::Join(contacts) => self.on_join(contacts, now, rng, out),
             InEvent::NeighborUp(peer) => self.on_neighbor_up(peer, now, out),
-            InEvent::NeighborDown(peer) => self.neighbours.retain(|p| *p != peer),
+            InEvent::NeighborDown(peer) => {
+                self.neighbours.retain(|p| *p != peer);
+                // Isolated again: broadcasts will miss it until its next link.
+                self.catch_up_armed &= !self.neighbours.is_empty();
+            }
             InEvent::PeerFailed(peer) => {
                 self.neighbours.retain(|p| *p != peer);
+                self.catch_up_armed &= !self.neighbours.is_empty();
                 self.failure_observed(peer, now, out);
             }
             InEvent::SetMetadata(metadata) => self.on_set_metadata(metadata, now, out),
@@ -1390,6 +1413,16 @@ impl<P: PeerId> State<P> {
         if !self.synced && !self.sync_requested {
             self.request_sync(peer, out);
         }
+        // A joiner's snapshot is taken before it has a link, so the broadcasts sent in between
+        // never reach it; plumtree's catch-up fills that in only after a while. Once the news
+        // in flight had time to land, ask a neighbour for what is still missing.
+        if !self.seeds.is_empty() && !self.catch_up_armed && !self.left {
+            self.catch_up_armed = true;
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.flush_interval * 2,
+                Timer::CatchUp,
+            ));
+        }
     }
 
     fn on_set_metadata(&mut self, metadata: Bytes, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
@@ -1595,6 +1628,31 @@ impl<P: PeerId> State<P> {
                         out.push_back(OutEvent::Reach(from));
                     }
                     self.send_state(from, mask, heal || split, Some(mask), out);
+                }
+            }
+            Message::CatchUp { buckets } => {
+                if buckets.len() != DIGEST_BUCKETS {
+                    self.stats.invalid_messages += 1;
+                    return;
+                }
+                if self.left {
+                    return;
+                }
+                let mask = self.differing_buckets(&buckets);
+                if mask == 0 {
+                    return;
+                }
+                // Only a small gap is filled here: a node far behind would cost the whole
+                // directory, and plumtree and anti-entropy catch it up anyway.
+                let owed = self
+                    .entries
+                    .keys()
+                    .filter(|id| mask & (1 << bucket_of(id_hash(*id))) != 0)
+                    .take(self.config.sync_chunk_entries + 1)
+                    .count();
+                if owed <= self.config.sync_chunk_entries && self.exchange_allowed(now) {
+                    self.stats.catch_ups_served += 1;
+                    self.send_state(from, mask, false, None, out);
                 }
             }
             Message::Ping { seq } => {
@@ -1886,6 +1944,14 @@ impl<P: PeerId> State<P> {
             Timer::Reap => {
                 out.push_back(OutEvent::ScheduleTimer(self.reap_interval(), Timer::Reap));
                 self.reap(now);
+            }
+            Timer::CatchUp => {
+                if self.left || self.neighbours.is_empty() {
+                    return;
+                }
+                let to = self.neighbours[rng.random_range(0..self.neighbours.len())];
+                let buckets = self.buckets.to_vec();
+                out.push_back(OutEvent::SendMessage(to, Message::CatchUp { buckets }));
             }
             Timer::SyncRetry => {
                 if self.synced || self.left {

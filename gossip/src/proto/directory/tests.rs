@@ -1001,6 +1001,75 @@ fn a_quiet_difference_with_a_stranger_reaches_it_and_heals() {
 }
 
 #[test]
+fn a_joiner_catches_up_on_what_its_snapshot_missed_after_its_first_link() {
+    // The joiner's snapshot had 1..=10; 11..=15 were broadcast before it had a link.
+    let mut j = T::new(100);
+    j.handle(InEvent::Join(vec![1]));
+    j.recv(
+        1,
+        Message::Sync {
+            facts: (1..=10).map(|i| alive(i, 0)).collect(),
+            announce: false,
+            last: true,
+            reply: None,
+        },
+    );
+    let mut n = T::new(2);
+    n.update(
+        9,
+        &(1..=15)
+            .chain([100])
+            .map(|i| alive(i, 0))
+            .collect::<Vec<_>>(),
+    );
+    let o = j.handle(InEvent::NeighborUp(2));
+    let flush = Config::default().flush_interval;
+    assert!(timers(&o).contains(&(flush * 2, Timer::CatchUp)), "{o:?}");
+    // Once: more links do not arm it again.
+    assert!(!timers(&j.handle(InEvent::NeighborUp(3))).contains(&(flush * 2, Timer::CatchUp)));
+    j.handle(InEvent::NeighborDown(3));
+    let s = sends(&j.timer(Timer::CatchUp));
+    let [(2, ref catch_up @ Message::CatchUp { .. })] = s[..] else {
+        panic!("{s:?}")
+    };
+    // The neighbour is busy (it just learned things) yet answers: a small gap.
+    let o = n.recv(100, catch_up.clone());
+    assert_eq!(n.st.stats().catch_ups_served, 1);
+    for (to, m) in sends(&o) {
+        assert_eq!(to, 100);
+        j.recv(2, m);
+    }
+    for i in 11..=15 {
+        assert_eq!(j.st.get(&i), Some((Alive, 0)), "{i}");
+    }
+    // Equal digests: nothing to send.
+    let equal = Message::CatchUp {
+        buckets: n.st.buckets.to_vec(),
+    };
+    assert!(n.recv(100, equal).is_empty());
+    // A node far behind gets nothing here: that would be the whole directory.
+    let mut big = T::new(3);
+    big.update(9, &(1..=1000).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    let empty = Message::CatchUp {
+        buckets: T::new(500).st.buckets.to_vec(),
+    };
+    assert!(big.recv(500, empty).is_empty());
+    // A malformed digest is counted.
+    assert!(
+        big.recv(500, Message::CatchUp { buckets: vec![1] })
+            .is_empty()
+    );
+    assert_eq!(big.st.stats().invalid_messages, 1);
+    // Isolated again, the next first link asks again.
+    j.handle(InEvent::NeighborDown(2));
+    assert!(timers(&j.handle(InEvent::NeighborUp(4))).contains(&(flush * 2, Timer::CatchUp)));
+    // The first node of a cluster has no snapshot to complete.
+    let mut first = T::new(0);
+    first.handle(InEvent::Join(vec![]));
+    assert!(timers(&first.handle(InEvent::NeighborUp(1))).is_empty());
+}
+
+#[test]
 fn a_healing_exchange_reannounces_what_each_side_lacked() {
     // Two former partitions: `a` (node 0) holds 1..=5 alive and thinks 100 dead; `b` (node 100)
     // holds 100..=104 alive and thinks 0 dead. Both are their side's collector.
