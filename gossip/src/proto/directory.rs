@@ -81,6 +81,12 @@
 //!
 //! # Partition healing
 //!
+//! Both sides of a split may also list the same members (the split formed after the news
+//! spread): no digest shows it. So the collector broadcasts a tiny beacon (an empty batch)
+//! every [`Config::beacon_interval`]; a node that has heard nothing from the collector for three
+//! intervals while holding it alive, and is not linked to it, pings it (about
+//! [`Config::heal_fanout`] such nodes per heal interval) and its answer forces a link.
+//!
 //! Besides the anti-entropy rounds outside the active view (above), every
 //! [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
 //! (the join contacts; always a seed when it has no neighbour). A seed known by address only
@@ -203,6 +209,13 @@ pub struct Config {
     /// interval (each node does with probability `heal_fanout / alive members`; an isolated
     /// node always does).
     pub heal_fanout: usize,
+    /// How often the collector broadcasts a small beacon (an empty batch), default 5 s; `None`:
+    /// never. A node that hears nothing from the collector for three intervals, while the
+    /// collector is alive in its directory, is cut off from it by an overlay split that its
+    /// directory cannot show (both sides may list the same members): it pings the collector
+    /// and forces a link to it (only about [`Config::heal_fanout`] nodes do so per heal
+    /// interval). Costs one tiny broadcast per interval for the whole cluster.
+    pub beacon_interval: Option<Duration>,
     /// Largest metadata accepted, in bytes; facts with more are ignored, and so is
     /// [`InEvent::SetMetadata`] with more (the runtime should check first).
     pub max_metadata_len: usize,
@@ -239,6 +252,7 @@ impl Default for Config {
             reap_after: Duration::from_secs(60),
             heal_interval: Duration::from_secs(5),
             heal_fanout: 32,
+            beacon_interval: Some(Duration::from_secs(5)),
             max_metadata_len: 1024,
             max_members: 1 << 20,
             graveyard_capacity: 4096,
@@ -418,6 +432,8 @@ pub enum Timer<P: PeerId> {
     Heal,
     /// Periodic: remove old tombstones.
     Reap,
+    /// Periodic: the collector's beacon.
+    Beacon,
     /// No snapshot arrived yet: ask someone else.
     SyncRetry,
     /// Ask a neighbour for what the join snapshot missed.
@@ -644,6 +660,11 @@ fn entry_hash(id_hash: u64, incarnation: u32, state: MemberState, has_metadata: 
     )
 }
 
+/// A periodic timer's interval, never zero (a zero interval would spin the driver).
+fn periodic(interval: Duration) -> Duration {
+    interval.max(Duration::from_millis(1))
+}
+
 fn jitter<R: Rng>(rng: &mut R, base: Duration) -> Duration {
     // Uniform in [base/2, 3*base/2): spreads periodic work of many nodes.
     let nanos = base.as_nanos().min(u64::MAX as u128) as u64;
@@ -705,7 +726,10 @@ pub struct State<P: PeerId> {
     catch_up_armed: bool,
     suspecting: Map<P, u32>,
     probe: Option<Probe<P>>,
-    heal_probe: Option<(P, u64)>,
+    /// A heal ping in flight: target, sequence number, and whether an answer forces a link.
+    heal_probe: Option<(P, u64, bool)>,
+    /// The collector and when it was last heard (or became the collector).
+    beacon: Option<(P, Instant)>,
     next_seq: u64,
     relays: VecDeque<Relay<P>>,
     left: bool,
@@ -748,6 +772,7 @@ impl<P: PeerId> State<P> {
             suspecting: Map::default(),
             probe: None,
             heal_probe: None,
+            beacon: None,
             next_seq: 0,
             relays: VecDeque::new(),
             left: false,
@@ -781,6 +806,12 @@ impl<P: PeerId> State<P> {
             Timer::Heal,
         ));
         out.push_back(OutEvent::ScheduleTimer(self.reap_interval(), Timer::Reap));
+        if let Some(interval) = c.beacon_interval {
+            out.push_back(OutEvent::ScheduleTimer(
+                jitter(rng, periodic(interval)),
+                Timer::Beacon,
+            ));
+        }
     }
 
     /// Handle one input.
@@ -796,7 +827,12 @@ impl<P: PeerId> State<P> {
         }
         match event {
             InEvent::RecvMessage(from, message) => self.on_message(from, message, now, rng, out),
-            InEvent::Update(_origin, payload) => self.on_update(&payload, now, out),
+            InEvent::Update(origin, payload) => {
+                self.on_update(&payload, now, out);
+                if self.collector() == origin {
+                    self.beacon = Some((origin, now));
+                }
+            }
             InEvent::TimerExpired(timer) => self.on_timer(timer, now, rng, out),
             InEvent::Join(contacts) => self.on_join(contacts, now, rng, out),
             InEvent::NeighborUp(peer) => self.on_neighbor_up(peer, now, out),
@@ -941,6 +977,11 @@ impl<P: PeerId> State<P> {
             return;
         }
         self.changes += 1;
+        // The cached collector is the smallest alive id: a smaller id that comes alive (a
+        // member that joined later) takes over for what comes next.
+        if !before.1 && after.1 && self.collector.is_some_and(|c| *id < c) {
+            self.collector = None;
+        }
         if before.1 && !after.1 && self.collector == Some(*id) {
             self.collector = None;
             self.reforward = true;
@@ -1700,7 +1741,7 @@ impl<P: PeerId> State<P> {
         }
         // A seed given by address only (the runtime's generation-0 ids) answers from its real
         // id: match its ack by sequence number, and reach the id that answered.
-        if let Some((target, s)) = self.heal_probe
+        if let Some((target, s, force)) = self.heal_probe
             && s == seq
             && (target == from || self.seeds.contains(&target))
         {
@@ -1714,7 +1755,7 @@ impl<P: PeerId> State<P> {
                 .entries
                 .get(&target)
                 .is_some_and(|e| e.state() == MemberState::Alive);
-            if !alive || self.neighbours.is_empty() {
+            if !alive || force || self.neighbours.is_empty() {
                 out.push_back(OutEvent::Reach(target));
             }
             if !alive {
@@ -1939,7 +1980,24 @@ impl<P: PeerId> State<P> {
                     jitter(rng, self.config.heal_interval),
                     Timer::Heal,
                 ));
-                self.start_heal(rng, out);
+                if !self.reach_silent_collector(now, rng, out) {
+                    self.start_heal(rng, out);
+                }
+            }
+            Timer::Beacon => {
+                let Some(interval) = self.config.beacon_interval else {
+                    return;
+                };
+                if self.left {
+                    return;
+                }
+                out.push_back(OutEvent::ScheduleTimer(
+                    jitter(rng, periodic(interval)),
+                    Timer::Beacon,
+                ));
+                if !self.neighbours.is_empty() && self.collector() == self.me {
+                    self.send_batch(&[], out);
+                }
             }
             Timer::Reap => {
                 out.push_back(OutEvent::ScheduleTimer(self.reap_interval(), Timer::Reap));
@@ -2062,6 +2120,51 @@ impl<P: PeerId> State<P> {
         self.failure_observed(probe.target, now, out);
     }
 
+    /// Heard nothing from the collector (its batches and beacons) for three beacon intervals
+    /// while holding it alive and not linked to it: this node is likely on the other side of
+    /// an overlay split. Ping it; its answer forces a link. Returns whether a ping was sent.
+    fn reach_silent_collector<R: Rng>(
+        &mut self,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) -> bool {
+        let Some(interval) = self.config.beacon_interval else {
+            return false;
+        };
+        if self.neighbours.is_empty() || !self.synced {
+            return false;
+        }
+        let collector = self.collector();
+        if collector == self.me || self.neighbours.contains(&collector) {
+            self.beacon = Some((collector, now));
+            return false;
+        }
+        match self.beacon {
+            Some((c, heard)) if c == collector => {
+                if now.saturating_duration_since(heard) <= periodic(interval) * 3 {
+                    return false;
+                }
+            }
+            _ => {
+                // A new collector: give it time to be heard.
+                self.beacon = Some((collector, now));
+                return false;
+            }
+        }
+        // The whole cut-off side notices at once; about `heal_fanout` of it ping per round.
+        let p = (self.config.heal_fanout as f64 / self.alive.max(1) as f64).min(1.0);
+        if !rng.random_bool(p) {
+            return false;
+        }
+        self.beacon = Some((collector, now));
+        let seq = self.next_seq();
+        self.stats.splits_suspected += 1;
+        self.heal_probe = Some((collector, seq, true));
+        out.push_back(OutEvent::SendMessage(collector, Message::Ping { seq }));
+        true
+    }
+
     fn start_heal<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
         let seeds: Vec<P> = self
             .seeds
@@ -2094,7 +2197,7 @@ impl<P: PeerId> State<P> {
         };
         if let Some(target) = target {
             let seq = self.next_seq();
-            self.heal_probe = Some((target, seq));
+            self.heal_probe = Some((target, seq, false));
             out.push_back(OutEvent::SendMessage(target, Message::Ping { seq }));
         }
     }

@@ -1885,3 +1885,107 @@ fn a_split_overlay_is_noticed_by_anti_entropy_and_remerges() {
         .sum();
     assert!(suspected >= 1);
 }
+
+/// Two overlays of 20 nodes (0..20 and 20..40) that never met, every directory listing all 40
+/// members: a split that no digest can show.
+fn split_with_equal_directories(beacon: Option<Duration>) -> crate::sim::Sim {
+    use crate::sim::{Sim, SimConfig};
+    let mut cfg = SimConfig {
+        seed: 11,
+        ..SimConfig::default()
+    };
+    cfg.proto.directory.beacon_interval = beacon;
+    let mut sim = Sim::new(cfg);
+    for i in 0..40 {
+        assert_eq!(sim.add_node(), i);
+    }
+    sim.join(0, vec![]);
+    sim.join(20, vec![]);
+    for i in 1..20 {
+        sim.join(i, vec![0]);
+        sim.join(20 + i, vec![20]);
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(overlay_components(&sim), 2);
+    let facts: Vec<Fact<u32>> = (0..40).map(|i| alive(i, 0)).collect();
+    for i in 0..40 {
+        let sync = Message::Sync {
+            facts: facts.clone(),
+            announce: false,
+            last: true,
+            reply: None,
+        };
+        let from = if i < 20 { 20 } else { 0 };
+        sim.handle(
+            i,
+            crate::proto::InEvent::RecvMessage(from, crate::proto::Message::Directory(sync)),
+        );
+    }
+    let sums: Vec<u64> = (0..40)
+        .map(|i| sim.node(i).expect("live").directory().checksum())
+        .collect();
+    assert!(sums.iter().all(|s| *s == sums[0]), "equal directories");
+    sim
+}
+
+#[test]
+fn a_split_the_directories_cannot_show_is_noticed_by_the_collector_beacon() {
+    let mut sim = split_with_equal_directories(Config::default().beacon_interval);
+    // Node 0, the smallest id, is everyone's collector; the side of 20..40 never hears it.
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(overlay_components(&sim), 1);
+    let suspected: u64 = (20..40)
+        .map(|i| {
+            sim.node(i)
+                .expect("live")
+                .directory()
+                .stats()
+                .splits_suspected
+        })
+        .sum();
+    assert!(suspected >= 1);
+    // Without the beacon nothing tells the two sides apart.
+    let mut sim = split_with_equal_directories(None);
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(overlay_components(&sim), 2);
+}
+
+#[test]
+fn a_healthy_quiet_overlay_suspects_no_split() {
+    use crate::sim::{Sim, SimConfig};
+    let mut cfg = SimConfig {
+        seed: 5,
+        ..SimConfig::default()
+    };
+    cfg.proto.directory.anti_entropy_interval = Duration::from_secs(2);
+    cfg.proto.directory.anti_entropy_quiet = Duration::from_secs(1);
+    let mut sim = Sim::new(cfg);
+    for i in 0..40 {
+        assert_eq!(sim.add_node(), i);
+    }
+    sim.join(0, vec![]);
+    for i in 1..40 {
+        sim.join(i, vec![0]);
+    }
+    sim.run_for(Duration::from_secs(15));
+    let forced = |sim: &Sim| -> u64 {
+        (0..40)
+            .map(|i| {
+                sim.node(i)
+                    .expect("live")
+                    .membership()
+                    .stats()
+                    .forced_reaches
+            })
+            .sum()
+    };
+    let before = forced(&sim);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(overlay_components(&sim), 1);
+    for i in 0..40 {
+        let d = sim.node(i).expect("live").directory();
+        assert_eq!(d.alive_count(), 40);
+        assert_eq!(d.stats().splits_suspected, 0, "node {i}");
+    }
+    assert_eq!(forced(&sim), before, "no link forced in a healthy overlay");
+}
