@@ -82,10 +82,10 @@
 //! # Partition healing
 //!
 //! Both sides of a split may also list the same members (the split formed after the news
-//! spread): no digest shows it. So the collector broadcasts a tiny beacon (an empty batch)
-//! every [`Config::beacon_interval`]; a node that has heard nothing from the collector for three
-//! intervals while holding it alive, and is not linked to it, pings it (about
-//! [`Config::heal_fanout`] such nodes per heal interval) and its answer forces a link.
+//! spread): no digest shows it. So the member with the smallest id broadcasts a tiny beacon (an
+//! empty batch) every [`Config::beacon_interval`]; a node that has heard nothing from it for
+//! three intervals while holding it alive, and is not linked to it, pings it (about four such
+//! nodes per heal interval in the whole cluster) and its answer forces a link.
 //!
 //! Besides the anti-entropy rounds outside the active view (above), every
 //! [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
@@ -158,6 +158,9 @@ const PROBE_POOL: usize = 64;
 /// Seeds remembered from `Join`.
 const MAX_SEEDS: usize = 16;
 
+/// About how many nodes of the whole cluster ping a silent beacon source per heal interval.
+const BEACON_FANOUT: usize = 4;
+
 /// Directory settings. `Default` suits a LAN.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -209,12 +212,12 @@ pub struct Config {
     /// interval (each node does with probability `heal_fanout / alive members`; an isolated
     /// node always does).
     pub heal_fanout: usize,
-    /// How often the collector broadcasts a small beacon (an empty batch), default 5 s; `None`:
-    /// never. A node that hears nothing from the collector for three intervals, while the
-    /// collector is alive in its directory, is cut off from it by an overlay split that its
-    /// directory cannot show (both sides may list the same members): it pings the collector
-    /// and forces a link to it (only about [`Config::heal_fanout`] nodes do so per heal
-    /// interval). Costs one tiny broadcast per interval for the whole cluster.
+    /// How often the member with the smallest id broadcasts a small beacon (an empty batch),
+    /// default 5 s; `None`: never. A node that hears nothing from it for three intervals, while
+    /// holding it alive, is cut off from it by an overlay split that its directory cannot show
+    /// (both sides may list the same members): it pings it and forces a link to it (about four
+    /// nodes of the cluster do so per heal interval). Costs one tiny broadcast per interval for
+    /// the whole cluster.
     pub beacon_interval: Option<Duration>,
     /// Largest metadata accepted, in bytes; facts with more are ignored, and so is
     /// [`InEvent::SetMetadata`] with more (the runtime should check first).
@@ -432,7 +435,7 @@ pub enum Timer<P: PeerId> {
     Heal,
     /// Periodic: remove old tombstones.
     Reap,
-    /// Periodic: the collector's beacon.
+    /// Periodic: the beacon of the member with the smallest id.
     Beacon,
     /// No snapshot arrived yet: ask someone else.
     SyncRetry,
@@ -728,8 +731,10 @@ pub struct State<P: PeerId> {
     probe: Option<Probe<P>>,
     /// A heal ping in flight: target, sequence number, and whether an answer forces a link.
     heal_probe: Option<(P, u64, bool)>,
-    /// The collector and when it was last heard (or became the collector).
+    /// The beacon's source and when it was last heard (or became the source).
     beacon: Option<(P, Instant)>,
+    /// Cached smallest `Alive` id (`None`: to compute), the beacon's source.
+    smallest: Option<P>,
     next_seq: u64,
     relays: VecDeque<Relay<P>>,
     left: bool,
@@ -773,6 +778,7 @@ impl<P: PeerId> State<P> {
             probe: None,
             heal_probe: None,
             beacon: None,
+            smallest: None,
             next_seq: 0,
             relays: VecDeque::new(),
             left: false,
@@ -829,7 +835,7 @@ impl<P: PeerId> State<P> {
             InEvent::RecvMessage(from, message) => self.on_message(from, message, now, rng, out),
             InEvent::Update(origin, payload) => {
                 self.on_update(&payload, now, out);
-                if self.collector() == origin {
+                if self.smallest_alive() == origin {
                     self.beacon = Some((origin, now));
                 }
             }
@@ -977,10 +983,12 @@ impl<P: PeerId> State<P> {
             return;
         }
         self.changes += 1;
-        // The cached collector is the smallest alive id: a smaller id that comes alive (a
-        // member that joined later) takes over for what comes next.
-        if !before.1 && after.1 && self.collector.is_some_and(|c| *id < c) {
-            self.collector = None;
+        // The beacon's source is exactly the smallest alive id, so that every node agrees on it.
+        if !before.1 && after.1 && self.smallest.is_some_and(|c| *id < c) {
+            self.smallest = Some(*id);
+        }
+        if before.1 && !after.1 && self.smallest == Some(*id) {
+            self.smallest = None;
         }
         if before.1 && !after.1 && self.collector == Some(*id) {
             self.collector = None;
@@ -1228,6 +1236,24 @@ impl<P: PeerId> State<P> {
             .min()
             .unwrap_or(self.me);
         self.collector = Some(c);
+        c
+    }
+
+    /// The smallest `Alive` id, this node included: the source of the beacon. Unlike the
+    /// collector (kept while it lives, so forwarded facts do not chase every new small id), it
+    /// follows every change, so all nodes that agree on the members agree on it.
+    fn smallest_alive(&mut self) -> P {
+        if let Some(c) = self.smallest {
+            return c;
+        }
+        let c = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.state() == MemberState::Alive)
+            .map(|(id, _)| *id)
+            .min()
+            .unwrap_or(self.me);
+        self.smallest = Some(c);
         c
     }
 
@@ -1980,7 +2006,7 @@ impl<P: PeerId> State<P> {
                     jitter(rng, self.config.heal_interval),
                     Timer::Heal,
                 ));
-                if !self.reach_silent_collector(now, rng, out) {
+                if !self.reach_silent_source(now, rng, out) {
                     self.start_heal(rng, out);
                 }
             }
@@ -1995,7 +2021,7 @@ impl<P: PeerId> State<P> {
                     jitter(rng, periodic(interval)),
                     Timer::Beacon,
                 ));
-                if !self.neighbours.is_empty() && self.collector() == self.me {
+                if !self.neighbours.is_empty() && self.smallest_alive() == self.me {
                     self.send_batch(&[], out);
                 }
             }
@@ -2120,10 +2146,11 @@ impl<P: PeerId> State<P> {
         self.failure_observed(probe.target, now, out);
     }
 
-    /// Heard nothing from the collector (its batches and beacons) for three beacon intervals
-    /// while holding it alive and not linked to it: this node is likely on the other side of
-    /// an overlay split. Ping it; its answer forces a link. Returns whether a ping was sent.
-    fn reach_silent_collector<R: Rng>(
+    /// Heard nothing from the beacon's source (the smallest alive id) for three beacon
+    /// intervals while holding it alive and not linked to it: this node is likely on the other
+    /// side of an overlay split. Ping it; its answer forces a link. Returns whether a ping was
+    /// sent.
+    fn reach_silent_source<R: Rng>(
         &mut self,
         now: Instant,
         rng: &mut R,
@@ -2135,33 +2162,34 @@ impl<P: PeerId> State<P> {
         if self.neighbours.is_empty() || !self.synced {
             return false;
         }
-        let collector = self.collector();
-        if collector == self.me || self.neighbours.contains(&collector) {
-            self.beacon = Some((collector, now));
+        let source = self.smallest_alive();
+        if source == self.me || self.neighbours.contains(&source) {
+            self.beacon = Some((source, now));
             return false;
         }
         match self.beacon {
-            Some((c, heard)) if c == collector => {
+            Some((c, heard)) if c == source => {
                 if now.saturating_duration_since(heard) <= periodic(interval) * 3 {
                     return false;
                 }
             }
             _ => {
-                // A new collector: give it time to be heard.
-                self.beacon = Some((collector, now));
+                // A new source: give it time to be heard.
+                self.beacon = Some((source, now));
                 return false;
             }
         }
-        // The whole cut-off side notices at once; about `heal_fanout` of it ping per round.
-        let p = (self.config.heal_fanout as f64 / self.alive.max(1) as f64).min(1.0);
+        // The whole cut-off side notices at once, and every answer forces a link at the
+        // source: only about `BEACON_FANOUT` nodes of the cluster ping it per round.
+        let p = (BEACON_FANOUT as f64 / self.alive.max(1) as f64).min(1.0);
         if !rng.random_bool(p) {
             return false;
         }
-        self.beacon = Some((collector, now));
+        self.beacon = Some((source, now));
         let seq = self.next_seq();
         self.stats.splits_suspected += 1;
-        self.heal_probe = Some((collector, seq, true));
-        out.push_back(OutEvent::SendMessage(collector, Message::Ping { seq }));
+        self.heal_probe = Some((source, seq, true));
+        out.push_back(OutEvent::SendMessage(source, Message::Ping { seq }));
         true
     }
 

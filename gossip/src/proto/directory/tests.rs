@@ -1929,9 +1929,9 @@ fn split_with_equal_directories(beacon: Option<Duration>) -> crate::sim::Sim {
 }
 
 #[test]
-fn a_split_the_directories_cannot_show_is_noticed_by_the_collector_beacon() {
+fn a_split_the_directories_cannot_show_is_noticed_by_the_beacon() {
     let mut sim = split_with_equal_directories(Config::default().beacon_interval);
-    // Node 0, the smallest id, is everyone's collector; the side of 20..40 never hears it.
+    // Node 0, the smallest id, sends the beacon; the side of 20..40 never hears it.
     sim.run_for(Duration::from_secs(40));
     assert_eq!(overlay_components(&sim), 1);
     let suspected: u64 = (20..40)
