@@ -23,6 +23,10 @@
 //! new node in its passive view. A new node thus gets links spread over the overlay instead of
 //! crowding its contact.
 //!
+//! A contact is often known only by its address (the runtime's generation-0 ids) and answers
+//! from its real id: a joiner has one join in flight and no link, so it takes a reply from a
+//! peer it did not ask as the join's answer.
+//!
 //! Links open with `NEIGHBOR` requests. A request is *high priority* when the requester has no
 //! active link at all: the receiver then accepts even when full, dropping a random neighbour.
 //! A *low priority* request is accepted only when the receiver has room; a rejection names a few
@@ -1159,7 +1163,7 @@ impl<P: PeerId> State<P> {
     /// the join's answer, or a late answer to a request that timed out; either way the
     /// replier added us (or turned us away), and taking it as the join's answer is right.
     fn take_join_answered_by(&mut self, from: &P) -> Option<Pending<P>> {
-        if !self.active.is_empty() || self.active.contains(from) {
+        if !self.active.is_empty() {
             return None;
         }
         let i = self.pending.iter().position(|p| p.join)?;
