@@ -614,7 +614,7 @@ impl<P: PeerId> State<P> {
     ) {
         let taken = self
             .take_pending(&from)
-            .or_else(|| self.take_join_answered_by(&from));
+            .or_else(|| self.take_join_answered_by_stranger());
         let was_pending = taken.is_some();
         if taken.is_some_and(|p| p.join) && !accepted {
             // A full contact answered (see `Config::contact_evicts`): an answer, not a
@@ -1155,14 +1155,14 @@ impl<P: PeerId> State<P> {
         Some(self.pending.swap_remove(i))
     }
 
-    /// The outstanding join, taken as answered by `from`, a peer we have no request out to.
+    /// The outstanding join, taken as answered by a peer we have no request out to.
     ///
     /// Contacts are often known by address only (the runtime's generation-0 ids): the contact
     /// answers from its real id, which no request of ours names. One join is in flight at a
     /// time and only while this node has no link, so a reply from a peer we did not ask is
     /// the join's answer, or a late answer to a request that timed out; either way the
     /// replier added us (or turned us away), and taking it as the join's answer is right.
-    fn take_join_answered_by(&mut self, from: &P) -> Option<Pending<P>> {
+    fn take_join_answered_by_stranger(&mut self) -> Option<Pending<P>> {
         if !self.active.is_empty() {
             return None;
         }
