@@ -1930,7 +1930,7 @@ fn split_with_equal_directories(beacon: Option<Duration>) -> crate::sim::Sim {
 
 #[test]
 fn a_split_the_directories_cannot_show_is_noticed_by_the_beacon() {
-    let mut sim = split_with_equal_directories(Config::default().beacon_interval);
+    let mut sim = split_with_equal_directories(Some(Duration::from_secs(5)));
     // Node 0, the smallest id, sends the beacon; the side of 20..40 never hears it.
     sim.run_for(Duration::from_secs(40));
     assert_eq!(overlay_components(&sim), 1);
@@ -1944,7 +1944,7 @@ fn a_split_the_directories_cannot_show_is_noticed_by_the_beacon() {
         })
         .sum();
     assert!(suspected >= 1);
-    // Without the beacon nothing tells the two sides apart.
+    // Without the beacon (the default) nothing tells the two sides apart.
     let mut sim = split_with_equal_directories(None);
     sim.run_for(Duration::from_secs(40));
     assert_eq!(overlay_components(&sim), 2);
@@ -1957,6 +1957,8 @@ fn a_healthy_quiet_overlay_suspects_no_split() {
         seed: 5,
         ..SimConfig::default()
     };
+    // Both detectors on: digests outside the active view, and the beacon.
+    cfg.proto.directory.beacon_interval = Some(Duration::from_secs(5));
     cfg.proto.directory.anti_entropy_interval = Duration::from_secs(2);
     cfg.proto.directory.anti_entropy_quiet = Duration::from_secs(1);
     let mut sim = Sim::new(cfg);
