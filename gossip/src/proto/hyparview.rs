@@ -23,6 +23,10 @@
 //! new node in its passive view. A new node thus gets links spread over the overlay instead of
 //! crowding its contact.
 //!
+//! A contact is often known only by its address (the runtime's generation-0 ids) and answers
+//! from its real id: a joiner has one join in flight and no link, so it takes a reply from a
+//! peer it did not ask as the join's answer.
+//!
 //! Links open with `NEIGHBOR` requests. A request is *high priority* when the requester has no
 //! active link at all: the receiver then accepts even when full, dropping a random neighbour.
 //! A *low priority* request is accepted only when the receiver has room; a rejection names a few
@@ -251,7 +255,9 @@ pub enum InEvent<P: PeerId> {
     /// A timer this layer asked for fired.
     TimerExpired(Timer<P>),
     /// Join the overlay through this contact. While a join is in flight, further contacts are
-    /// kept as fallbacks; once the node has an active link, this acts as [`InEvent::Reach`].
+    /// kept as fallbacks; once the node has an active link, the contact is only remembered for
+    /// a later rejoin. The contact may answer from another id than the one given (a runtime
+    /// that knows only its address): the answer to the one join in flight is matched anyway.
     RequestJoin(P),
     /// The link to this peer failed (transport error or failure detector).
     PeerFailed(P),
@@ -414,7 +420,7 @@ impl<P: PeerId> State<P> {
             InEvent::TimerExpired(Timer::PendingExpired(peer)) => {
                 self.on_pending_expired(peer, now, rng, out)
             }
-            InEvent::RequestJoin(contact) => self.on_request_join(contact, now, rng, out),
+            InEvent::RequestJoin(contact) => self.on_request_join(contact, now, out),
             InEvent::PeerFailed(peer) => self.on_peer_failed(peer, now, rng, out),
             InEvent::Reach(peer) => self.reach(peer, now, rng, out),
             InEvent::Leave => self.on_leave(out),
@@ -606,7 +612,9 @@ impl<P: PeerId> State<P> {
         rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
-        let taken = self.take_pending(&from);
+        let taken = self
+            .take_pending(&from)
+            .or_else(|| self.take_join_answered_by_stranger());
         let was_pending = taken.is_some();
         if taken.is_some_and(|p| p.join) && !accepted {
             // A full contact answered (see `Config::contact_evicts`): an answer, not a
@@ -866,13 +874,7 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn on_request_join<R: Rng>(
-        &mut self,
-        contact: P,
-        now: Instant,
-        rng: &mut R,
-        out: &mut VecDeque<OutEvent<P>>,
-    ) {
+    fn on_request_join(&mut self, contact: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         if contact == self.me {
             return;
         }
@@ -882,9 +884,10 @@ impl<P: PeerId> State<P> {
             }
             self.contacts.push(contact);
         }
-        if !self.active.is_empty() {
-            self.reach(contact, now, rng, out);
-        } else if !self.pending.iter().any(|p| p.join) {
+        // Already linked, the contact stays a fallback for a rejoin. It is not reached: a
+        // contact known by address only answers from another id, so a request to it could
+        // not be matched. The directory heals through seeds instead.
+        if self.active.is_empty() && !self.pending.iter().any(|p| p.join) {
             // One join at a time: the other contacts are fallbacks for the retry.
             self.next_contact = self.contacts.len();
             self.send_join(contact, now, out);
@@ -1152,6 +1155,21 @@ impl<P: PeerId> State<P> {
         Some(self.pending.swap_remove(i))
     }
 
+    /// The outstanding join, taken as answered by a peer we have no request out to.
+    ///
+    /// Contacts are often known by address only (the runtime's generation-0 ids): the contact
+    /// answers from its real id, which no request of ours names. One join is in flight at a
+    /// time and only while this node has no link, so a reply from a peer we did not ask is
+    /// the join's answer, or a late answer to a request that timed out; either way the
+    /// replier added us (or turned us away), and taking it as the join's answer is right.
+    fn take_join_answered_by_stranger(&mut self) -> Option<Pending<P>> {
+        if !self.active.is_empty() {
+            return None;
+        }
+        let i = self.pending.iter().position(|p| p.join)?;
+        Some(self.pending.swap_remove(i))
+    }
+
     fn cool_down(&mut self, peer: P, now: Instant) {
         self.cooldown.retain(|(p, _)| *p != peer);
         if self.cooldown.len() >= self.config.passive_view_capacity.max(1) {
@@ -1355,7 +1373,8 @@ mod tests {
             out[1],
             OutEvent::ScheduleTimer(Duration::from_secs(4), Timer::PendingExpired(2))
         );
-        // The previous contact answers late: declined, so it drops us too.
+        // The previous contact answers late, while still isolated: it added us, so its answer
+        // stands for the join in flight.
         let out = a.recv(
             3,
             Message::NeighborReply {
@@ -1364,17 +1383,10 @@ mod tests {
             },
             at(3500),
         );
-        assert_eq!(
-            sends(&out),
-            vec![(
-                3,
-                Message::Disconnect {
-                    leaving: false,
-                    peers: vec![]
-                }
-            )]
-        );
-        // The current one answers in time.
+        assert_eq!(out, vec![OutEvent::NeighborUp(3)]);
+        assert_eq!(a.state.pending_requests(), 0);
+        // The current one answers too: nothing asked for it any more, so it is declined and
+        // drops us on its side.
         let out = a.recv(
             2,
             Message::NeighborReply {
@@ -1383,7 +1395,74 @@ mod tests {
             },
             at(3600),
         );
-        assert_eq!(out, vec![OutEvent::NeighborUp(2)]);
+        assert_eq!(
+            sends(&out),
+            vec![(
+                2,
+                Message::Disconnect {
+                    leaving: false,
+                    peers: vec![]
+                }
+            )]
+        );
+        assert_eq!(a.active(), vec![3]);
+    }
+
+    #[test]
+    fn join_through_an_address_is_answered_from_the_real_id() {
+        // The runtime joins through an id that stands for an address (generation 0); the
+        // contact answers from its real id, 7 here.
+        let mut a = Node::new(1);
+        a.handle(InEvent::RequestJoin(1000), at(0));
+        let out = a.recv(
+            7,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(10),
+        );
+        assert_eq!(out, vec![OutEvent::NeighborUp(7)]);
+        assert_eq!(a.active(), vec![7]);
+        assert_eq!(a.state.pending_requests(), 0);
+        // A full contact's rejection is matched the same way: no decline, a rejoin is armed.
+        let mut b = Node::new(2);
+        b.handle(InEvent::RequestJoin(1000), at(0));
+        let out = b.recv(
+            7,
+            Message::NeighborReply {
+                accepted: false,
+                hints: vec![],
+            },
+            at(10),
+        );
+        assert!(out.contains(&OutEvent::ScheduleTimer(
+            Duration::from_secs(1),
+            Timer::Rejoin
+        )));
+        assert!(sends(&out).iter().all(|(to, _)| *to != 7));
+        assert_eq!(b.state.pending_requests(), 0);
+        // Once linked, a reply from a peer nobody asked is still declined.
+        let out = a.recv(
+            8,
+            Message::NeighborReply {
+                accepted: true,
+                hints: vec![],
+            },
+            at(20),
+        );
+        assert_eq!(
+            sends(&out),
+            vec![(
+                8,
+                Message::Disconnect {
+                    leaving: false,
+                    peers: vec![]
+                }
+            )]
+        );
+        // A contact given again once linked is only remembered: no request to it.
+        assert!(sends(&a.handle(InEvent::RequestJoin(1000), at(30))).is_empty());
     }
 
     #[test]

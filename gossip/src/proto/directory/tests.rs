@@ -899,6 +899,177 @@ fn anti_entropy_exchanges_only_differing_buckets_and_converges() {
 }
 
 #[test]
+fn a_quiet_difference_with_a_stranger_reaches_it_and_heals() {
+    let quiet = Config::default().anti_entropy_quiet;
+    // `a` (node 0) and `b` (node 100) were on two sides of a split overlay: each knows the
+    // other, but news on each side never crossed.
+    let mut a = T::new(0);
+    let mut b = T::new(100);
+    a.update(
+        9,
+        &(1..=20)
+            .chain([100])
+            .map(|i| alive(i, 0))
+            .collect::<Vec<_>>(),
+    );
+    b.update(
+        9,
+        &(1..=10)
+            .chain(30..=40)
+            .map(|i| alive(i, 0))
+            .collect::<Vec<_>>(),
+    );
+    b.update(9, &[alive(0, 0)]);
+    a.handle(InEvent::NeighborUp(1));
+    b.handle(InEvent::NeighborUp(30));
+    a.now += quiet;
+    b.now += quiet;
+    // Rounds alternate: a neighbour, then a member outside the active view.
+    let o = a.timer(Timer::AntiEntropy);
+    assert!(
+        matches!(sends(&o)[..], [(1, Message::Digest { heal: false, .. })]),
+        "{o:?}"
+    );
+    let o = a.timer(Timer::AntiEntropy);
+    let s = sends(&o);
+    let [(to, Message::Digest { heal: false, .. })] = s[..] else {
+        panic!("{s:?}")
+    };
+    assert!(to != 1 && to != 0, "a stranger, not a neighbour: {to}");
+    // `b` gets such a digest from `a`, a member outside its active view: it reaches `a` and
+    // answers with a healing exchange, so the news of both sides is announced on both.
+    let digest = Message::Digest {
+        buckets: a.st.buckets.to_vec(),
+        heal: false,
+    };
+    let o = b.recv(0, digest.clone());
+    assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(0))), "{o:?}");
+    assert!(
+        sends(&o)
+            .iter()
+            .all(|(to, m)| *to == 0 && matches!(m, Message::Sync { announce: true, .. }))
+    );
+    assert_eq!(b.st.stats().splits_suspected, 1);
+    pump(&mut a, &mut b, o, false);
+    assert_eq!(a.st.checksum(), b.st.checksum());
+    // What each side lacked is re-announced.
+    let news: Vec<u32> = broadcasts(&a.timer(Timer::Flush))
+        .concat()
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert!(news.contains(&35), "{news:?}");
+
+    // The same difference from a neighbour is an ordinary exchange: no reach.
+    let mut c = T::new(200);
+    c.update(9, &[alive(5, 0), alive(0, 0)]);
+    c.handle(InEvent::NeighborUp(0));
+    c.now += quiet;
+    let o = c.recv(0, digest.clone());
+    assert!(!o.iter().any(|e| matches!(e, OutEvent::Reach(_))));
+    assert!(matches!(
+        sends(&o)[..],
+        [
+            (
+                0,
+                Message::Sync {
+                    announce: false,
+                    ..
+                }
+            ),
+            ..
+        ]
+    ));
+    // A busy node neither reaches nor answers: the news may still be on its way.
+    let mut d = T::new(300);
+    d.update(9, &[alive(5, 0)]);
+    assert!(d.recv(0, digest).is_empty());
+    // Nor does a busy node send digests outside its active view.
+    let mut e = T::new(400);
+    e.update(9, &(1..=20).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    e.handle(InEvent::NeighborUp(1));
+    let mut sent = 0;
+    for i in 1..=8 {
+        e.now += Duration::from_millis(10);
+        e.update(9, &[fact(2, i, Alive)]);
+        for (to, _) in sends(&e.timer(Timer::AntiEntropy)) {
+            assert_eq!(to, 1, "busy: neighbours only");
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 2, "three busy rounds skipped in a row, then one sent");
+}
+
+#[test]
+fn a_joiner_catches_up_on_what_its_snapshot_missed_after_its_first_link() {
+    // The joiner's snapshot had 1..=10; 11..=15 were broadcast before it had a link.
+    let mut j = T::new(100);
+    j.handle(InEvent::Join(vec![1]));
+    j.recv(
+        1,
+        Message::Sync {
+            facts: (1..=10).map(|i| alive(i, 0)).collect(),
+            announce: false,
+            last: true,
+            reply: None,
+        },
+    );
+    let mut n = T::new(2);
+    n.update(
+        9,
+        &(1..=15)
+            .chain([100])
+            .map(|i| alive(i, 0))
+            .collect::<Vec<_>>(),
+    );
+    let o = j.handle(InEvent::NeighborUp(2));
+    let flush = Config::default().flush_interval;
+    assert!(timers(&o).contains(&(flush * 2, Timer::CatchUp)), "{o:?}");
+    // Once: more links do not arm it again.
+    assert!(!timers(&j.handle(InEvent::NeighborUp(3))).contains(&(flush * 2, Timer::CatchUp)));
+    j.handle(InEvent::NeighborDown(3));
+    let s = sends(&j.timer(Timer::CatchUp));
+    let [(2, ref catch_up @ Message::CatchUp { .. })] = s[..] else {
+        panic!("{s:?}")
+    };
+    // The neighbour is busy (it just learned things) yet answers: a small gap.
+    let o = n.recv(100, catch_up.clone());
+    assert_eq!(n.st.stats().catch_ups_served, 1);
+    for (to, m) in sends(&o) {
+        assert_eq!(to, 100);
+        j.recv(2, m);
+    }
+    for i in 11..=15 {
+        assert_eq!(j.st.get(&i), Some((Alive, 0)), "{i}");
+    }
+    // Equal digests: nothing to send.
+    let equal = Message::CatchUp {
+        buckets: n.st.buckets.to_vec(),
+    };
+    assert!(n.recv(100, equal).is_empty());
+    // A node far behind gets nothing here: that would be the whole directory.
+    let mut big = T::new(3);
+    big.update(9, &(1..=1000).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    let empty = Message::CatchUp {
+        buckets: T::new(500).st.buckets.to_vec(),
+    };
+    assert!(big.recv(500, empty).is_empty());
+    // A malformed digest is counted.
+    assert!(
+        big.recv(500, Message::CatchUp { buckets: vec![1] })
+            .is_empty()
+    );
+    assert_eq!(big.st.stats().invalid_messages, 1);
+    // Isolated again, the next first link asks again.
+    j.handle(InEvent::NeighborDown(2));
+    assert!(timers(&j.handle(InEvent::NeighborUp(4))).contains(&(flush * 2, Timer::CatchUp)));
+    // The first node of a cluster has no snapshot to complete.
+    let mut first = T::new(0);
+    first.handle(InEvent::Join(vec![]));
+    assert!(timers(&first.handle(InEvent::NeighborUp(1))).is_empty());
+}
+
+#[test]
 fn a_healing_exchange_reannounces_what_each_side_lacked() {
     // Two former partitions: `a` (node 0) holds 1..=5 alive and thinks 100 dead; `b` (node 100)
     // holds 100..=104 alive and thinks 0 dead. Both are their side's collector.
@@ -1592,6 +1763,23 @@ fn an_alive_member_that_answers_is_only_reached_by_an_isolated_node() {
 }
 
 #[test]
+fn a_seed_known_by_address_answers_from_its_real_id_and_is_reached() {
+    // The runtime joins through "whoever listens at this address" (id 1000 here); the seed
+    // answers from its real id, 9.
+    let mut t = T::new(0);
+    t.handle(InEvent::Join(vec![1000]));
+    let s = sends(&t.timer(Timer::Heal));
+    let [(1000, Message::Ping { seq })] = s[..] else {
+        panic!("{s:?}")
+    };
+    // A stranger's ack with another sequence number is not the answer.
+    assert!(t.recv(5, Message::Ack { seq: seq + 1 }).is_empty());
+    let o = t.recv(9, Message::Ack { seq });
+    assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))), "{o:?}");
+    assert!(!o.iter().any(|e| matches!(e, OutEvent::Reach(1000))));
+}
+
+#[test]
 fn digest_floods_get_a_bounded_answer() {
     let mut t = T::new(0);
     t.update(9, &(1..=100).map(|i| alive(i, 0)).collect::<Vec<_>>());
@@ -1607,4 +1795,199 @@ fn digest_floods_get_a_bounded_answer() {
     // A new window, a new allowance.
     t.now += Config::default().anti_entropy_interval;
     assert!(!sends(&t.recv(9, digest)).is_empty());
+}
+
+/// Components of the overlay formed by the active views of the live nodes of a simulation.
+fn overlay_components(sim: &crate::sim::Sim) -> usize {
+    let live: Vec<u32> = sim.alive().collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut components = 0;
+    for &start in &live {
+        if !seen.insert(start) {
+            continue;
+        }
+        components += 1;
+        let mut stack = vec![start];
+        while let Some(x) = stack.pop() {
+            let node = sim.node(x).expect("live");
+            for &y in node.membership().active_view() {
+                if sim.is_alive(y) && seen.insert(y) {
+                    stack.push(y);
+                }
+            }
+        }
+    }
+    components
+}
+
+#[test]
+fn a_split_overlay_is_noticed_by_anti_entropy_and_remerges() {
+    use crate::sim::{Sim, SimConfig};
+    let mut cfg = SimConfig {
+        seed: 7,
+        ..SimConfig::default()
+    };
+    cfg.proto.directory.anti_entropy_interval = Duration::from_secs(2);
+    cfg.proto.directory.anti_entropy_quiet = Duration::from_secs(1);
+    let mut sim = Sim::new(cfg);
+    // Two overlays of 20 nodes that never met, each full of links.
+    for i in 0..40 {
+        assert_eq!(sim.add_node(), i);
+    }
+    sim.join(0, vec![]);
+    sim.join(20, vec![]);
+    for i in 1..20 {
+        sim.join(i, vec![0]);
+        sim.join(20 + i, vec![20]);
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(overlay_components(&sim), 2);
+    // Node 20 hears of the other side without a link (as a stale snapshot would tell it).
+    let facts: Vec<Fact<u32>> = sim
+        .node(0)
+        .expect("live")
+        .members()
+        .into_iter()
+        .map(|m| Fact {
+            id: m.id,
+            incarnation: m.incarnation,
+            state: m.state,
+            metadata: None,
+        })
+        .collect();
+    assert_eq!(facts.len(), 20);
+    let sync = Message::Sync {
+        facts,
+        announce: false,
+        last: true,
+        reply: None,
+    };
+    sim.handle(
+        20,
+        crate::proto::InEvent::RecvMessage(0, crate::proto::Message::Directory(sync)),
+    );
+    // Its anti-entropy rounds outside the active view find the other side different: a link
+    // is forced across, and the healing exchange spreads both sides' members everywhere.
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(overlay_components(&sim), 1);
+    for i in 0..40 {
+        let node = sim.node(i).expect("live");
+        assert_eq!(node.directory().alive_count(), 40, "node {i}");
+    }
+    let suspected: u64 = (0..40)
+        .map(|i| {
+            sim.node(i)
+                .expect("live")
+                .directory()
+                .stats()
+                .splits_suspected
+        })
+        .sum();
+    assert!(suspected >= 1);
+}
+
+/// Two overlays of 20 nodes (0..20 and 20..40) that never met, every directory listing all 40
+/// members: a split that no digest can show.
+fn split_with_equal_directories(beacon: Option<Duration>) -> crate::sim::Sim {
+    use crate::sim::{Sim, SimConfig};
+    let mut cfg = SimConfig {
+        seed: 11,
+        ..SimConfig::default()
+    };
+    cfg.proto.directory.beacon_interval = beacon;
+    let mut sim = Sim::new(cfg);
+    for i in 0..40 {
+        assert_eq!(sim.add_node(), i);
+    }
+    sim.join(0, vec![]);
+    sim.join(20, vec![]);
+    for i in 1..20 {
+        sim.join(i, vec![0]);
+        sim.join(20 + i, vec![20]);
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(overlay_components(&sim), 2);
+    let facts: Vec<Fact<u32>> = (0..40).map(|i| alive(i, 0)).collect();
+    for i in 0..40 {
+        let sync = Message::Sync {
+            facts: facts.clone(),
+            announce: false,
+            last: true,
+            reply: None,
+        };
+        let from = if i < 20 { 20 } else { 0 };
+        sim.handle(
+            i,
+            crate::proto::InEvent::RecvMessage(from, crate::proto::Message::Directory(sync)),
+        );
+    }
+    let sums: Vec<u64> = (0..40)
+        .map(|i| sim.node(i).expect("live").directory().checksum())
+        .collect();
+    assert!(sums.iter().all(|s| *s == sums[0]), "equal directories");
+    sim
+}
+
+#[test]
+fn a_split_the_directories_cannot_show_is_noticed_by_the_beacon() {
+    let mut sim = split_with_equal_directories(Some(Duration::from_secs(5)));
+    // Node 0, the smallest id, sends the beacon; the side of 20..40 never hears it.
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(overlay_components(&sim), 1);
+    let suspected: u64 = (20..40)
+        .map(|i| {
+            sim.node(i)
+                .expect("live")
+                .directory()
+                .stats()
+                .splits_suspected
+        })
+        .sum();
+    assert!(suspected >= 1);
+    // Without the beacon (the default) nothing tells the two sides apart.
+    let mut sim = split_with_equal_directories(None);
+    sim.run_for(Duration::from_secs(40));
+    assert_eq!(overlay_components(&sim), 2);
+}
+
+#[test]
+fn a_healthy_quiet_overlay_suspects_no_split() {
+    use crate::sim::{Sim, SimConfig};
+    let mut cfg = SimConfig {
+        seed: 5,
+        ..SimConfig::default()
+    };
+    // Both detectors on: digests outside the active view, and the beacon.
+    cfg.proto.directory.beacon_interval = Some(Duration::from_secs(5));
+    cfg.proto.directory.anti_entropy_interval = Duration::from_secs(2);
+    cfg.proto.directory.anti_entropy_quiet = Duration::from_secs(1);
+    let mut sim = Sim::new(cfg);
+    for i in 0..40 {
+        assert_eq!(sim.add_node(), i);
+    }
+    sim.join(0, vec![]);
+    for i in 1..40 {
+        sim.join(i, vec![0]);
+    }
+    sim.run_for(Duration::from_secs(15));
+    let forced = |sim: &Sim| -> u64 {
+        (0..40)
+            .map(|i| {
+                sim.node(i)
+                    .expect("live")
+                    .membership()
+                    .stats()
+                    .forced_reaches
+            })
+            .sum()
+    };
+    let before = forced(&sim);
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(overlay_components(&sim), 1);
+    for i in 0..40 {
+        let d = sim.node(i).expect("live").directory();
+        assert_eq!(d.alive_count(), 40);
+        assert_eq!(d.stats().splits_suspected, 0, "node {i}");
+    }
+    assert_eq!(forced(&sim), before, "no link forced in a healthy overlay");
 }
