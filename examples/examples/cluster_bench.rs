@@ -113,16 +113,18 @@ async fn main() {
         Arc::new(std::sync::Mutex::new(vec![None; args.broadcasts]));
     let counts: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.broadcasts).map(|_| AtomicU64::new(0)).collect());
+    // Each receiving task holds a handle; they are aborted with their node at the crash.
+    let mut receivers = Vec::new();
     for node in &nodes {
         let (node, last, counts) = (node.clone(), last_delivery.clone(), counts.clone());
-        tokio::spawn(async move {
+        receivers.push(tokio::spawn(async move {
             while let Ok(m) = node.recv().await {
                 if let Ok(u) = m.decode::<Update>() {
                     counts[u.n as usize].fetch_add(1, Ordering::Relaxed);
                     last.lock().unwrap()[u.n as usize] = Some(Instant::now());
                 }
             }
-        });
+        }));
     }
     let mut spreads = Vec::new();
     for n in 0..args.broadcasts {
@@ -173,6 +175,11 @@ async fn main() {
     let kill = ((nodes.len() as f64) * args.kill).round() as usize;
     let victims: Vec<Node> = nodes.drain(nodes.len() - kill..).collect();
     let dead: HashSet<NodeId> = victims.iter().map(|n| n.id()).collect();
+    // Dropping every handle of a node stops it without leaving: its receiving task and its
+    // event subscription task hold handles too, so stop those first.
+    for r in receivers.drain(receivers.len() - kill..) {
+        r.abort();
+    }
     drop(victims);
     let t0 = Instant::now();
     let detect = wait_for(Duration::from_secs(60), async || {
