@@ -44,6 +44,15 @@
 //! otherwise the sender keeps pushing. Memory: one small list of lazy neighbours per tracked
 //! origin.
 //!
+//! One origin sending flat out breaks the same argument in time rather than in space: many of
+//! its messages are in flight at once, and the first copy of each comes by whichever path is
+//! faster at that moment, so pruning every link a duplicate came by pruned a node's parents one
+//! after the other and left it to GRAFT repairs, a `graft_timeout_1` late each. So each tree
+//! remembers its *parent*, the link the latest new message came by: a duplicate from it is not
+//! pruned; a PRUNE from it (an older copy of ours reached it second) is answered with GRAFT; a
+//! new message over a link that is lazy here grafts it back at the other end too; and an IHAVE
+//! from the parent for a missing message is grafted at once, as the tree will not bring it.
+//!
 //! Messages are named by [`MessageId`]: the origin and a per-origin sequence number, so the
 //! same content can be broadcast twice and the record of received ids is compact: per origin,
 //! the highest sequence number seen and the few holes below it.
@@ -540,6 +549,9 @@ struct Missing<P> {
 #[derive(Debug)]
 struct OriginTree<P> {
     lazy: Vec<P>,
+    /// The neighbour the latest new message of this origin came by: never pruned for a
+    /// duplicate (see "Many senders" in the module docs).
+    parent: Option<P>,
     /// Last time a message of this origin arrived, for least-recently-used replacement.
     last: Stamp,
 }
@@ -812,7 +824,12 @@ impl<P: PeerId> State<P> {
                 // eager at its end (the two ends made their trees of this origin from different
                 // shared sets), and only a PRUNE makes them agree.
                 let origin = g.id.origin;
-                if self.is_neighbor(&from) {
+                // Never the link the latest new message came by: with many messages of one
+                // origin in flight, the first copy of each comes by whichever path is faster
+                // at that moment, and pruning every link a duplicate came by pruned all of a
+                // node's parents in turn, leaving it to GRAFT repairs.
+                let parent = self.trees.get(&origin).and_then(|t| t.parent);
+                if self.is_neighbor(&from) && parent != Some(from) {
                     self.set_lazy_for(origin, from, now);
                     self.stats.prune_sent += 1;
                     out.push_back(OutEvent::SendMessage(from, self.prune_message(origin)));
@@ -822,7 +839,16 @@ impl<P: PeerId> State<P> {
                 // A link that delivers a new message is part of the tree (paper, Alg. 1).
                 self.touch_tree(g.id.origin, now);
                 if self.is_neighbor(&from) && !self.eager_for(&g.id.origin, &from) {
+                    // We pruned it (or it pruned us) while this copy was in flight; it is our
+                    // parent now, so make the link eager at both ends.
                     self.set_eager_for(g.id.origin, from, now);
+                    if self.config.max_origin_trees > 0 {
+                        self.stats.graft_sent += 1;
+                        out.push_back(OutEvent::SendMessage(from, self.graft_message(g.id.origin)));
+                    }
+                }
+                if let Some(t) = self.trees.get_mut(&g.id.origin) {
+                    t.parent = Some(from);
                 }
                 let missing = self.missing.remove(&g.id);
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
@@ -910,10 +936,17 @@ impl<P: PeerId> State<P> {
                         announcers: vec![(from, hops)],
                     },
                 );
-                out.push_back(OutEvent::ScheduleTimer(
-                    self.config.graft_timeout_1,
-                    Timer::SendGraft(id),
-                ));
+                if self.trees.get(&id.origin).and_then(|t| t.parent) == Some(from) {
+                    // Our parent for this origin announces instead of pushing: it pruned the
+                    // link (a GRAFT back may be on its way), so the tree will not bring this
+                    // one. Waiting `graft_timeout_1` would only stall it: graft now.
+                    self.on_graft_timer(id, now, out);
+                } else {
+                    out.push_back(OutEvent::ScheduleTimer(
+                        self.config.graft_timeout_1,
+                        Timer::SendGraft(id),
+                    ));
+                }
             } else {
                 // Full: catch-up will fetch it if the tree does not bring it.
                 self.stats.dropped_invalid += 1;
@@ -993,6 +1026,9 @@ impl<P: PeerId> State<P> {
             out.push_back(OutEvent::SendMessage(from, self.graft_message(origin)));
         }
         self.set_eager_for(origin, from, now);
+        if let Some(t) = self.trees.get_mut(&origin) {
+            t.parent = Some(from);
+        }
         if self.eager_for(&origin, &old) {
             self.set_lazy_for(origin, old, now);
             self.stats.prune_sent += 1;
@@ -1074,6 +1110,18 @@ impl<P: PeerId> State<P> {
                 out.push_back(OutEvent::SendMessage(from, graft));
                 return;
             }
+        }
+        if let Some(o) = origin
+            && self.trees.get(&o).is_some_and(|t| t.parent == Some(from))
+            && self.eager_for(&o, &from)
+        {
+            // Our parent for this origin pruned the link because one of our earlier copies
+            // (sent while our parent was another neighbour) reached it second. We depend on
+            // it now: keep the link. It will not see duplicates from us while we get this
+            // origin's messages from it first.
+            self.stats.graft_sent += 1;
+            out.push_back(OutEvent::SendMessage(from, self.graft_message(o)));
+            return;
         }
         match origin {
             Some(origin) => self.set_lazy_for(origin, from, now),
@@ -1306,7 +1354,14 @@ impl<P: PeerId> State<P> {
                 Some((_, t)) => t.lazy.clone(),
                 None => self.lazy.clone(),
             };
-            self.trees.insert(origin, OriginTree { lazy, last });
+            self.trees.insert(
+                origin,
+                OriginTree {
+                    lazy,
+                    parent: None,
+                    last,
+                },
+            );
         }
         self.trees.get_mut(&origin)
     }
