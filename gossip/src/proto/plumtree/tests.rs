@@ -320,6 +320,62 @@ fn a_prune_for_one_origin_leaves_the_others_eager() {
 }
 
 #[test]
+fn the_parent_of_an_origin_is_kept_while_its_messages_are_pipelined() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    // 9:1 comes by 1 first, 9:2 by 3 first: 3 is the parent now.
+    b.recv(1, gossip(9, 1, 1));
+    b.recv(3, gossip(9, 2, 1));
+    // The late copy of 9:1 from the parent is not pruned (it would leave us without a
+    // parent once 1 is pruned too)...
+    assert!(sends(&b.recv(3, gossip(9, 1, 1))).is_empty());
+    // ...the late copy of 9:2 from the other link is.
+    assert_eq!(
+        sends(&b.recv(1, gossip(9, 2, 1))),
+        vec![(1, &Message::PruneOrigin(9))]
+    );
+    assert_eq!(b.state.eager_peers(), &[3]);
+    // The parent prunes us (a copy we pushed before reached it second): keep the link.
+    assert_eq!(
+        sends(&b.recv(3, Message::PruneOrigin(9))),
+        vec![(3, &Message::GraftOrigin(9))]
+    );
+    assert!(b.state.eager_for(&9, &3));
+    // A PRUNE from a link that is not the parent is obeyed.
+    b.recv(1, Message::GraftOrigin(9));
+    assert!(sends(&b.recv(1, Message::PruneOrigin(9))).is_empty());
+    assert!(!b.state.eager_for(&9, &1));
+    // An IHAVE from the parent for a missing message: the tree will not bring it, graft now
+    // instead of after graft_timeout_1.
+    let out = b.recv(
+        3,
+        Message::IHave(vec![IHave {
+            id: id(9, 3),
+            hops: 1,
+        }]),
+    );
+    assert_eq!(sends(&out), vec![(3, &Message::Graft(Some(id(9, 3))))]);
+    assert_eq!(b.state.stats().graft_repairs, 1);
+    // From another announcer it waits for the tree as usual.
+    let out = b.recv(
+        1,
+        Message::IHave(vec![IHave {
+            id: id(9, 4),
+            hops: 2,
+        }]),
+    );
+    assert!(sends(&out).is_empty());
+    assert!(out.contains(&OutEvent::ScheduleTimer(
+        b.state.config().graft_timeout_1,
+        Timer::SendGraft(id(9, 4))
+    )));
+    // A new message over a link that is lazy here: it is the parent now, graft it back at the
+    // other end too.
+    let out = b.recv(1, gossip(9, 5, 1));
+    assert!(sends(&out).contains(&(1, &Message::GraftOrigin(9))));
+    assert!(b.state.eager_for(&9, &1));
+}
+
+#[test]
 fn a_duplicate_over_a_link_already_lazy_here_is_pruned_again() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     b.recv(1, gossip(9, 1, 1));
