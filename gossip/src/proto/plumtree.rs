@@ -591,6 +591,8 @@ pub struct State<P: PeerId> {
     switched: Vec<(P, P, Instant)>,
     /// Per-origin trees, at most `max_origin_trees`.
     trees: BTreeMap<P, OriginTree<P>>,
+    /// Reused buffer for [`Self::forward`] (at most one entry per neighbour).
+    scratch: Vec<P>,
     stats: Stats,
 }
 
@@ -620,6 +622,7 @@ impl<P: PeerId> State<P> {
             fifo_armed: BTreeSet::new(),
             switched: Vec::new(),
             trees: BTreeMap::new(),
+            scratch: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -1437,16 +1440,16 @@ impl<P: PeerId> State<P> {
     fn forward(&mut self, g: &Gossip<P>, from: P, out: &mut VecDeque<OutEvent<P>>) {
         let hops = g.hops.saturating_add(1);
         let ihave = IHave { id: g.id, hops };
-        for i in 0..self.eager.len() + self.lazy.len() {
-            let peer = if i < self.eager.len() {
-                self.eager[i]
-            } else {
-                self.lazy[i - self.eager.len()]
-            };
+        // The origin's lazy set is looked up once, not once per neighbour (hot path).
+        let tree_lazy = self.trees.get(&g.id.origin).map_or(&self.lazy, |t| &t.lazy);
+        let mut lazy = std::mem::take(&mut self.scratch);
+        for &peer in self.eager.iter().chain(&self.lazy) {
             if peer == from {
                 continue;
             }
-            if self.eager_for(&g.id.origin, &peer) {
+            if tree_lazy.contains(&peer) {
+                lazy.push(peer);
+            } else {
                 self.stats.gossip_sent += 1;
                 let m = Gossip {
                     id: g.id,
@@ -1455,10 +1458,13 @@ impl<P: PeerId> State<P> {
                     hops,
                 };
                 out.push_back(OutEvent::SendMessage(peer, Message::Gossip(m)));
-            } else {
-                self.queue_ihave(peer, ihave, out);
             }
         }
+        for &peer in &lazy {
+            self.queue_ihave(peer, ihave, out);
+        }
+        lazy.clear();
+        self.scratch = lazy;
     }
 
     fn queue_ihave(&mut self, peer: P, ihave: IHave<P>, out: &mut VecDeque<OutEvent<P>>) {
