@@ -634,10 +634,32 @@ impl<T: Transport> Actor<T> {
 
     /// Act on every output of the core.
     fn drain(&mut self) {
+        // A payload goes to every eager neighbour in a row as the same GOSSIP: encode it once
+        // and share the frame, instead of one allocation and payload copy per neighbour.
+        let mut last_gossip: Option<(MessageId, u16, *const u8, Bytes)> = None;
         while let Some(out) = self.state.poll() {
             match out {
                 OutEvent::SendMessage(to, message) => {
-                    let frame = crate::wire::encode(&message);
+                    let frame = match &message {
+                        proto::Message::Broadcast(proto::plumtree::Message::Gossip(g)) => {
+                            match &last_gossip {
+                                Some((id, hops, ptr, frame))
+                                    if *id == g.id
+                                        && *hops == g.hops
+                                        && *ptr == g.payload.as_ptr() =>
+                                {
+                                    frame.clone()
+                                }
+                                _ => {
+                                    let frame = crate::wire::encode(&message);
+                                    last_gossip =
+                                        Some((g.id, g.hops, g.payload.as_ptr(), frame.clone()));
+                                    frame
+                                }
+                            }
+                        }
+                        _ => crate::wire::encode(&message),
+                    };
                     self.transport.send(to, frame);
                 }
                 OutEvent::ScheduleTimer(at, timer) => {

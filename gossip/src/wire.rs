@@ -90,9 +90,26 @@ fn config() -> bincode::config::Configuration {
 /// Only if `value`'s `Serialize` impl fails, which the crate's own message types never do
 /// (they hold no maps with non-string keys and no unsized sequences).
 pub fn encode<T: Serialize>(value: &T) -> Bytes {
-    let vec = bincode::serde::encode_to_vec(value, config())
+    // Measure, then write into a buffer of the exact size: growing a Vec from empty cost
+    // several reallocations and copies of every payload (about a tenth of the CPU of a node
+    // forwarding broadcasts).
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut size, config())
+        .expect("serializing a protocol message cannot fail");
+    let mut out = ExactWriter(Vec::with_capacity(size.bytes_written));
+    bincode::serde::encode_into_writer(value, &mut out, config())
         .expect("serializing a protocol message into a Vec cannot fail");
-    Bytes::from(vec)
+    Bytes::from(out.0)
+}
+
+/// Appends to a `Vec` sized beforehand.
+struct ExactWriter(Vec<u8>);
+
+impl bincode::enc::write::Writer for ExactWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// Decodes one `T` from all of `bytes`, refusing inputs longer than `limit` and any length
