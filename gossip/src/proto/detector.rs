@@ -727,12 +727,19 @@ mod tests {
                 neighbours.len()
             );
             assert!(worst < 2_000_000, "detected after {} ms", worst / 1000);
-            // No live link was dropped, and the overlay refilled.
-            for (i, p, t) in &net.downs {
-                if *t > crash_at {
-                    assert!(victims.contains(p), "{i} dropped live {p}");
-                }
-            }
+            // Repairs may evict a live link (a node left with no link asks with high priority,
+            // and a full node then drops one at random), but at most one per lost link; and the
+            // overlay refills.
+            let live_drops = net
+                .downs
+                .iter()
+                .filter(|(_, p, t)| *t > crash_at && !victims.contains(p))
+                .count();
+            assert!(
+                live_drops <= neighbours.len(),
+                "{live_drops} live links dropped for {} lost",
+                neighbours.len()
+            );
             net.run_until(crash_at / 1000 + 10_000);
             for i in (0..30u32).filter(|i| !victims.contains(i)) {
                 let active = net.active(i);
