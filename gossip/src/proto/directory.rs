@@ -90,7 +90,7 @@
 //!
 //! Besides the anti-entropy rounds outside the active view (above), every
 //! [`Config::heal_interval`] a node pings a random recently dead member or one of its seeds
-//! (the join contacts; always a seed when it has no neighbour). A seed known by address only
+//! (the join contacts; with no neighbour, a seed or, every other round, a random member it holds alive: its seeds may all have died). A seed known by address only
 //! answers from its real id: its ack is matched by sequence number and the real id reached. In a large cluster only about
 //! [`Config::heal_fanout`] nodes do so per interval. If it answers, the node asks the
 //! overlay to reach it ([`OutEvent::Reach`]) and starts a *healing* anti-entropy exchange with
@@ -2213,8 +2213,19 @@ impl<P: PeerId> State<P> {
                 return;
             }
         }
-        let use_seed = !seeds.is_empty() && (self.neighbours.is_empty() || rng.random_bool(0.5));
-        let target = if use_seed {
+        let isolated = self.neighbours.is_empty();
+        // Isolated, every other round pings a random member it holds alive: its seeds may all
+        // have died (a node restarted through one contact that crashed next would otherwise
+        // ping that dead seed forever and stay alone).
+        let member = if isolated && (seeds.is_empty() || rng.random_bool(0.5)) {
+            self.random_alive_member(rng)
+        } else {
+            None
+        };
+        let use_seed = !seeds.is_empty() && (isolated || rng.random_bool(0.5));
+        let target = if member.is_some() {
+            member
+        } else if use_seed {
             Some(seeds[rng.random_range(0..seeds.len())])
         } else {
             // A random recently dead member (not one that left: it is gone on purpose).
@@ -2232,6 +2243,21 @@ impl<P: PeerId> State<P> {
             self.heal_probe = Some((target, seq, false));
             out.push_back(OutEvent::SendMessage(target, Message::Ping { seq }));
         }
+    }
+
+    /// A random member other than this node that it holds alive, if any (O(members): only
+    /// called by an isolated node, once per heal interval).
+    fn random_alive_member<R: Rng>(&self, rng: &mut R) -> Option<P> {
+        let others = self.alive.saturating_sub(1);
+        if others == 0 {
+            return None;
+        }
+        let pick = rng.random_range(0..others);
+        self.entries
+            .iter()
+            .filter(|(id, e)| **id != self.me && e.state() == MemberState::Alive)
+            .nth(pick)
+            .map(|(id, _)| *id)
     }
 
     /// Remember a reaped member's last incarnation, forgetting the oldest beyond the capacity.

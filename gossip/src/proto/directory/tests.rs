@@ -831,6 +831,23 @@ fn healing_pings_the_dead_and_reaches_those_who_answer() {
     t.handle(InEvent::Join(vec![9]));
     let s = sends(&t.timer(Timer::Heal));
     assert!(matches!(s[..], [(9, Message::Ping { .. })]), "{s:?}");
+
+    // Isolated, knowing a live member besides its seed (which may have died since): it pings
+    // that member too, and its answer links to it.
+    t.update(9, &[alive(5, 0)]);
+    let mut targets = Vec::new();
+    for _ in 0..20 {
+        let s = sends(&t.timer(Timer::Heal));
+        let [(to, Message::Ping { seq })] = s[..] else {
+            panic!("one ping per round: {s:?}")
+        };
+        targets.push(to);
+        if to == 5 {
+            let o = t.recv(5, Message::Ack { seq });
+            assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(5))), "{o:?}");
+        }
+    }
+    assert!(targets.contains(&9) && targets.contains(&5), "{targets:?}");
 }
 
 /// Deliver direct messages between two directories until both are quiet.
