@@ -1232,15 +1232,19 @@ impl<P: PeerId> State<P> {
         {
             return c;
         }
-        let c = self
-            .entries
+        let c = self.min_alive_id();
+        self.collector = Some(c);
+        c
+    }
+
+    /// The smallest id held `Alive` (this node's own when it knows no other).
+    fn min_alive_id(&self) -> P {
+        self.entries
             .iter()
             .filter(|(_, e)| e.state() == MemberState::Alive)
             .map(|(id, _)| *id)
             .min()
-            .unwrap_or(self.me);
-        self.collector = Some(c);
-        c
+            .unwrap_or(self.me)
     }
 
     /// The smallest `Alive` id, this node included: the source of the beacon. Unlike the
@@ -1250,13 +1254,7 @@ impl<P: PeerId> State<P> {
         if let Some(c) = self.smallest {
             return c;
         }
-        let c = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.state() == MemberState::Alive)
-            .map(|(id, _)| *id)
-            .min()
-            .unwrap_or(self.me);
+        let c = self.min_alive_id();
         self.smallest = Some(c);
         c
     }

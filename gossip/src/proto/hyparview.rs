@@ -473,27 +473,13 @@ impl<P: PeerId> State<P> {
     ) {
         if self.active.contains(&from) {
             // A retried join whose first answer was slow: answer again, walk only once.
-            send(
-                out,
-                from,
-                Message::NeighborReply {
-                    accepted: true,
-                    hints: Vec::new(),
-                },
-            );
+            send(out, from, accepted());
             return;
         }
         let ttl = self.config.active_random_walk_length;
         if self.active.len() < self.config.active_view_capacity || self.config.contact_evicts {
             self.add_active(from, rng, out);
-            send(
-                out,
-                from,
-                Message::NeighborReply {
-                    accepted: true,
-                    hints: Vec::new(),
-                },
-            );
+            send(out, from, accepted());
         } else {
             // A full contact keeps its links and lets the walks find the new node's
             // neighbours: see `Config::contact_evicts`.
@@ -563,14 +549,7 @@ impl<P: PeerId> State<P> {
         out: &mut VecDeque<OutEvent<P>>,
     ) {
         if self.active.contains(&from) {
-            send(
-                out,
-                from,
-                Message::NeighborReply {
-                    accepted: true,
-                    hints: Vec::new(),
-                },
-            );
+            send(out, from, accepted());
             return;
         }
         // Accept a low-priority request when there is room, or when we asked the sender too
@@ -580,14 +559,7 @@ impl<P: PeerId> State<P> {
             || self.is_pending(&from);
         if accept {
             self.add_active(from, rng, out);
-            send(
-                out,
-                from,
-                Message::NeighborReply {
-                    accepted: true,
-                    hints: Vec::new(),
-                },
-            );
+            send(out, from, accepted());
         } else {
             self.stats.rejected_by_us += 1;
             self.add_passive(from, &[], rng);
@@ -1193,6 +1165,14 @@ impl<P: PeerId> State<P> {
 /// A periodic timer's interval, never zero (a zero interval would spin the driver).
 fn periodic(interval: Duration) -> Duration {
     interval.max(Duration::from_millis(1))
+}
+
+/// A plain acceptance of a JOIN or NEIGHBOR request (no hints).
+fn accepted<P: PeerId>() -> Message<P> {
+    Message::NeighborReply {
+        accepted: true,
+        hints: Vec::new(),
+    }
 }
 
 fn send<P: PeerId>(out: &mut VecDeque<OutEvent<P>>, to: P, message: Message<P>) {
