@@ -1857,6 +1857,18 @@ impl<P: PeerId> State<P> {
             .clamp(1, self.config.max_batch_entries.max(1));
         let mut chunk = Vec::with_capacity(chunk_len.min(self.entries.len()));
         let mut pending: Option<Vec<Fact<P>>> = None;
+        // Every chunk but the last goes without the reply token; the last one carries it.
+        let sync = |facts, last: bool| {
+            OutEvent::SendMessage(
+                to,
+                Message::Sync {
+                    facts,
+                    announce,
+                    last,
+                    reply: if last { reply } else { None },
+                },
+            )
+        };
         for (id, e) in &self.entries {
             if mask != u64::MAX && mask & (1 << bucket_of(id_hash(id))) == 0 {
                 continue;
@@ -1864,15 +1876,7 @@ impl<P: PeerId> State<P> {
             chunk.push(self.fact_of(*id, *e));
             if chunk.len() == chunk_len {
                 if let Some(facts) = pending.take() {
-                    out.push_back(OutEvent::SendMessage(
-                        to,
-                        Message::Sync {
-                            facts,
-                            announce,
-                            last: false,
-                            reply: None,
-                        },
-                    ));
+                    out.push_back(sync(facts, false));
                 }
                 pending = Some(std::mem::replace(&mut chunk, Vec::with_capacity(chunk_len)));
             }
@@ -1881,26 +1885,10 @@ impl<P: PeerId> State<P> {
             if chunk.is_empty() {
                 chunk = facts;
             } else {
-                out.push_back(OutEvent::SendMessage(
-                    to,
-                    Message::Sync {
-                        facts,
-                        announce,
-                        last: false,
-                        reply: None,
-                    },
-                ));
+                out.push_back(sync(facts, false));
             }
         }
-        out.push_back(OutEvent::SendMessage(
-            to,
-            Message::Sync {
-                facts: chunk,
-                announce,
-                last: true,
-                reply,
-            },
-        ));
+        out.push_back(sync(chunk, true));
     }
 
     fn on_timer<R: Rng>(
