@@ -35,6 +35,9 @@ struct Args {
     /// Seconds the raw TCP tree runs.
     #[arg(long, default_value_t = 3.0)]
     raw_seconds: f64,
+    /// Run only the phases whose name contains this (for profiling); the raw tree always runs.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn cpu_seconds() -> f64 {
@@ -110,19 +113,28 @@ async fn phase(
     let delivered = Arc::new(AtomicU64::new(0));
     let last_us = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::with_capacity(messages * NODES)));
+    // Receivers run until told to stop (no timer armed per message: the harness must not burn
+    // CPU the protocol is charged for).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut receivers = Vec::new();
     for node in nodes {
-        let (node, delivered, latencies, last_us) = (
+        let (node, delivered, latencies, last_us, mut stop) = (
             node.clone(),
             delivered.clone(),
             latencies.clone(),
             last_us.clone(),
+            stop_rx.clone(),
         );
         receivers.push(tokio::spawn(async move {
             let mut local = Vec::new();
             loop {
-                match tokio::time::timeout(Duration::from_secs(2), node.recv()).await {
-                    Ok(Ok(m)) => {
+                let m = tokio::select! {
+                    biased;
+                    m = node.recv() => m,
+                    _ = stop.changed() => break,
+                };
+                match m {
+                    Ok(m) => {
                         if let Ok(b) = m.decode::<Blob>() {
                             let now = start.elapsed().as_micros() as u64;
                             local.push(now.saturating_sub(b.sent_at_us));
@@ -130,8 +142,8 @@ async fn phase(
                             last_us.fetch_max(now, Ordering::Relaxed);
                         }
                     }
-                    Ok(Err(gossip::Error::Lagged(_))) => continue,
-                    _ => break,
+                    Err(gossip::Error::Lagged(_)) => continue,
+                    Err(_) => break,
                 }
             }
             latencies.lock().unwrap().extend(local);
@@ -185,6 +197,7 @@ async fn phase(
     .max(1e-3);
     let cpu = cpu_seconds() - cpu0;
     let got = delivered.load(Ordering::Relaxed);
+    let _ = stop_tx.send(true);
     for r in receivers {
         r.await.unwrap();
     }
@@ -297,34 +310,48 @@ async fn main() {
     let raw = raw_tree(args.raw_seconds).await;
     println!("raw fanout-4 TCP tree: {:.0} deliveries/s", raw);
 
-    let mut phases = Vec::new();
-    let tcp = start_cluster(None).await;
-    phases.push(phase(&tcp, "tcp one sender (paced 1000/s)", 1, 2000, Some(1000.0)).await);
-    phases.push(phase(&tcp, "tcp one sender (flat out)", 1, args.messages, None).await);
-    phases.push(
-        phase(
-            &tcp,
+    // (transport, name, senders, messages, rate)
+    let plan: [(bool, &str, usize, usize, Option<f64>); 5] = [
+        (
+            false,
+            "tcp one sender (paced 1000/s)",
+            1,
+            2000,
+            Some(1000.0),
+        ),
+        (false, "tcp one sender (flat out)", 1, args.messages, None),
+        (
+            false,
             "tcp all senders (flat out)",
             NODES,
             args.messages,
             None,
-        )
-        .await,
-    );
-    drop(tcp);
-    let net = MemoryNetwork::new(1);
-    let mem = start_cluster(Some(&net)).await;
-    phases.push(phase(&mem, "memory one sender (flat out)", 1, args.messages, None).await);
-    phases.push(
-        phase(
-            &mem,
+        ),
+        (true, "memory one sender (flat out)", 1, args.messages, None),
+        (
+            true,
             "memory all senders (flat out)",
             NODES,
             args.messages,
             None,
-        )
-        .await,
-    );
+        ),
+    ];
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|o| name.contains(o));
+    let mut phases = Vec::new();
+    for memory in [false, true] {
+        let steps: Vec<_> = plan
+            .iter()
+            .filter(|(m, name, ..)| *m == memory && wanted(name))
+            .collect();
+        if steps.is_empty() {
+            continue;
+        }
+        let net = MemoryNetwork::new(1);
+        let nodes = start_cluster(memory.then_some(&net)).await;
+        for (_, name, senders, messages, rate) in steps {
+            phases.push(phase(&nodes, name, *senders, *messages, *rate).await);
+        }
+    }
 
     println!(
         "{:<32} {:>9} {:>12} {:>8} {:>8} {:>7} {:>10} {:>9}",
@@ -343,7 +370,11 @@ async fn main() {
             p.cpu_us_per_delivery
         );
     }
-    let best_tcp = phases[1].deliveries_per_s.max(phases[2].deliveries_per_s);
+    let best_tcp = phases
+        .iter()
+        .filter(|p| p.name.starts_with("tcp") && p.name.contains("flat out"))
+        .map(|p| p.deliveries_per_s)
+        .fold(0.0, f64::max);
     println!(
         "gossip over TCP reaches {:.1}% of the raw tree",
         100.0 * best_tcp / raw
