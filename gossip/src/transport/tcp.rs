@@ -253,10 +253,8 @@ type Queue = mpsc::Receiver<Bytes>;
 type Handover = oneshot::Sender<Option<Queue>>;
 
 enum Internal {
-    Frame {
-        from: NodeId,
-        frame: Bytes,
-    },
+    /// Frames read from one connection, in order.
+    Frames { from: NodeId, frames: Vec<Bytes> },
     Connected {
         /// The id that was dialed (generation 0 when only the address was known).
         peer: NodeId,
@@ -557,7 +555,13 @@ impl TcpTransport {
 
     fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
         match ev {
-            Internal::Frame { from, frame } => return Some(TransportEvent::Frame { from, frame }),
+            Internal::Frames { from, frames } => {
+                let mut frames = frames.into_iter();
+                let first = frames.next()?;
+                self.ready
+                    .extend(frames.map(|frame| TransportEvent::Frame { from, frame }));
+                return Some(TransportEvent::Frame { from, frame: first });
+            }
             Internal::Connected { peer, actual, conn } => {
                 self.backoff.remove(&peer);
                 if let Some(p) = self.peers.get_mut(&peer)
@@ -848,10 +852,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 fn split(shared: &Shared, stream: TcpStream) -> (Reader, Writer) {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    (
-        FramedRead::new(r, shared.codec(wire::MAX_HANDSHAKE_LEN)),
-        FramedWrite::new(w, shared.codec(shared.wire_max())),
-    )
+    let mut w = FramedWrite::new(w, shared.codec(shared.wire_max()));
+    // Write a whole batch with one system call rather than one per 8 KiB.
+    w.set_backpressure_boundary(MAX_BATCH_BYTES as usize);
+    (FramedRead::new(r, shared.codec(wire::MAX_HANDSHAKE_LEN)), w)
 }
 
 async fn write_handshake(shared: &Shared, w: &mut Writer, h: Handshake) -> Result<(), ConnError> {
@@ -1176,7 +1180,7 @@ async fn run_conn(
     shared: Arc<Shared>,
     peer: NodeId,
     conn: u64,
-    mut reader: Reader,
+    reader: Reader,
     writer: Writer,
     session: Option<Session>,
     source: QueueSource,
@@ -1190,7 +1194,6 @@ async fn run_conn(
     }
     add(&shared.counters.open_connections, 1);
     let _open = Open(&shared.counters.open_connections);
-    reader.decoder_mut().set_max_frame_length(shared.wire_max());
     let last_write = Arc::new(AtomicU64::new(shared.now_ms()));
     let mut read_task = AbortOnDrop(tokio::spawn(read_loop(
         shared.clone(),
@@ -1287,6 +1290,7 @@ async fn write_batch(
     let mut bytes = 0u64;
     let cap = shared.cfg.max_frame_size + 4;
     let mut record = BytesMut::new();
+    let mut yielded = false;
     while let Some(frame) = item {
         match session {
             None => {
@@ -1308,7 +1312,17 @@ async fn write_batch(
         n += 1;
         let queued_bytes = bytes + record.len() as u64;
         item = if n < MAX_BATCH && queued_bytes < MAX_BATCH_BYTES {
-            queue.try_recv().ok()
+            match queue.try_recv() {
+                Ok(frame) => Some(frame),
+                Err(_) if !yielded => {
+                    // The node usually queues several frames per turn: let it finish the turn
+                    // once, so they leave in one system call instead of one each.
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    queue.try_recv().ok()
+                }
+                Err(_) => None,
+            }
         } else {
             None
         };
@@ -1345,23 +1359,117 @@ fn split_record(mut record: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(
     Ok(())
 }
 
+/// Bytes asked of the socket per read: a busy link hands over dozens of frames per system call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Frames passed to the node per event, at most (bounds one event's memory with `READ_CHUNK`).
+const FRAMES_PER_EVENT: usize = 256;
+
+/// Cuts the complete wire bodies (`u32` big-endian length, then the body) off the front of
+/// `buf`, at most `limit` of them; the bodies are slices of the read buffer, not copies.
+/// A length over `max` is refused before anything is allocated for it.
+fn cut_bodies(
+    buf: &mut BytesMut,
+    max: usize,
+    limit: usize,
+    out: &mut Vec<BytesMut>,
+) -> Result<(), ConnError> {
+    while out.len() < limit && buf.len() >= 4 {
+        let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+        if len > max {
+            return Err(ConnError::Oversized { max });
+        }
+        if buf.len() < 4 + len {
+            // Room for the rest of this body (bounded by `max`), so it arrives in one piece.
+            buf.reserve(4 + len - buf.len());
+            break;
+        }
+        buf.advance(4);
+        out.push(buf.split_to(len));
+    }
+    Ok(())
+}
+
 async fn read_loop(
     shared: Arc<Shared>,
     peer: NodeId,
-    mut reader: Reader,
+    reader: Reader,
     session: Option<Session>,
     last_write: Arc<AtomicU64>,
 ) -> ReadEnd {
+    use tokio::io::AsyncReadExt;
     let cfg = &shared.cfg;
+    let wire_max = shared.wire_max();
     let mut counter = 0u64;
     let mut last_read = shared.now_ms();
     let mut partial_since: Option<u64> = None;
-    let mut frames = Vec::with_capacity(MAX_BATCH);
+    // Whatever the handshake reader already buffered past the handshake belongs to us.
+    let mut reader = reader;
+    let mut buf = std::mem::take(reader.read_buffer_mut());
+    let mut io = reader.into_inner();
+    let mut bodies = Vec::with_capacity(FRAMES_PER_EVENT);
+    let mut frames = Vec::with_capacity(FRAMES_PER_EVENT);
+    // One timer for the connection, checked every read timeout, instead of one armed per read.
+    let tick = tokio::time::sleep(cfg.read_timeout);
+    tokio::pin!(tick);
     loop {
-        match timeout(cfg.read_timeout, reader.next()).await {
-            Err(_) => {
+        // Hand over every complete frame already buffered, in events of bounded size.
+        loop {
+            if let Err(e) = cut_bodies(&mut buf, wire_max, FRAMES_PER_EVENT, &mut bodies) {
+                return ReadEnd::Error(e);
+            }
+            if bodies.is_empty() {
+                break;
+            }
+            partial_since = None;
+            for body in bodies.drain(..) {
+                add(&shared.counters.bytes_received, body.len() as u64 + 4);
+                match &session {
+                    Some(s) => {
+                        let record = match s.open(counter, body) {
+                            Ok(r) => r,
+                            Err(e) => return ReadEnd::Error(e.into()),
+                        };
+                        counter += 1;
+                        if let Err(e) = split_record(record, cfg.max_frame_size, &mut frames) {
+                            return ReadEnd::Error(e);
+                        }
+                    }
+                    None if body.len() > cfg.max_frame_size => {
+                        return ReadEnd::Error(ConnError::Oversized {
+                            max: cfg.max_frame_size,
+                        });
+                    }
+                    None => frames.push(body.freeze()),
+                }
+            }
+            add(&shared.counters.frames_received, frames.len() as u64);
+            let batch = std::mem::replace(&mut frames, Vec::with_capacity(FRAMES_PER_EVENT));
+            if shared
+                .events
+                .send(Internal::Frames {
+                    from: peer,
+                    frames: batch,
+                })
+                .await
+                .is_err()
+            {
+                return ReadEnd::Shutdown;
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            read = io.read_buf(&mut buf) => match read {
+                Ok(0) => return ReadEnd::Eof,
+                Ok(_) => last_read = shared.now_ms(),
+                Err(e) => return ReadEnd::Error(ConnError::Io(e)),
+            },
+            _ = &mut tick => {
                 let now = shared.now_ms();
-                if !reader.read_buffer().is_empty() {
+                tick.as_mut().reset(Instant::now() + cfg.read_timeout);
+                if !buf.is_empty() {
+                    // A frame started and is not complete: the writer gets one to two periods.
                     match partial_since {
                         Some(t) if now.saturating_sub(t) >= cfg.read_timeout.as_millis() as u64 => {
                             return ReadEnd::Error(ConnError::SlowRead);
@@ -1375,42 +1483,6 @@ async fn read_loop(
                 if now.saturating_sub(active) >= cfg.idle_timeout.as_millis() as u64 {
                     return ReadEnd::Idle;
                 }
-            }
-            Ok(None) => return ReadEnd::Eof,
-            Ok(Some(Err(e))) => return ReadEnd::Error(ConnError::from_codec(e, shared.wire_max())),
-            Ok(Some(Ok(buf))) => {
-                partial_since = None;
-                add(&shared.counters.bytes_received, buf.len() as u64 + 4);
-                match &session {
-                    Some(s) => {
-                        let record = match s.open(counter, buf) {
-                            Ok(r) => r,
-                            Err(e) => return ReadEnd::Error(e.into()),
-                        };
-                        counter += 1;
-                        if let Err(e) = split_record(record, cfg.max_frame_size, &mut frames) {
-                            return ReadEnd::Error(e);
-                        }
-                    }
-                    None if buf.len() > cfg.max_frame_size => {
-                        return ReadEnd::Error(ConnError::Oversized {
-                            max: cfg.max_frame_size,
-                        });
-                    }
-                    None => frames.push(buf.freeze()),
-                }
-                for frame in frames.drain(..) {
-                    add(&shared.counters.frames_received, 1);
-                    if shared
-                        .events
-                        .send(Internal::Frame { from: peer, frame })
-                        .await
-                        .is_err()
-                    {
-                        return ReadEnd::Shutdown;
-                    }
-                }
-                last_read = shared.now_ms();
             }
         }
     }
