@@ -456,6 +456,11 @@ const FRAMES_PER_TURN: usize = 256;
 impl<T: Transport> Actor<T> {
     async fn run(mut self) {
         self.drain();
+        // One timer for the actor, moved only when the earliest deadline changes: creating and
+        // registering a fresh one every turn cost more than the turn's work at high rates.
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<TokioInstant> = None;
         loop {
             let next_timer = self
                 .timers
@@ -466,12 +471,12 @@ impl<T: Transport> Actor<T> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sleep = async {
-                match wake {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => futures::future::pending().await,
-                }
-            };
+            if let Some(at) = wake
+                && armed != Some(at)
+            {
+                sleep.as_mut().reset(at);
+                armed = Some(at);
+            }
             tokio::select! {
                 biased;
                 command = self.commands.recv() => match command {
@@ -499,7 +504,8 @@ impl<T: Transport> Actor<T> {
                         break;
                     }
                 },
-                _ = sleep => {
+                _ = &mut sleep, if wake.is_some() => {
+                    armed = None;
                     self.fire_timers();
                     self.check_joins();
                 }
@@ -594,7 +600,7 @@ impl<T: Transport> Actor<T> {
         let now = self.now();
         match event {
             TransportEvent::Frame { from, frame } => {
-                match crate::wire::decode::<proto::Message<NodeId>>(&frame, self.max_frame) {
+                match crate::wire::decode_frame::<NodeId>(&frame, self.max_frame) {
                     Ok(message) => self.state.handle(InEvent::RecvMessage(from, message), now),
                     Err(error) => {
                         self.stats.bad_frames += 1;
@@ -625,7 +631,6 @@ impl<T: Transport> Actor<T> {
                 Some(Reverse(entry)) if entry.at <= now => {
                     let Reverse(entry) = self.timers.pop().expect("peeked");
                     self.state.handle(InEvent::TimerExpired(entry.timer), now);
-                    self.drain();
                 }
                 _ => break,
             }
@@ -651,14 +656,14 @@ impl<T: Transport> Actor<T> {
                                     frame.clone()
                                 }
                                 _ => {
-                                    let frame = crate::wire::encode(&message);
+                                    let frame = crate::wire::encode_frame(&message);
                                     last_gossip =
                                         Some((g.id, g.hops, g.payload.as_ptr(), frame.clone()));
                                     frame
                                 }
                             }
                         }
-                        _ => crate::wire::encode(&message),
+                        _ => crate::wire::encode_frame(&message),
                     };
                     self.transport.send(to, frame);
                 }

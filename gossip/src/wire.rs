@@ -34,6 +34,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::NodeId;
+use crate::proto::{self, PeerId, plumtree};
 
 /// The first four bytes of every handshake frame.
 pub const MAGIC: [u8; 4] = *b"GSP\0";
@@ -146,6 +147,80 @@ fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(
         Err(E::UnexpectedEnd { .. }) => Err(WireError::Truncated),
         Err(e) => Err(WireError::Malformed(e.to_string())),
     }
+}
+
+/// First byte of a frame carrying a broadcast payload as [`plumtree::Message::Gossip`].
+///
+/// Node frames ([`encode_frame`]) are either a protocol message as [`encode`] writes it (whose
+/// first byte is the [`proto::Message`] variant, 0 to 3) or, for the one message that carries a
+/// payload, this byte, the bincode header `(id, kind, hops)` and the payload's raw bytes up to
+/// the end of the frame. The payload is then neither length-prefixed nor copied: it is encoded
+/// once, shared by every eager neighbour, and decoded as a slice of the frame.
+pub const FRAME_GOSSIP: u8 = 0xF0;
+/// As [`FRAME_GOSSIP`], for [`plumtree::Message::CatchUp`].
+pub const FRAME_CATCHUP: u8 = 0xF1;
+/// The largest payload header accepted (an id, a kind and a hop count are far smaller).
+const MAX_GOSSIP_HEADER: usize = 1024;
+
+/// Encodes one protocol message as a node frame (see [`FRAME_GOSSIP`]).
+pub fn encode_frame<P: PeerId>(message: &proto::Message<P>) -> Bytes {
+    let (kind, g) = match message {
+        proto::Message::Broadcast(plumtree::Message::Gossip(g)) => (FRAME_GOSSIP, g),
+        proto::Message::Broadcast(plumtree::Message::CatchUp(g)) => (FRAME_CATCHUP, g),
+        other => return encode(other),
+    };
+    let header = (&g.id, g.kind, g.hops);
+    let mut size = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(header, &mut size, config())
+        .expect("serializing a payload header cannot fail");
+    let mut out = ExactWriter(Vec::with_capacity(1 + size.bytes_written + g.payload.len()));
+    out.0.push(kind);
+    bincode::serde::encode_into_writer(header, &mut out, config())
+        .expect("serializing a payload header into a Vec cannot fail");
+    out.0.extend_from_slice(&g.payload);
+    Bytes::from(out.0)
+}
+
+/// Decodes a node frame written by [`encode_frame`] (or a message written by [`encode`]),
+/// refusing frames longer than `limit`. A payload is returned as a slice of `frame`, not a copy.
+pub fn decode_frame<P: PeerId>(
+    frame: &Bytes,
+    limit: usize,
+) -> Result<proto::Message<P>, WireError> {
+    if frame.len() > limit {
+        return Err(WireError::TooLarge {
+            len: frame.len(),
+            limit,
+        });
+    }
+    let kind = match frame.first() {
+        Some(&k @ (FRAME_GOSSIP | FRAME_CATCHUP)) => k,
+        _ => return decode(frame, limit),
+    };
+    use bincode::error::DecodeError as E;
+    let header = &frame[1..];
+    let header = &header[..header.len().min(MAX_GOSSIP_HEADER)];
+    let cfg = config().with_limit::<MAX_GOSSIP_HEADER>();
+    let ((id, payload_kind, hops), used): (
+        (proto::MessageId<P>, plumtree::PayloadKind, u16),
+        usize,
+    ) = match bincode::serde::decode_from_slice(header, cfg) {
+        Ok(x) => x,
+        Err(E::LimitExceeded) => return Err(WireError::LimitExceeded),
+        Err(E::UnexpectedEnd { .. }) => return Err(WireError::Truncated),
+        Err(e) => return Err(WireError::Malformed(e.to_string())),
+    };
+    let g = plumtree::Gossip {
+        id,
+        kind: payload_kind,
+        payload: frame.slice(1 + used..),
+        hops,
+    };
+    Ok(proto::Message::Broadcast(if kind == FRAME_GOSSIP {
+        plumtree::Message::Gossip(g)
+    } else {
+        plumtree::Message::CatchUp(g)
+    }))
 }
 
 /// The handshake each side sends first.
@@ -522,8 +597,70 @@ mod tests {
         }
     }
 
+    fn gossip(kind: plumtree::PayloadKind, payload: &'static [u8]) -> plumtree::Gossip<NodeId> {
+        plumtree::Gossip {
+            id: proto::MessageId {
+                origin: id(7000, 3),
+                seq: 42,
+            },
+            kind,
+            payload: Bytes::from_static(payload),
+            hops: 7,
+        }
+    }
+
+    #[test]
+    fn payload_frames_round_trip_and_share_the_frame() {
+        for message in [
+            proto::Message::Broadcast(plumtree::Message::Gossip(gossip(
+                plumtree::PayloadKind::User,
+                b"hello",
+            ))),
+            proto::Message::Broadcast(plumtree::Message::CatchUp(gossip(
+                plumtree::PayloadKind::System,
+                b"",
+            ))),
+            proto::Message::Broadcast(plumtree::Message::Prune),
+        ] {
+            let frame = encode_frame(&message);
+            let back: proto::Message<NodeId> = decode_frame(&frame, 1024).unwrap();
+            assert_eq!(back, message);
+            // The payload is a view into the frame, not a copy.
+            if let proto::Message::Broadcast(plumtree::Message::Gossip(g)) = &back {
+                let range = frame.as_ptr_range();
+                assert!(range.contains(&g.payload.as_ptr()));
+            }
+        }
+        // A payload message in the plain encoding is still accepted.
+        let plain = proto::Message::Broadcast(plumtree::Message::Gossip(gossip(
+            plumtree::PayloadKind::User,
+            b"x",
+        )));
+        let frame = encode(&plain);
+        assert_eq!(decode_frame::<NodeId>(&frame, 1024).unwrap(), plain);
+        // Over the limit, truncated header.
+        let frame = encode_frame(&plain);
+        assert!(matches!(
+            decode_frame::<NodeId>(&frame, 4),
+            Err(WireError::TooLarge { .. })
+        ));
+        assert!(decode_frame::<NodeId>(&frame.slice(..3), 1024).is_err());
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any bytes after a payload-frame kind byte: an error or a payload no longer than the
+        /// frame, never a panic.
+        #[test]
+        fn any_payload_frame_never_panics(kind in 0xF0u8..0xF3, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut f = vec![kind];
+            f.extend_from_slice(&body);
+            let f = Bytes::from(f);
+            if let Ok(proto::Message::Broadcast(plumtree::Message::Gossip(g) | plumtree::Message::CatchUp(g))) = decode_frame::<NodeId>(&f, 300) {
+                proptest::prop_assert!(g.payload.len() < f.len());
+            }
+        }
 
         /// Any bytes as a handshake frame: an error or a bounded value, never a panic.
         #[test]
