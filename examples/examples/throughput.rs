@@ -18,8 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
 const NODES: usize = 16;
-/// Deliveries allowed in flight in the flat-out phases.
-const WINDOW: u64 = 4000;
 
 #[derive(Tag, Serialize, Deserialize, Debug)]
 struct Blob {
@@ -38,6 +36,9 @@ struct Args {
     /// Run only the phases whose name contains this (for profiling); the raw tree always runs.
     #[arg(long)]
     only: Option<String>,
+    /// Deliveries allowed in flight in the flat-out phases (closed loop).
+    #[arg(long, default_value_t = 4000)]
+    window: u64,
 }
 
 fn cpu_seconds() -> f64 {
@@ -108,6 +109,7 @@ async fn phase(
     senders: usize,
     messages: usize,
     rate: Option<f64>,
+    window: u64,
 ) -> Phase {
     let start = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
@@ -169,7 +171,7 @@ async fn phase(
                     // Closed loop: keep at most WINDOW deliveries in flight, so queues do not
                     // overflow and the figure is sustained throughput, not a burst into drops.
                     while sent_total.load(Ordering::Relaxed) * (NODES as u64 - 1)
-                        > delivered.load(Ordering::Relaxed) + WINDOW
+                        > delivered.load(Ordering::Relaxed) + window
                     {
                         tokio::time::sleep(Duration::from_micros(200)).await;
                     }
@@ -349,7 +351,7 @@ async fn main() {
         let net = MemoryNetwork::new(1);
         let nodes = start_cluster(memory.then_some(&net)).await;
         for (_, name, senders, messages, rate) in steps {
-            phases.push(phase(&nodes, name, *senders, *messages, *rate).await);
+            phases.push(phase(&nodes, name, *senders, *messages, *rate, args.window).await);
         }
     }
 

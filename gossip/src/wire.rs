@@ -647,6 +647,35 @@ mod tests {
         assert!(decode_frame::<NodeId>(&frame.slice(..3), 1024).is_err());
     }
 
+    #[test]
+    fn ihave_runs_share_their_origin_keep_order_and_are_capped() {
+        let ihave = |origin: NodeId, seq: u64| plumtree::IHave {
+            id: proto::MessageId { origin, seq },
+            hops: 2,
+        };
+        let (a, b) = (id(7000, 1 << 40), id(7001, 1 << 41));
+        let m = plumtree::Message::IHave(vec![ihave(a, 1), ihave(a, 2), ihave(b, 9), ihave(a, 3)]);
+        let bytes = encode(&m);
+        assert_eq!(
+            decode::<plumtree::Message<NodeId>>(&bytes, 4096).unwrap(),
+            m
+        );
+        // 100 ids of one origin: the origin is written once, each id costs its seq and hops.
+        let one = plumtree::Message::IHave((1..=100).map(|s| ihave(a, s)).collect());
+        let len = encode(&one).len();
+        assert!(len < 100 * 4 + encode(&a).len() + 8, "{len} bytes");
+        // More ids than the wire cap do not decode.
+        let many = plumtree::Message::<u32>::IHave(
+            (0..=plumtree::MAX_IHAVE_WIRE as u64)
+                .map(|seq| plumtree::IHave {
+                    id: proto::MessageId { origin: 1, seq },
+                    hops: 1,
+                })
+                .collect(),
+        );
+        assert!(decode::<plumtree::Message<u32>>(&encode(&many), 1 << 20).is_err());
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 

@@ -310,14 +310,142 @@ pub struct Digest<P: PeerId> {
     pub entries: Vec<DigestEntry<P>>,
 }
 
+/// Most ids one IHAVE may carry on the wire; a longer one does not decode (the link closes).
+/// Senders batch at most `min(max_ihave_ids, MAX_IHAVE_WIRE)` ids.
+pub const MAX_IHAVE_WIRE: usize = 4096;
+
+/// The wire form of an IHAVE: the announcements grouped in runs of one origin, so an origin
+/// (a full node id) is written once per run rather than once per id. Order is kept exactly.
+mod ihave_wire {
+    use std::marker::PhantomData;
+
+    use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
+    use serde::ser::{SerializeSeq, SerializeTuple};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    use super::{IHave, MAX_IHAVE_WIRE};
+    use crate::proto::{MessageId, PeerId};
+
+    pub fn serialize<P: PeerId, S: Serializer>(ids: &[IHave<P>], s: S) -> Result<S::Ok, S::Error> {
+        let runs = ids.chunk_by(|a, b| a.id.origin == b.id.origin);
+        let mut seq = s.serialize_seq(Some(runs.clone().count()))?;
+        for run in runs {
+            seq.serialize_element(&Run(run))?;
+        }
+        seq.end()
+    }
+
+    struct Run<'a, P: PeerId>(&'a [IHave<P>]);
+
+    impl<P: PeerId> Serialize for Run<'_, P> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&self.0[0].id.origin)?;
+            t.serialize_element(&Entries(self.0))?;
+            t.end()
+        }
+    }
+
+    struct Entries<'a, P: PeerId>(&'a [IHave<P>]);
+
+    impl<P: PeerId> Serialize for Entries<'_, P> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for i in self.0 {
+                seq.serialize_element(&(i.id.seq, i.hops))?;
+            }
+            seq.end()
+        }
+    }
+
+    pub fn deserialize<'de, P: PeerId, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<IHave<P>>, D::Error> {
+        d.deserialize_seq(Runs(PhantomData))
+    }
+
+    struct Runs<P>(PhantomData<P>);
+
+    impl<'de, P: PeerId> Visitor<'de> for Runs<P> {
+        type Value = Vec<IHave<P>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("IHAVE runs")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while seq.next_element_seed(RunSeed(&mut out))?.is_some() {}
+            Ok(out)
+        }
+    }
+
+    /// Appends one run to the ids decoded so far.
+    struct RunSeed<'a, P: PeerId>(&'a mut Vec<IHave<P>>);
+
+    impl<'de, P: PeerId> DeserializeSeed<'de> for RunSeed<'_, P> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_tuple(2, self)
+        }
+    }
+
+    impl<'de, P: PeerId> Visitor<'de> for RunSeed<'_, P> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an origin and its announcements")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let origin: P = seq
+                .next_element()?
+                .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+            seq.next_element_seed(EntriesSeed(origin, self.0))?
+                .ok_or_else(|| A::Error::custom("IHAVE run without announcements"))
+        }
+    }
+
+    struct EntriesSeed<'a, P: PeerId>(P, &'a mut Vec<IHave<P>>);
+
+    impl<'de, P: PeerId> DeserializeSeed<'de> for EntriesSeed<'_, P> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de, P: PeerId> Visitor<'de> for EntriesSeed<'_, P> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("(seq, hops) announcements")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let EntriesSeed(origin, out) = self;
+            while let Some((seq_no, hops)) = seq.next_element::<(u64, u16)>()? {
+                if out.len() >= MAX_IHAVE_WIRE {
+                    return Err(A::Error::custom(format_args!(
+                        "IHAVE with more than {MAX_IHAVE_WIRE} ids"
+                    )));
+                }
+                out.push(IHave {
+                    id: MessageId {
+                        origin,
+                        seq: seq_no,
+                    },
+                    hops,
+                });
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Wire messages of the broadcast layer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub enum Message<P: PeerId> {
     /// Eager push of a payload.
     Gossip(Gossip<P>),
-    /// Lazy announcement of message ids (batched).
-    IHave(Vec<IHave<P>>),
+    /// Lazy announcement of message ids (batched). On the wire, consecutive announcements of
+    /// one origin share it: `[(origin, [(seq, hops)])]`, at most [`MAX_IHAVE_WIRE`] ids.
+    IHave(#[serde(with = "ihave_wire")] Vec<IHave<P>>),
     /// Move the link to eager; with an id, also send that message.
     Graft(Option<MessageId<P>>),
     /// Move the link to lazy, for the messages of every origin.
@@ -1477,7 +1605,7 @@ impl<P: PeerId> State<P> {
         };
         let batch = &mut self.lazy_queue[i].1;
         batch.push(ihave);
-        if batch.len() >= self.config.max_ihave_ids.max(1) {
+        if batch.len() >= self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE) {
             let batch = std::mem::take(batch);
             self.stats.ihave_sent += 1;
             out.push_back(OutEvent::SendMessage(peer, Message::IHave(batch)));
