@@ -309,8 +309,13 @@ async fn raw_tree(seconds: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    let cpu0 = cpu_seconds();
     let raw = raw_tree(args.raw_seconds).await;
-    println!("raw fanout-4 TCP tree: {:.0} deliveries/s", raw);
+    let raw_cpu_us = (cpu_seconds() - cpu0) * 1e6 / (raw * args.raw_seconds).max(1.0);
+    println!(
+        "raw fanout-4 TCP tree: {:.0} deliveries/s, {:.2} us CPU per delivery",
+        raw, raw_cpu_us
+    );
 
     // (transport, name, senders, messages, rate)
     let plan: [(bool, &str, usize, usize, Option<f64>); 5] = [

@@ -1599,7 +1599,9 @@ impl<P: PeerId> State<P> {
         let i = match self.lazy_queue.iter().position(|(p, _)| *p == peer) {
             Some(i) => i,
             None => {
-                self.lazy_queue.push((peer, Vec::new()));
+                // Busy links fill a batch per dispatch: start it at a size that rarely grows.
+                let cap = self.config.max_ihave_ids.clamp(1, 64);
+                self.lazy_queue.push((peer, Vec::with_capacity(cap)));
                 self.lazy_queue.len() - 1
             }
         };

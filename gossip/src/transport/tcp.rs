@@ -1291,11 +1291,12 @@ async fn write_batch(
     let cap = shared.cfg.max_frame_size + 4;
     let mut record = BytesMut::new();
     let mut yielded = false;
+    let mut plain = Vec::new();
     while let Some(frame) = item {
         match session {
             None => {
                 bytes += frame.len() as u64 + 4;
-                w.feed(frame).await?;
+                plain.push(frame);
             }
             Some(s) => {
                 if !record.is_empty() && record.len() + 4 + frame.len() > cap {
@@ -1336,7 +1337,38 @@ async fn write_batch(
         w.feed(sealed).await?;
     }
     SinkExt::<Bytes>::flush(w).await?;
+    if !plain.is_empty() {
+        // The codec's buffer is empty after a flush: write the frames straight from their own
+        // buffers, lengths and bodies in one writev, instead of copying them into it first.
+        write_frames(w.get_mut(), &plain).await?;
+    }
     add(&shared.counters.bytes_sent, bytes);
+    Ok(())
+}
+
+/// Writes each frame as its 4-byte big-endian length and its body, with vectored writes.
+async fn write_frames(io: &mut OwnedWriteHalf, frames: &[Bytes]) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    use tokio::io::AsyncWriteExt;
+    let heads: Vec<[u8; 4]> = frames
+        .iter()
+        .map(|f| (f.len() as u32).to_be_bytes())
+        .collect();
+    let mut slices = Vec::with_capacity(frames.len() * 2);
+    for (head, frame) in heads.iter().zip(frames) {
+        slices.push(IoSlice::new(head));
+        if !frame.is_empty() {
+            slices.push(IoSlice::new(frame));
+        }
+    }
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        let n = io.write_vectored(bufs).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut bufs, n);
+    }
     Ok(())
 }
 
