@@ -50,6 +50,7 @@ impl<T> Inbox<T> {
     }
 
     /// Push an item; drops the oldest one when full.
+    #[cfg(test)]
     pub(crate) fn push(&self, item: T) {
         {
             let mut inner = self.lock();
@@ -62,6 +63,29 @@ impl<T> Inbox<T> {
                 inner.total_lagged += 1;
             }
             inner.items.push_back(item);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Push every item of `items` (oldest first) under one lock, waking a receiver once.
+    pub(crate) fn push_all(&self, items: &mut Vec<T>) {
+        if items.is_empty() {
+            return;
+        }
+        {
+            let mut inner = self.lock();
+            if inner.closed {
+                items.clear();
+                return;
+            }
+            for item in items.drain(..) {
+                if inner.items.len() >= self.capacity {
+                    inner.items.pop_front();
+                    inner.lagged += 1;
+                    inner.total_lagged += 1;
+                }
+                inner.items.push_back(item);
+            }
         }
         self.notify.notify_one();
     }
@@ -97,6 +121,10 @@ impl<T> Inbox<T> {
 
     /// Wait for the next item. Cancel safe: nothing is lost if the future is dropped.
     pub(crate) async fn pop(&self) -> Pop<T> {
+        // A receiver that keeps up finds items waiting: take one without registering a waiter.
+        if let Some(pop) = self.try_pop() {
+            return pop;
+        }
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
@@ -125,6 +153,27 @@ mod tests {
         inbox.close();
         assert!(matches!(inbox.pop().await, Pop::Closed));
         assert_eq!(inbox.total_lagged(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_pushed_in_order_and_overflows_like_single_pushes() {
+        let inbox = Inbox::new(3);
+        let mut batch = vec![1, 2, 3, 4, 5];
+        inbox.push_all(&mut batch);
+        assert!(batch.is_empty());
+        assert!(matches!(inbox.pop().await, Pop::Lagged(2)));
+        for want in 3..=5 {
+            assert!(matches!(inbox.pop().await, Pop::Item(x) if x == want));
+        }
+        let waiter = {
+            let inbox = std::sync::Arc::new(inbox);
+            let w = inbox.clone();
+            let task = tokio::spawn(async move { matches!(w.pop().await, Pop::Item(9)) });
+            tokio::task::yield_now().await;
+            inbox.push_all(&mut vec![9]);
+            task
+        };
+        assert!(waiter.await.unwrap());
     }
 
     #[tokio::test]

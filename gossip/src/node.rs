@@ -221,6 +221,7 @@ impl Node {
             transport,
             commands: command_rx,
             inbox: inbox.clone(),
+            delivered: Vec::new(),
             events: events.clone(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -438,6 +439,8 @@ struct Actor<T: Transport> {
     transport: T,
     commands: mpsc::Receiver<Command>,
     inbox: Arc<Inbox<Message>>,
+    /// Deliveries of the current turn, handed to the inbox together.
+    delivered: Vec<Message>,
     events: broadcast::Sender<Event>,
     timers: BinaryHeap<Reverse<TimerEntry>>,
     timer_seq: u64,
@@ -491,10 +494,12 @@ impl<T: Transport> Actor<T> {
                 },
                 event = futures::future::poll_fn(|cx| self.transport.poll_recv(cx)) => match event {
                     Some(event) => {
-                        self.on_transport(event);
+                        // One clock reading for the whole batch.
+                        let now = self.now();
+                        self.on_transport(event, now);
                         for _ in 1..FRAMES_PER_TURN {
                             match futures::poll!(futures::future::poll_fn(|cx| self.transport.poll_recv(cx))) {
-                                Poll::Ready(Some(event)) => self.on_transport(event),
+                                Poll::Ready(Some(event)) => self.on_transport(event, now),
                                 _ => break,
                             }
                         }
@@ -596,8 +601,7 @@ impl<T: Transport> Actor<T> {
         }
     }
 
-    fn on_transport(&mut self, event: TransportEvent) {
-        let now = self.now();
+    fn on_transport(&mut self, event: TransportEvent, now: std::time::Instant) {
         match event {
             TransportEvent::Frame { from, frame } => {
                 match crate::wire::decode_frame::<NodeId>(&frame, self.max_frame) {
@@ -683,7 +687,7 @@ impl<T: Transport> Actor<T> {
                     match parsed {
                         Ok(message) => {
                             self.stats.delivered += 1;
-                            self.inbox.push(message);
+                            self.delivered.push(message);
                         }
                         Err(error) => {
                             self.stats.bad_envelopes += 1;
@@ -705,6 +709,8 @@ impl<T: Transport> Actor<T> {
                 OutEvent::Disconnect(peer) => self.transport.disconnect(peer),
             }
         }
+        // The user's task wakes once per turn, not once per message.
+        self.inbox.push_all(&mut self.delivered);
         if !self.joins.is_empty() && self.joined() {
             self.check_joins();
         }
@@ -721,7 +727,10 @@ impl<T: Transport> Actor<T> {
             tokio::select! {
                 _ = &mut linger => break,
                 event = futures::future::poll_fn(|cx| self.transport.poll_recv(cx)) => match event {
-                    Some(event) => self.on_transport(event),
+                    Some(event) => {
+                        let now = self.now();
+                        self.on_transport(event, now);
+                    }
                     None => break,
                 },
             }
