@@ -10,6 +10,12 @@
 //! of allocating. Trailing bytes after a complete value are an error: a frame is exactly one
 //! message.
 //!
+//! A node frames its messages with [`encode_frame`] and [`decode_frame`]: the plain encoding,
+//! except for the one message that carries a payload, whose payload goes raw at the end of the
+//! frame so that it is written once for every eager neighbour and read as a slice of the frame
+//! (see [`FRAME_GOSSIP`]). An IHAVE names each origin once per run of its ids
+//! ([`plumtree::MAX_IHAVE_WIRE`] ids at most).
+//!
 //! # Handshake
 //!
 //! Every connection starts with one handshake frame in each direction, before any message. A

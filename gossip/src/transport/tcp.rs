@@ -52,12 +52,22 @@
 //!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
 //!   at once.
 //!
-//! Memory per connection is bounded by its read buffer (at most one wire body, so
-//! `max_frame_size + 32` bytes) plus its queue (`outbound_queue` frames); before the handshake
-//! completes, by 512 bytes. With the defaults, all inbound connections together hold at most
-//! 256 x ~1 MiB of read buffers. Received frames pass through one bounded channel
-//! ([`TcpConfig::event_queue`]); when the node reads slowly, reading from sockets pauses and TCP
-//! pushes back on senders.
+//! # Batching
+//!
+//! A connection reads up to 64 KiB per system call and cuts every complete frame out of that
+//! buffer as a slice (no copy); the frames of one read reach the node as one event (at most 256
+//! frames per event). The writer takes what is queued for its peer (at most 64 frames or about
+//! 256 KiB) and writes it with one vectored write, after yielding once so that frames the node
+//! queues in the same turn join the batch. One timer per connection checks the read and idle
+//! timeouts, rather than one armed per read.
+//!
+//! Memory per connection is bounded by its read buffer (one wire body of at most
+//! `max_frame_size + 32` bytes, or 64 KiB if more) plus its queue (`outbound_queue` frames);
+//! before the handshake completes, by 512 bytes. Received frames pass through one bounded
+//! channel ([`TcpConfig::event_queue`] events, each at most one read buffer's worth of frames);
+//! when the node reads slowly, reading from sockets pauses and TCP pushes back on senders.
+//! Frames are slices of the read buffer they arrived in, so a payload the node keeps (its
+//! message cache) keeps that buffer's allocation alive until the payload is evicted.
 //!
 //! # Encryption
 //!
