@@ -1485,7 +1485,8 @@ async fn read_loop(
                 }
             }
             add(&shared.counters.frames_received, frames.len() as u64);
-            let batch = std::mem::replace(&mut frames, Vec::with_capacity(FRAMES_PER_EVENT));
+            // The event takes the frames in a vector of their exact size; the scratch stays.
+            let batch = frames.drain(..).collect::<Vec<_>>();
             if shared
                 .events
                 .send(Internal::Frames {
