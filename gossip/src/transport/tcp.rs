@@ -1486,7 +1486,8 @@ async fn read_loop(
             }
             add(&shared.counters.frames_received, frames.len() as u64);
             // The event takes the frames in a vector of their exact size; the scratch stays.
-            let batch = frames.drain(..).collect::<Vec<_>>();
+            let mut batch = Vec::with_capacity(frames.len());
+            batch.append(&mut frames);
             if shared
                 .events
                 .send(Internal::Frames {
