@@ -864,6 +864,75 @@ fn forged_ids_and_self_messages_are_never_delivered() {
 }
 
 #[test]
+fn a_far_future_number_is_dropped_and_does_not_censor_its_origin() {
+    let mut a = Node::with_neighbors(1, Config::default(), &[2, 3]);
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 1, 1))), vec![id(5, 1)]);
+    // Forged: far ahead of the record (and of an origin never heard of): not delivered, not
+    // relayed, no PRUNE, counted.
+    for forged in [id(5, 1 << 40), id(6, 1 << 40)] {
+        let out = a.recv(2, gossip(forged.origin, forged.seq, 1));
+        assert!(out.is_empty(), "{out:?}");
+        assert!(!a.state.has_received(&forged));
+    }
+    assert_eq!(a.state.stats().seq_out_of_window, 2);
+    // The origins' real messages are still new.
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 2, 1))), vec![id(5, 2)]);
+    assert_eq!(deliveries(&a.recv(2, gossip(6, 1, 1))), vec![id(6, 1)]);
+    // Within the window a number still moves the record, and the skipped ones stay holes.
+    let jump = Config::default().max_seq_jump;
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 2 + jump, 1))).len(), 1);
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 3, 1))), vec![id(5, 3)]);
+}
+
+#[test]
+fn a_real_far_jump_is_confirmed_and_the_dropped_messages_are_caught_up() {
+    let config = Config::default();
+    let (jump, needed) = (config.max_seq_jump, config.seq_jump_evidence as u64);
+    let mut a = Node::with_neighbors(1, config, &[2]);
+    a.recv(2, gossip(5, 1, 1));
+    // The origin sent far more than the window while this node was cut off: its next
+    // messages are dropped until enough of them agree, then the record moves.
+    let far = 1 + 3 * jump;
+    for k in 0..needed - 1 {
+        assert!(deliveries(&a.recv(2, gossip(5, far + k, 1))).is_empty());
+    }
+    let last = far + needed - 1;
+    assert_eq!(
+        deliveries(&a.recv(2, gossip(5, last, 1))),
+        vec![id(5, last)]
+    );
+    // The dropped ones are holes, which the digest asks for and a copy fills once.
+    let out = a.at(5_000).timer(Timer::CatchUp);
+    let Some((_, Message::Digest(d))) = sends(&out).first().cloned() else {
+        panic!("{out:?}")
+    };
+    let e = d.entries.iter().find(|e| e.origin == 5).unwrap();
+    assert_eq!(e.high, last);
+    for k in 0..needed - 1 {
+        assert!(e.holes.contains(&(far + k)), "{e:?}");
+        assert_eq!(
+            deliveries(&a.recv(2, gossip(5, far + k, 1))),
+            vec![id(5, far + k)]
+        );
+        assert!(deliveries(&a.recv(2, gossip(5, far + k, 1))).is_empty());
+    }
+    assert_eq!(deliveries(&a.recv(2, gossip(5, last + 1, 1))).len(), 1);
+}
+
+#[test]
+fn one_forged_number_per_origin_never_moves_the_record() {
+    // Forged numbers spread further apart than the window are never enough evidence, however
+    // many arrive; the real origin's messages keep flowing.
+    let mut a = Node::with_neighbors(1, Config::default(), &[2]);
+    let jump = Config::default().max_seq_jump;
+    for k in 1..=50u64 {
+        a.recv(2, gossip(5, (1 << 40) + k * 2 * jump, 1));
+        assert_eq!(deliveries(&a.recv(2, gossip(5, k, 1))), vec![id(5, k)]);
+    }
+    assert_eq!(a.state.stats().seq_out_of_window, 50);
+}
+
+#[test]
 fn neighbor_up_sends_a_digest_and_neighbor_down_forgets_the_link() {
     let mut a = Node::new(1, Config::default());
     let out = a.handle(InEvent::NeighborUp(2));
