@@ -65,7 +65,13 @@
 //! once) a *digest* of what it has: per origin, the highest sequence number and the holes. The
 //! neighbour answers with the messages from its cache that the digest shows are lacking
 //! (CATCHUP), at most `max_catchup_reply` per digest and only those it received at least
-//! `catchup_min_age` ago, so catch-up never races the tree. The window of catch-up is the
+//! `catchup_min_age` ago, so catch-up never races the tree. When it lacks more than that, the
+//! most urgent go first: user messages before system ones (directory updates, which later
+//! ones supersede), then the oldest, which leave the caches first. A node that receives a
+//! full reply sends the next digest to that neighbour at once instead of a
+//! `catchup_interval` later: in the chaos runs, a node back from a partition or a restart
+//! lacked hundreds of messages, and at 64 per 2 s in (origin, sequence) order its user
+//! messages expired from every cache before their turn came. The window of catch-up is the
 //! cache: `cache_capacity` messages and `cache_retention` of age. A digest lists at most
 //! `max_digest_origins` origins and rotates through them; it states which range of origins it
 //! covers, so the receiver can tell "lacks every message of this origin" from "not listed".
@@ -637,6 +643,9 @@ pub struct State<P: PeerId> {
     epoch: Option<Instant>,
     missing: BTreeMap<MessageId<P>, Missing<P>>,
     digest_cursor: Option<P>,
+    /// Per neighbour sent a digest, the CATCHUP payloads received from it since: a full
+    /// reply (`max_catchup_reply`) means it has more, so the next digest goes at once.
+    catchup_pulls: Vec<(P, usize)>,
     fifo_held: BTreeMap<MessageId<P>, Delivery<P>>,
     fifo_armed: BTreeSet<P>,
     /// Peers recently kept as the shorter path by [`Self::better_path`], for which origin,
@@ -672,6 +681,7 @@ impl<P: PeerId> State<P> {
             epoch: None,
             missing: BTreeMap::new(),
             digest_cursor: None,
+            catchup_pulls: Vec::new(),
             fifo_held: BTreeMap::new(),
             fifo_armed: BTreeSet::new(),
             switched: Vec::new(),
@@ -778,6 +788,7 @@ impl<P: PeerId> State<P> {
                 self.eager.retain(|p| *p != peer);
                 self.lazy.retain(|p| *p != peer);
                 self.lazy_queue.retain(|(p, _)| *p != peer);
+                self.catchup_pulls.retain(|(p, _)| *p != peer);
                 self.switched.retain(|(p, _, _)| *p != peer);
                 for tree in self.trees.values_mut() {
                     tree.lazy.retain(|p| *p != peer);
@@ -932,6 +943,27 @@ impl<P: PeerId> State<P> {
 
     fn on_catchup(&mut self, from: P, g: Gossip<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         self.stats.catchup_received += 1;
+        let cap = self.config.max_catchup_reply;
+        let mut full = false;
+        if let Some((_, n)) = self.catchup_pulls.iter_mut().find(|(p, _)| *p == from) {
+            *n += 1;
+            full = *n == cap;
+        }
+        self.accept_catchup(from, g, now, out);
+        if full && self.is_neighbor(&from) {
+            // A full reply: the neighbour has more for us. Ask again now rather than a
+            // `catchup_interval` later, while its cache still holds them.
+            self.send_digest(from, now, out);
+        }
+    }
+
+    fn accept_catchup(
+        &mut self,
+        from: P,
+        g: Gossip<P>,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         match self.accept(g.id, now) {
             Accept::Invalid => self.stats.dropped_invalid += 1,
             Accept::OutOfWindow => {}
@@ -1298,30 +1330,20 @@ impl<P: PeerId> State<P> {
         let min_age = millis(self.config.catchup_min_age);
         let now = self.stamp(now);
         let cache = &self.cache;
-        let stats = &mut self.stats;
-        let mut sent = 0;
-        // Offers one message; false once the reply is full.
-        let mut offer = |id: MessageId<P>, c: &Cached<P>| {
-            if sent >= cap {
-                return false;
+        // Everything the digest lacks that is old enough, then the `cap` most urgent: user
+        // messages before system ones, and the oldest first, as they leave the caches first.
+        // In (origin, seq) order, a node that lacked many messages (a restart, the other side
+        // of a partition) got the directory updates of the low origins round after round while
+        // the user messages of the high ones expired from every cache.
+        let mut lacking: Vec<(bool, Stamp, MessageId<P>)> = Vec::new();
+        let mut consider = |id: MessageId<P>, c: &Cached<P>| {
+            if now.saturating_sub(c.at) >= min_age {
+                lacking.push((c.kind == PayloadKind::System, c.at, id));
             }
-            if now.saturating_sub(c.at) < min_age {
-                return true;
-            }
-            sent += 1;
-            stats.catchup_sent += 1;
-            let g = Gossip {
-                id,
-                kind: c.kind,
-                payload: c.payload.clone(),
-                hops: c.hops.saturating_add(1),
-            };
-            out.push_back(OutEvent::SendMessage(from, Message::CatchUp(g)));
-            true
         };
         let mut entries = d.entries.iter().peekable();
         let mut cursor = lower;
-        'origins: while let Some((&first, _)) = cache.range((cursor, upper)).next() {
+        while let Some((&first, _)) = cache.range((cursor, upper)).next() {
             let origin = first.origin;
             cursor = Bound::Excluded(MessageId {
                 origin,
@@ -1334,10 +1356,8 @@ impl<P: PeerId> State<P> {
             let above = match entries.peek() {
                 Some(e) if e.origin == origin => {
                     for &seq in &e.holes {
-                        if let Some(c) = cache.get(&MessageId { origin, seq })
-                            && !offer(MessageId { origin, seq }, c)
-                        {
-                            break 'origins;
+                        if let Some(c) = cache.get(&MessageId { origin, seq }) {
+                            consider(MessageId { origin, seq }, c);
                         }
                     }
                     match e.high.checked_add(1) {
@@ -1352,10 +1372,24 @@ impl<P: PeerId> State<P> {
                 seq: u64::MAX,
             };
             for (&id, c) in cache.range(range) {
-                if !offer(id, c) {
-                    break 'origins;
-                }
+                consider(id, c);
             }
+        }
+        if lacking.len() > cap {
+            lacking.select_nth_unstable(cap);
+            lacking.truncate(cap);
+        }
+        lacking.sort_unstable();
+        for (_, _, id) in lacking {
+            let Some(c) = cache.get(&id) else { continue };
+            self.stats.catchup_sent += 1;
+            let g = Gossip {
+                id,
+                kind: c.kind,
+                payload: c.payload.clone(),
+                hops: c.hops.saturating_add(1),
+            };
+            out.push_back(OutEvent::SendMessage(from, Message::CatchUp(g)));
         }
     }
 
@@ -1923,6 +1957,10 @@ impl<P: PeerId> State<P> {
         };
         self.digest_cursor = until;
         self.stats.digests_sent += 1;
+        match self.catchup_pulls.iter_mut().find(|(p, _)| *p == to) {
+            Some((_, n)) => *n = 0,
+            None => self.catchup_pulls.push((to, 0)),
+        }
         out.push_back(OutEvent::SendMessage(
             to,
             Message::Digest(Digest {

@@ -628,6 +628,64 @@ fn catchup_reply_is_capped_and_resumes_on_the_next_digest() {
 }
 
 #[test]
+fn catchup_sends_user_messages_first_then_the_oldest_and_a_full_reply_pulls_again() {
+    let config = Config {
+        max_catchup_reply: 4,
+        ..Config::default()
+    };
+    let mut a = Node::with_neighbors(1, config.clone(), &[2, 5]);
+    // Directory-like system messages of a low origin first, then user messages of a high one.
+    for seq in 1..=6 {
+        a.at(seq * 100).recv(
+            5,
+            Message::Gossip(Gossip {
+                id: id(3, seq),
+                kind: PayloadKind::System,
+                payload: payload(3, seq),
+                hops: 1,
+            }),
+        );
+    }
+    for seq in 1..=2 {
+        a.at(1_000 + seq * 100).recv(5, gossip(9, seq, 1));
+    }
+    a.at(60_000);
+    let mut b = Node::with_neighbors(2, config, &[1]);
+    let digest = sends(&b.timer(Timer::CatchUp))[0].1.clone();
+    let offered: Vec<Id> = sends(&a.recv(2, digest))
+        .into_iter()
+        .map(|(_, m)| match m {
+            Message::CatchUp(g) => g.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(offered, vec![id(9, 1), id(9, 2), id(3, 1), id(3, 2)]);
+    // B gets a full reply: after the last of it, it asks A again at once, and the digest
+    // shows everything received so far.
+    let mut follow_up = None;
+    for (i, &m) in offered.iter().enumerate() {
+        let g = Gossip {
+            id: m,
+            kind: PayloadKind::User,
+            payload: payload(m.origin, m.seq),
+            hops: 2,
+        };
+        let out = b.recv(1, Message::CatchUp(g));
+        let digests: Vec<_> = sends(&out)
+            .into_iter()
+            .filter(|(to, m)| *to == 1 && matches!(m, Message::Digest(_)))
+            .collect();
+        assert_eq!(digests.len(), usize::from(i == 3), "after {i}: {out:?}");
+        follow_up = digests.first().map(|(_, m)| (*m).clone());
+    }
+    let Some(Message::Digest(d)) = follow_up else {
+        panic!()
+    };
+    let highs: Vec<(u32, u64)> = d.entries.iter().map(|e| (e.origin, e.high)).collect();
+    assert_eq!(highs, vec![(3, 2), (9, 2)]);
+}
+
+#[test]
 fn digest_rotates_through_origins_and_covers_ranges() {
     let config = Config {
         max_digest_origins: 2,
