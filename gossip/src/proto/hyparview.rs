@@ -21,7 +21,11 @@
 //! ARWL, default 6); the node where it ends opens a link to the new node, and the node the walk
 //! passes when the TTL equals the *passive random walk length* (PRWL, default 3) remembers the
 //! new node in its passive view. A new node thus gets links spread over the overlay instead of
-//! crowding its contact.
+//! crowding its contact. A full contact's rejection names a few of its peers, which the new
+//! node keeps in its passive view: on a lossy network the walks can all be lost, and if the
+//! contact then dies, a new node that knew nobody else would stay alone for good. For the same
+//! reason an isolated node keeps a passive peer that did not answer (the paper drops it) and
+//! asks it again after its cooldown.
 //!
 //! A contact is often known only by its address (the runtime's generation-0 ids) and answers
 //! from its real id: a joiner has one join in flight and no link, so it takes a reply from a
@@ -482,8 +486,19 @@ impl<P: PeerId> State<P> {
             send(out, from, accepted());
         } else {
             // A full contact keeps its links and lets the walks find the new node's
-            // neighbours: see `Config::contact_evicts`.
-            let hints = Vec::new();
+            // neighbours: see `Config::contact_evicts`. It names a few peers, which the new
+            // node keeps in its passive view: if the walks are lost and the contact dies, the
+            // new node still knows whom to ask instead of staying alone for good.
+            let hints = self
+                .passive
+                .iter()
+                .chain(&self.active)
+                .copied()
+                .filter(|p| *p != from)
+                .collect::<Vec<P>>()
+                .choose_multiple(rng, JOIN_HINTS)
+                .copied()
+                .collect();
             send(
                 out,
                 from,
@@ -838,9 +853,13 @@ impl<P: PeerId> State<P> {
                 self.send_join(contact, now, out);
             }
         } else {
-            // The paper treats a peer that does not answer as failed.
+            // The paper treats a peer that does not answer as failed. An isolated node keeps
+            // it to ask again after the cooldown: its passive view may be all it knows of the
+            // cluster, and on a lossy network a live peer's answer is often lost.
             self.stats.request_timeouts += 1;
-            self.passive.retain(|p| *p != peer);
+            if !self.active.is_empty() {
+                self.passive.retain(|p| *p != peer);
+            }
             self.cool_down(peer, now);
             self.refill(now, rng, out);
         }
@@ -1167,6 +1186,9 @@ fn periodic(interval: Duration) -> Duration {
     interval.max(Duration::from_millis(1))
 }
 
+/// Peers a full contact names when it rejects a JOIN.
+const JOIN_HINTS: usize = 4;
+
 /// A plain acceptance of a JOIN or NEIGHBOR request (no hints).
 fn accepted<P: PeerId>() -> Message<P> {
     Message::NeighborReply {
@@ -1478,17 +1500,26 @@ mod tests {
         let out = c.recv(50, Message::Join, at(10));
         let mut s = sends(&out);
         s.sort_by_key(|(to, _)| *to);
-        let mut expect: Vec<(u32, Message<u32>)> = (1..=5)
+        let Some((50, Message::NeighborReply { accepted, hints })) = s.pop() else {
+            panic!("{s:?}")
+        };
+        let expect: Vec<(u32, Message<u32>)> = (1..=5)
             .map(|p| (p, Message::ForwardJoin { peer: 50, ttl: 6 }))
             .collect();
-        expect.push((
-            50,
-            Message::NeighborReply {
-                accepted: false,
-                hints: vec![],
-            },
-        ));
         assert_eq!(s, expect);
+        // A rejection, naming a few peers the joiner can ask if the walks are lost.
+        assert!(!accepted);
+        assert_eq!(hints.len(), JOIN_HINTS, "{hints:?}");
+        let known: Vec<u32> = c
+            .state
+            .active_view()
+            .chain(c.state.passive_view())
+            .copied()
+            .collect();
+        assert!(
+            hints.iter().all(|h| known.contains(h) && *h != 50),
+            "{hints:?}"
+        );
         assert_eq!(c.active(), vec![1, 2, 3, 4, 5]);
         // The joiner waits for the walks' ends, which link to it with high priority.
         let mut n = Node::new(50);
@@ -1986,10 +2017,10 @@ mod tests {
         );
         assert!(sends(&out).is_empty(), "no other candidate: {out:?}");
         assert!(x.passive().contains(&second));
-        // One times out: dropped from the passive view.
+        // One times out: still isolated, so it stays in the passive view (cooling down).
         let out = x.handle(InEvent::TimerExpired(Timer::PendingExpired(third)), at(600));
         assert!(sends(&out).is_empty());
-        assert!(!x.passive().contains(&third));
+        assert!(x.passive().contains(&third));
         assert_eq!(x.state.stats().request_timeouts, 1);
         // One accepts.
         let out = x.recv(
@@ -2006,9 +2037,15 @@ mod tests {
         let out = x.handle(InEvent::TimerExpired(Timer::Repair), at(2000));
         let mut asked: Vec<u32> = sends(&out).into_iter().map(|(to, _)| to).collect();
         asked.sort();
-        let mut expect = vec![second, 11];
+        let mut expect = vec![second, third, 11];
         expect.sort();
         assert_eq!(asked, expect);
+        // Linked now: a peer that does not answer is dropped from the passive view.
+        x.handle(
+            InEvent::TimerExpired(Timer::PendingExpired(third)),
+            at(2600),
+        );
+        assert!(!x.passive().contains(&third));
     }
 
     #[test]
