@@ -1325,7 +1325,8 @@ impl<P: PeerId> State<P> {
         };
         // Walk the cache one origin at a time, seeking straight to what the digest lacks: the
         // holes, then everything above its high mark (everything, for an origin it does not
-        // list). Cost: a few lookups per cached origin, not one per cached message.
+        // list). Cost: a few lookups per cached origin, plus one entry per cached message the
+        // digest lacks (at most `cache_capacity`), sorted partially to pick the reply.
         let cap = self.config.max_catchup_reply;
         let min_age = millis(self.config.catchup_min_age);
         let now = self.stamp(now);
