@@ -35,6 +35,9 @@ struct Args {
     /// Run without the cluster directory.
     #[arg(long)]
     no_directory: bool,
+    /// Live nodes a restarted node gets as contacts (its seed list).
+    #[arg(long, default_value_t = 3)]
+    restart_contacts: usize,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         cfg.loss = args.loss;
         cfg.fault_phase = std::time::Duration::from_secs(args.fault_secs);
         cfg.directory = !args.no_directory;
+        cfg.restart_contacts = args.restart_contacts;
         let report = chaos::run(&cfg);
         println!("{}", report.to_json());
         missing += report.missing;

@@ -21,7 +21,13 @@
 //! ARWL, default 6); the node where it ends opens a link to the new node, and the node the walk
 //! passes when the TTL equals the *passive random walk length* (PRWL, default 3) remembers the
 //! new node in its passive view. A new node thus gets links spread over the overlay instead of
-//! crowding its contact.
+//! crowding its contact. A full contact's rejection names a few of its peers, which the new
+//! node keeps in its passive view: on a lossy network the walks can all be lost, and if the
+//! contact then dies, a new node that knew nobody else would stay alone for good. For the same
+//! reason an isolated node keeps a passive peer that did not answer (the paper drops it) and
+//! asks it again after its cooldown, and a *stranded* node (linked, below capacity, nothing in
+//! its passive view, for several repair rounds: an island of a few nodes) joins again through
+//! a contact that is not a neighbour.
 //!
 //! A contact is often known only by its address (the runtime's generation-0 ids) and answers
 //! from its real id: a joiner has one join in flight and no link, so it takes a reply from a
@@ -336,6 +342,8 @@ pub struct State<P: PeerId> {
     join_attempts: u32,
     /// No new join before this instant (backoff after a failed one).
     next_join_at: Option<Instant>,
+    /// Repair rounds in a row this node was stranded (see `rejoin_if_stranded`).
+    stranded_rounds: u32,
     /// When a full node last forced a link on a reach.
     last_forced_reach: Option<Instant>,
     /// What our outstanding shuffle sent: replaced first when the reply is merged.
@@ -358,6 +366,7 @@ impl<P: PeerId> State<P> {
             next_contact: 0,
             join_attempts: 0,
             next_join_at: None,
+            stranded_rounds: 0,
             last_forced_reach: None,
             shuffle_sent: None,
             left: false,
@@ -482,8 +491,19 @@ impl<P: PeerId> State<P> {
             send(out, from, accepted());
         } else {
             // A full contact keeps its links and lets the walks find the new node's
-            // neighbours: see `Config::contact_evicts`.
-            let hints = Vec::new();
+            // neighbours: see `Config::contact_evicts`. It names a few peers, which the new
+            // node keeps in its passive view: if the walks are lost and the contact dies, the
+            // new node still knows whom to ask instead of staying alone for good.
+            let hints = self
+                .passive
+                .iter()
+                .chain(&self.active)
+                .copied()
+                .filter(|p| *p != from)
+                .collect::<Vec<P>>()
+                .choose_multiple(rng, JOIN_HINTS)
+                .copied()
+                .collect();
             send(
                 out,
                 from,
@@ -799,6 +819,7 @@ impl<P: PeerId> State<P> {
         out.push_back(OutEvent::ScheduleTimer(next, Timer::Repair));
         self.refill(now, rng, out);
         self.rejoin_if_isolated(now, out);
+        self.rejoin_if_stranded(now, out);
     }
 
     /// Isolated with nothing left to try: start over through a contact, once the backoff of
@@ -811,6 +832,38 @@ impl<P: PeerId> State<P> {
             && backoff_over
         {
             let contact = self.contacts[self.next_contact % self.contacts.len()];
+            self.next_contact = self.next_contact.wrapping_add(1);
+            self.send_join(contact, now, out);
+        }
+    }
+
+    /// *Stranded*: linked, but below capacity with an empty passive view, so nothing to
+    /// refill from, for `STRANDED_REPAIRS` repair rounds in a row: join again through a
+    /// contact that is not a neighbour. Its walks go into the overlay and their ends link to
+    /// us. In the chaos runs, a node restarted through a node that was itself alone linked to
+    /// it, and the two stayed an island for good: each had a neighbour, so neither rejoined,
+    /// and the directory saw no split (both held every member alive). In a cluster smaller
+    /// than the active view this sends one JOIN per backoff period (at most every
+    /// 8 x `join_timeout`) to a contact that is already a neighbour or answers as one.
+    fn rejoin_if_stranded(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let stranded = !self.active.is_empty()
+            && self.active.len() < self.config.active_view_capacity
+            && self.passive.is_empty()
+            && self.pending.is_empty();
+        if !stranded {
+            self.stranded_rounds = 0;
+            return;
+        }
+        self.stranded_rounds = self.stranded_rounds.saturating_add(1);
+        if self.stranded_rounds < STRANDED_REPAIRS || self.next_join_at.is_some_and(|t| t > now) {
+            return;
+        }
+        let n = self.contacts.len();
+        if let Some(contact) = (0..n)
+            .map(|k| self.contacts[self.next_contact.wrapping_add(k) % n])
+            .find(|c| !self.active.contains(c))
+        {
+            self.stranded_rounds = 0;
             self.next_contact = self.next_contact.wrapping_add(1);
             self.send_join(contact, now, out);
         }
@@ -838,9 +891,13 @@ impl<P: PeerId> State<P> {
                 self.send_join(contact, now, out);
             }
         } else {
-            // The paper treats a peer that does not answer as failed.
+            // The paper treats a peer that does not answer as failed. An isolated node keeps
+            // it to ask again after the cooldown: its passive view may be all it knows of the
+            // cluster, and on a lossy network a live peer's answer is often lost.
             self.stats.request_timeouts += 1;
-            self.passive.retain(|p| *p != peer);
+            if !self.active.is_empty() {
+                self.passive.retain(|p| *p != peer);
+            }
             self.cool_down(peer, now);
             self.refill(now, rng, out);
         }
@@ -1167,6 +1224,13 @@ fn periodic(interval: Duration) -> Duration {
     interval.max(Duration::from_millis(1))
 }
 
+/// Repair rounds a node stays stranded before it joins again (see
+/// `State::rejoin_if_stranded`).
+const STRANDED_REPAIRS: u32 = 5;
+
+/// Peers a full contact names when it rejects a JOIN.
+const JOIN_HINTS: usize = 4;
+
 /// A plain acceptance of a JOIN or NEIGHBOR request (no hints).
 fn accepted<P: PeerId>() -> Message<P> {
     Message::NeighborReply {
@@ -1478,17 +1542,26 @@ mod tests {
         let out = c.recv(50, Message::Join, at(10));
         let mut s = sends(&out);
         s.sort_by_key(|(to, _)| *to);
-        let mut expect: Vec<(u32, Message<u32>)> = (1..=5)
+        let Some((50, Message::NeighborReply { accepted, hints })) = s.pop() else {
+            panic!("{s:?}")
+        };
+        let expect: Vec<(u32, Message<u32>)> = (1..=5)
             .map(|p| (p, Message::ForwardJoin { peer: 50, ttl: 6 }))
             .collect();
-        expect.push((
-            50,
-            Message::NeighborReply {
-                accepted: false,
-                hints: vec![],
-            },
-        ));
         assert_eq!(s, expect);
+        // A rejection, naming a few peers the joiner can ask if the walks are lost.
+        assert!(!accepted);
+        assert_eq!(hints.len(), JOIN_HINTS, "{hints:?}");
+        let known: Vec<u32> = c
+            .state
+            .active_view()
+            .chain(c.state.passive_view())
+            .copied()
+            .collect();
+        assert!(
+            hints.iter().all(|h| known.contains(h) && *h != 50),
+            "{hints:?}"
+        );
         assert_eq!(c.active(), vec![1, 2, 3, 4, 5]);
         // The joiner waits for the walks' ends, which link to it with high priority.
         let mut n = Node::new(50);
@@ -1986,10 +2059,10 @@ mod tests {
         );
         assert!(sends(&out).is_empty(), "no other candidate: {out:?}");
         assert!(x.passive().contains(&second));
-        // One times out: dropped from the passive view.
+        // One times out: still isolated, so it stays in the passive view (cooling down).
         let out = x.handle(InEvent::TimerExpired(Timer::PendingExpired(third)), at(600));
         assert!(sends(&out).is_empty());
-        assert!(!x.passive().contains(&third));
+        assert!(x.passive().contains(&third));
         assert_eq!(x.state.stats().request_timeouts, 1);
         // One accepts.
         let out = x.recv(
@@ -2006,9 +2079,71 @@ mod tests {
         let out = x.handle(InEvent::TimerExpired(Timer::Repair), at(2000));
         let mut asked: Vec<u32> = sends(&out).into_iter().map(|(to, _)| to).collect();
         asked.sort();
-        let mut expect = vec![second, 11];
+        let mut expect = vec![second, third, 11];
         expect.sort();
         assert_eq!(asked, expect);
+        // Linked now: a peer that does not answer is dropped from the passive view.
+        x.handle(
+            InEvent::TimerExpired(Timer::PendingExpired(third)),
+            at(2600),
+        );
+        assert!(!x.passive().contains(&third));
+    }
+
+    #[test]
+    fn a_stranded_node_joins_again_through_a_contact_that_is_not_a_neighbour() {
+        // Linked to one node that knows nobody else (an island of two): below capacity, with
+        // an empty passive view, so the repair timer has nothing to refill from.
+        let mut n = Node::new(50);
+        n.handle(InEvent::RequestJoin(100), at(0));
+        n.recv(
+            100,
+            Message::NeighborReply {
+                accepted: false,
+                hints: vec![],
+            },
+            at(20),
+        );
+        let out = n.recv(
+            7,
+            Message::Neighbor {
+                priority: Priority::High,
+            },
+            at(30),
+        );
+        assert!(out.contains(&OutEvent::NeighborUp(7)));
+        let joins = |out: &[OutEvent<u32>]| {
+            sends(out)
+                .into_iter()
+                .filter(|(_, m)| *m == Message::Join)
+                .map(|(to, _)| to)
+                .collect::<Vec<_>>()
+        };
+        for round in 1..STRANDED_REPAIRS {
+            let out = n.handle(
+                InEvent::TimerExpired(Timer::Repair),
+                at(u64::from(round) * 1000),
+            );
+            assert!(joins(&out).is_empty(), "round {round}: {out:?}");
+        }
+        let out = n.handle(
+            InEvent::TimerExpired(Timer::Repair),
+            at(u64::from(STRANDED_REPAIRS) * 1000),
+        );
+        assert_eq!(joins(&out), vec![100]);
+        // With something in the passive view it is not stranded: the repair timer refills.
+        let mut m = Node::new(60);
+        m.handle(InEvent::RequestJoin(7), at(0));
+        m.recv(7, accepted(), at(10));
+        m.state.add_passive(9, &[], &mut m.rng);
+        m.state.add_passive(8, &[], &mut m.rng);
+        for round in 1..=2 * STRANDED_REPAIRS {
+            let out = m.handle(
+                InEvent::TimerExpired(Timer::Repair),
+                at(u64::from(round) * 1000),
+            );
+            assert!(joins(&out).is_empty(), "round {round}: {out:?}");
+        }
     }
 
     #[test]

@@ -65,7 +65,13 @@
 //! once) a *digest* of what it has: per origin, the highest sequence number and the holes. The
 //! neighbour answers with the messages from its cache that the digest shows are lacking
 //! (CATCHUP), at most `max_catchup_reply` per digest and only those it received at least
-//! `catchup_min_age` ago, so catch-up never races the tree. The window of catch-up is the
+//! `catchup_min_age` ago, so catch-up never races the tree. When it lacks more than that, the
+//! most urgent go first: user messages before system ones (directory updates, which later
+//! ones supersede), then the oldest, which leave the caches first. A node that receives a
+//! full reply sends the next digest to that neighbour at once instead of a
+//! `catchup_interval` later: in the chaos runs, a node back from a partition or a restart
+//! lacked hundreds of messages, and at 64 per 2 s in (origin, sequence) order its user
+//! messages expired from every cache before their turn came. The window of catch-up is the
 //! cache: `cache_capacity` messages and `cache_retention` of age. A digest lists at most
 //! `max_digest_origins` origins and rotates through them; it states which range of origins it
 //! covers, so the receiver can tell "lacks every message of this origin" from "not listed".
@@ -81,6 +87,31 @@
 //! from an origin opens a window of `first_contact_holes` numbers below it, so a late joiner
 //! starts delivering from the oldest message catch-up can still find, after at most one gap
 //! timeout.
+//!
+//! # Forged sequence numbers
+//!
+//! Sequence numbers are not authenticated (in a plaintext cluster anyone who can connect can
+//! send a GOSSIP under any origin), and the record cannot tell a forged number from a message
+//! it missed. Taking every number as the origin's newest let one forged GOSSIP with a far
+//! future number censor its origin: the real messages below it looked old and were dropped,
+//! by the victim and by every node it relayed the forgery to. So a number more than
+//! `max_seq_jump` ahead of the origin's record (of 0 for an origin never heard of) is *out of
+//! window*: it is dropped, not relayed, counted in [`Stats::seq_out_of_window`] and only noted
+//! as evidence. Within the window a message moves the record as before (the numbers it skips
+//! become holes, which the real messages fill). Once `seq_jump_evidence` distinct
+//! out-of-window numbers within `max_seq_jump` of each other have been seen, the origin really
+//! is that far ahead: a real origin that sent more than `max_seq_jump` messages while this
+//! node was partitioned away, or a busy origin a new node first hears of. The record jumps,
+//! and the noted numbers, which were dropped, become holes that catch-up fetches from the
+//! neighbours' caches, so they are delivered a catch-up round late rather than lost. Keeping
+//! them in a set of received ids outside the window instead would need that set to grow with
+//! every message of the far origin until the record could move, and forgetting an entry of it
+//! would deliver a message twice.
+//!
+//! A forger can still take numbers inside the window (its payload is delivered in place of
+//! the real message with that number), or send `seq_jump_evidence` forged numbers to move the
+//! record; against members that forge, use the transport's keyring. A restarted node gets a
+//! new id (see the directory docs), so an origin's numbers never go back.
 //!
 //! # Limits
 //!
@@ -167,6 +198,17 @@ pub struct Config {
     /// How many holes are tracked over all origins (default 65536, about 1.5 MiB), so forged
     /// sequence numbers cannot make the record large.
     pub max_holes_total: usize,
+    /// How far past the highest sequence number received from an origin one message may move
+    /// the record on its own (default 8192). A message further ahead is *out of window*: not
+    /// delivered, not relayed, only noted as evidence ([`Stats::seq_out_of_window`]), so one
+    /// forged number cannot make the origin's real messages below it look old. See "Forged
+    /// sequence numbers" in the module docs.
+    pub max_seq_jump: u64,
+    /// How many distinct out-of-window numbers of one origin, within `max_seq_jump` of each
+    /// other, move the record there (default 3): the origin really is that far ahead (it sent
+    /// many messages while this node was cut off). The numbers noted become holes that
+    /// catch-up fills. Clamped to 1..=8.
+    pub seq_jump_evidence: usize,
     /// How often the cache and the record are swept for expired entries (default 5 s).
     pub evict_interval: Duration,
     /// Cap on ids in one IHAVE, applied when sending and on receipt (default 512).
@@ -215,6 +257,8 @@ impl Default for Config {
             max_holes_per_origin: 8192,
             first_contact_holes: 128,
             max_holes_total: 65536,
+            max_seq_jump: 8192,
+            seq_jump_evidence: 3,
             evict_interval: Duration::from_secs(5),
             max_ihave_ids: 512,
             max_missing: 8192,
@@ -291,7 +335,7 @@ pub struct DigestEntry<P: PeerId> {
     pub origin: P,
     /// Highest sequence number received from it.
     pub high: u64,
-    /// Sequence numbers below `high` not received (ascending, capped).
+    /// Sequence numbers below `high` not received (ascending, capped: the highest ones).
     pub holes: Vec<u64>,
 }
 
@@ -578,6 +622,10 @@ pub struct Stats {
     pub dropped_invalid: u64,
     /// Holes given up: pushed out of the per-origin window before they were filled.
     pub holes_given_up: u64,
+    /// Payloads dropped because their sequence number was more than `max_seq_jump` ahead of
+    /// their origin's record (forged, or the first of a far jump, fetched again once
+    /// confirmed).
+    pub seq_out_of_window: u64,
     /// FIFO gaps skipped on timeout or overflow.
     pub fifo_gaps_skipped: u64,
     /// FIFO: messages that arrived after their gap was skipped, not delivered.
@@ -667,7 +715,14 @@ enum Accept {
     New,
     Duplicate,
     Invalid,
+    /// Too far ahead of the origin's record: dropped, kept as evidence only.
+    OutOfWindow,
 }
+
+/// Cap on the out-of-window numbers noted per origin ([`State::far_ahead`]).
+const FAR_AHEAD_PER_ORIGIN: usize = 8;
+/// Cap on the origins with out-of-window numbers noted.
+const FAR_AHEAD_ORIGINS: usize = 256;
 
 /// A message announced to us that we do not have yet.
 #[derive(Debug)]
@@ -704,6 +759,10 @@ pub struct State<P: PeerId> {
     cache: BTreeMap<MessageId<P>, Cached<P>>,
     cache_order: VecDeque<(Stamp, MessageId<P>)>,
     records: BTreeMap<P, OriginRecord>,
+    /// Per origin, the out-of-window sequence numbers seen (ascending, at most
+    /// `FAR_AHEAD_PER_ORIGIN`; at most `FAR_AHEAD_ORIGINS` origins): evidence that the origin
+    /// is far ahead of its record, never counted as received.
+    far_ahead: BTreeMap<P, Vec<u64>>,
     /// Holes over all records.
     total_holes: usize,
     /// Roughly in order of last activity; at most one entry per origin.
@@ -712,6 +771,9 @@ pub struct State<P: PeerId> {
     epoch: Option<Instant>,
     missing: BTreeMap<MessageId<P>, Missing<P>>,
     digest_cursor: Option<P>,
+    /// Per neighbour sent a digest, the CATCHUP payloads received from it since: a full
+    /// reply (`max_catchup_reply`) means it has more, so the next digest goes at once.
+    catchup_pulls: Vec<(P, usize)>,
     fifo_held: BTreeMap<MessageId<P>, Delivery<P>>,
     fifo_armed: BTreeSet<P>,
     /// Peers recently kept as the shorter path by [`Self::better_path`], for which origin,
@@ -741,11 +803,13 @@ impl<P: PeerId> State<P> {
             cache: BTreeMap::new(),
             cache_order: VecDeque::new(),
             records: BTreeMap::new(),
+            far_ahead: BTreeMap::new(),
             total_holes: 0,
             record_order: VecDeque::new(),
             epoch: None,
             missing: BTreeMap::new(),
             digest_cursor: None,
+            catchup_pulls: Vec::new(),
             fifo_held: BTreeMap::new(),
             fifo_armed: BTreeSet::new(),
             switched: Vec::new(),
@@ -852,6 +916,7 @@ impl<P: PeerId> State<P> {
                 self.eager.retain(|p| *p != peer);
                 self.lazy.retain(|p| *p != peer);
                 self.lazy_queue.retain(|(p, _)| *p != peer);
+                self.catchup_pulls.retain(|(p, _)| *p != peer);
                 self.switched.retain(|(p, _, _)| *p != peer);
                 for tree in self.trees.values_mut() {
                     tree.lazy.retain(|p| *p != peer);
@@ -950,6 +1015,8 @@ impl<P: PeerId> State<P> {
         self.stats.gossip_received += 1;
         match self.accept(g.id, now) {
             Accept::Invalid => self.stats.dropped_invalid += 1,
+            // Counted in `accept`; not relayed, and no PRUNE: the sender may be honest.
+            Accept::OutOfWindow => {}
             Accept::Duplicate => {
                 self.stats.duplicates += 1;
                 if self.better_path(from, g.id, g.hops, true, now, out) {
@@ -1004,8 +1071,30 @@ impl<P: PeerId> State<P> {
 
     fn on_catchup(&mut self, from: P, g: Gossip<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         self.stats.catchup_received += 1;
+        let cap = self.config.max_catchup_reply;
+        let mut full = false;
+        if let Some((_, n)) = self.catchup_pulls.iter_mut().find(|(p, _)| *p == from) {
+            *n += 1;
+            full = *n == cap;
+        }
+        self.accept_catchup(from, g, now, out);
+        if full && self.is_neighbor(&from) {
+            // A full reply: the neighbour has more for us. Ask again now rather than a
+            // `catchup_interval` later, while its cache still holds them.
+            self.send_digest(from, now, out);
+        }
+    }
+
+    fn accept_catchup(
+        &mut self,
+        from: P,
+        g: Gossip<P>,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         match self.accept(g.id, now) {
             Accept::Invalid => self.stats.dropped_invalid += 1,
+            Accept::OutOfWindow => {}
             Accept::Duplicate => self.stats.duplicates += 1,
             Accept::New => {
                 self.missing.remove(&g.id);
@@ -1364,35 +1453,26 @@ impl<P: PeerId> State<P> {
         };
         // Walk the cache one origin at a time, seeking straight to what the digest lacks: the
         // holes, then everything above its high mark (everything, for an origin it does not
-        // list). Cost: a few lookups per cached origin, not one per cached message.
+        // list). Cost: a few lookups per cached origin, plus one entry per cached message the
+        // digest lacks (at most `cache_capacity`), sorted partially to pick the reply.
         let cap = self.config.max_catchup_reply;
         let min_age = millis(self.config.catchup_min_age);
         let now = self.stamp(now);
         let cache = &self.cache;
-        let stats = &mut self.stats;
-        let mut sent = 0;
-        // Offers one message; false once the reply is full.
-        let mut offer = |id: MessageId<P>, c: &Cached<P>| {
-            if sent >= cap {
-                return false;
+        // Everything the digest lacks that is old enough, then the `cap` most urgent: user
+        // messages before system ones, and the oldest first, as they leave the caches first.
+        // In (origin, seq) order, a node that lacked many messages (a restart, the other side
+        // of a partition) got the directory updates of the low origins round after round while
+        // the user messages of the high ones expired from every cache.
+        let mut lacking: Vec<(bool, Stamp, MessageId<P>)> = Vec::new();
+        let mut consider = |id: MessageId<P>, c: &Cached<P>| {
+            if now.saturating_sub(c.at) >= min_age {
+                lacking.push((c.kind == PayloadKind::System, c.at, id));
             }
-            if now.saturating_sub(c.at) < min_age {
-                return true;
-            }
-            sent += 1;
-            stats.catchup_sent += 1;
-            let g = Gossip {
-                id,
-                kind: c.kind,
-                payload: c.payload.clone(),
-                hops: c.hops.saturating_add(1),
-            };
-            out.push_back(OutEvent::SendMessage(from, Message::CatchUp(g)));
-            true
         };
         let mut entries = d.entries.iter().peekable();
         let mut cursor = lower;
-        'origins: while let Some((&first, _)) = cache.range((cursor, upper)).next() {
+        while let Some((&first, _)) = cache.range((cursor, upper)).next() {
             let origin = first.origin;
             cursor = Bound::Excluded(MessageId {
                 origin,
@@ -1405,10 +1485,8 @@ impl<P: PeerId> State<P> {
             let above = match entries.peek() {
                 Some(e) if e.origin == origin => {
                     for &seq in &e.holes {
-                        if let Some(c) = cache.get(&MessageId { origin, seq })
-                            && !offer(MessageId { origin, seq }, c)
-                        {
-                            break 'origins;
+                        if let Some(c) = cache.get(&MessageId { origin, seq }) {
+                            consider(MessageId { origin, seq }, c);
                         }
                     }
                     match e.high.checked_add(1) {
@@ -1423,10 +1501,24 @@ impl<P: PeerId> State<P> {
                 seq: u64::MAX,
             };
             for (&id, c) in cache.range(range) {
-                if !offer(id, c) {
-                    break 'origins;
-                }
+                consider(id, c);
             }
+        }
+        if lacking.len() > cap {
+            lacking.select_nth_unstable(cap);
+            lacking.truncate(cap);
+        }
+        lacking.sort_unstable();
+        for (_, _, id) in lacking {
+            let Some(c) = cache.get(&id) else { continue };
+            self.stats.catchup_sent += 1;
+            let g = Gossip {
+                id,
+                kind: c.kind,
+                payload: c.payload.clone(),
+                hops: c.hops.saturating_add(1),
+            };
+            out.push_back(OutEvent::SendMessage(from, Message::CatchUp(g)));
         }
     }
 
@@ -1770,6 +1862,84 @@ impl<P: PeerId> State<P> {
                 Accept::Duplicate
             };
         }
+        let base = self.records.get(&id.origin).map_or(0, |r| r.high);
+        let far = id.seq > base.saturating_add(self.config.max_seq_jump.max(1));
+        if far && !self.far_jump_confirmed(id, base) {
+            self.stats.seq_out_of_window += 1;
+            return Accept::OutOfWindow;
+        }
+        let accepted = self.record(id, now);
+        if far {
+            self.fold_evidence(id, now);
+        }
+        accepted
+    }
+
+    /// Note `id`, more than `max_seq_jump` ahead of its origin's record, as evidence; whether
+    /// the evidence now confirms that the origin is that far ahead: `seq_jump_evidence`
+    /// distinct numbers noted within `max_seq_jump` below it, itself included. One forged
+    /// number never moves the record; a real origin's next messages (or catch-up of its
+    /// recent ones) soon do.
+    fn far_jump_confirmed(&mut self, id: MessageId<P>, base: u64) -> bool {
+        let needed = self.config.seq_jump_evidence.clamp(1, FAR_AHEAD_PER_ORIGIN);
+        if needed == 1 {
+            return true;
+        }
+        let jump = self.config.max_seq_jump.max(1);
+        if !self.far_ahead.contains_key(&id.origin) && self.far_ahead.len() >= FAR_AHEAD_ORIGINS {
+            self.far_ahead.pop_first();
+        }
+        let noted = self.far_ahead.entry(id.origin).or_default();
+        // Numbers the record has come within reach of since are no evidence any more (and
+        // may have been received): never make a hole of them.
+        noted.retain(|&s| s > base.saturating_add(jump));
+        if let Err(i) = noted.binary_search(&id.seq) {
+            noted.insert(i, id.seq);
+            if noted.len() > FAR_AHEAD_PER_ORIGIN {
+                // Keep the lowest: the highest numbers are the least plausible.
+                noted.pop();
+            }
+        }
+        let low = id.seq.saturating_sub(jump);
+        noted
+            .iter()
+            .filter(|&&s| (low..=id.seq).contains(&s))
+            .count()
+            >= needed
+    }
+
+    /// The record of `id.origin` just jumped to `id.seq` on evidence: the noted numbers below
+    /// it were dropped, not received, so they become holes for catch-up to fill (within the
+    /// hole limits); the ones now within reach of the record are forgotten.
+    fn fold_evidence(&mut self, id: MessageId<P>, now: Instant) {
+        let Some(noted) = self.far_ahead.remove(&id.origin) else {
+            return;
+        };
+        let reach = id.seq.saturating_add(self.config.max_seq_jump.max(1));
+        let keep: Vec<u64> = noted.iter().copied().filter(|&s| s > reach).collect();
+        let now = self.stamp(now);
+        if let Some(r) = self.records.get_mut(&id.origin) {
+            for s in noted.into_iter().filter(|&s| s < id.seq) {
+                if r.holes.len() >= self.config.max_holes_per_origin
+                    || self.total_holes >= self.config.max_holes_total
+                {
+                    self.stats.holes_given_up += 1;
+                    continue;
+                }
+                if let Err(i) = r.holes.find(s) {
+                    r.holes.vec().insert(i, (s, now));
+                    self.total_holes += 1;
+                    r.delivered = r.delivered.min(s - 1);
+                }
+            }
+        }
+        if !keep.is_empty() {
+            self.far_ahead.insert(id.origin, keep);
+        }
+    }
+
+    /// Record `id` (within the window, or confirmed) as received if it is new.
+    fn record(&mut self, id: MessageId<P>, now: Instant) -> Accept {
         let now = self.stamp(now);
         let window = self.config.max_holes_per_origin as u64;
         let budget = self.config.max_holes_total.saturating_sub(self.total_holes) as u64;
@@ -1781,6 +1951,7 @@ impl<P: PeerId> State<P> {
                 if let Some(r) = self.records.remove(&old) {
                     self.total_holes -= r.holes.len();
                 }
+                self.far_ahead.remove(&old);
             }
             // First contact: the last few numbers below are holes catch-up may fill.
             let first = (self.config.first_contact_holes as u64).min(window);
@@ -1854,6 +2025,7 @@ impl<P: PeerId> State<P> {
             if now.saturating_sub(r.last) >= retention {
                 self.total_holes -= r.holes.len();
                 self.records.remove(&origin);
+                self.far_ahead.remove(&origin);
             } else {
                 // Still active: look again once its latest activity is old enough.
                 self.record_order.push_back((r.last, origin));
@@ -1890,14 +2062,19 @@ impl<P: PeerId> State<P> {
                 .holes_given_up
                 .saturating_add((before - r.holes.len()) as u64);
             self.total_holes -= before - r.holes.len();
-            let holes = r
+            // The newest holes first: they are the likeliest to be in a neighbour's cache
+            // (after a jump of thousands, the oldest are long evicted everywhere and would
+            // take every digest's slots until they age out of the window).
+            let mut holes: Vec<u64> = r
                 .holes
                 .as_slice()
                 .iter()
+                .rev()
                 .filter(|(_, since)| now.saturating_sub(*since) < window)
                 .take(self.config.max_digest_holes)
                 .map(|(s, _)| *s)
                 .collect();
+            holes.reverse();
             entries.push(DigestEntry {
                 origin: *origin,
                 high: r.high,
@@ -1911,6 +2088,10 @@ impl<P: PeerId> State<P> {
         };
         self.digest_cursor = until;
         self.stats.digests_sent += 1;
+        match self.catchup_pulls.iter_mut().find(|(p, _)| *p == to) {
+            Some((_, n)) => *n = 0,
+            None => self.catchup_pulls.push((to, 0)),
+        }
         out.push_back(OutEvent::SendMessage(
             to,
             Message::Digest(Digest {

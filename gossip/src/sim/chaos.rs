@@ -42,6 +42,12 @@ pub struct ChaosConfig {
     pub crash: f64,
     /// Share of the crashed nodes that restart (under a new id) a few seconds later.
     pub restart: f64,
+    /// How many random live nodes a restarted node gets as contacts (default 3), as a real
+    /// node restarts with its list of seeds. With one, a node restarted on the other side of
+    /// the partition from its contact, which then crashed, knew no live node and no node knew
+    /// it (its JOIN never arrived): no protocol finds the cluster from there. With one, 94 of
+    /// the 100 seeds of the example pass; 5 of the 6 others fail that way.
+    pub restart_contacts: usize,
     /// Whether a partition splits the cluster in two during the fault phase, then heals.
     pub partition: bool,
     /// Longest quiet phase; it ends earlier once every checker passes.
@@ -66,6 +72,7 @@ impl ChaosConfig {
             broadcast_rate: 2,
             crash: 0.1,
             restart: 0.5,
+            restart_contacts: 3,
             partition: true,
             quiet_phase: Duration::from_secs(90),
             directory: true,
@@ -353,9 +360,13 @@ pub fn run_observed(cfg: &ChaosConfig, mut observe: impl FnMut(&Sim)) -> ChaosRe
         }
         while let Some(pos) = restart_queue.iter().position(|&(at, _)| at <= t) {
             let (_, old) = restart_queue.swap_remove(pos);
-            let live: Vec<u32> = sim.alive().collect();
-            let contact = live[sim.rng().random_range(0..live.len())];
-            sim.restart(old, vec![contact]);
+            let mut live: Vec<u32> = sim.alive().collect();
+            let mut contacts = Vec::new();
+            while contacts.len() < cfg.restart_contacts.max(1) && !live.is_empty() {
+                let i = sim.rng().random_range(0..live.len());
+                contacts.push(live.swap_remove(i));
+            }
+            sim.restart(old, contacts);
             restarts += 1;
         }
         if cfg.partition && !split && t >= split_at && t < heal_at {

@@ -755,10 +755,11 @@ impl Net {
     }
 
     /// Remembers the origins that a hostile message names with a sequence number beyond the
-    /// origin's real last broadcast. Plumtree believes such a number (it cannot tell it from a
-    /// message it missed), so the origin's next real broadcasts up to it look old and are
-    /// dropped everywhere the forged message spread: the recovery check skips those origins.
-    /// `a_forged_sequence_number_does_not_censor_an_origin` shows the weakness on its own.
+    /// origin's real last broadcast. Within plumtree's `max_seq_jump` such a number is
+    /// believed (it cannot be told from a message that was missed), so the real broadcast
+    /// with that number looks old (and a first contact can be anchored above it): the recovery
+    /// check skips those origins. A number far ahead no longer censors anything:
+    /// `a_forged_sequence_number_does_not_censor_an_origin` checks that on its own.
     fn note_forged_ids(&mut self, msg: &Message<u32>) {
         let debug = format!("{msg:?}");
         let mut rest = debug.as_str();

@@ -628,6 +628,64 @@ fn catchup_reply_is_capped_and_resumes_on_the_next_digest() {
 }
 
 #[test]
+fn catchup_sends_user_messages_first_then_the_oldest_and_a_full_reply_pulls_again() {
+    let config = Config {
+        max_catchup_reply: 4,
+        ..Config::default()
+    };
+    let mut a = Node::with_neighbors(1, config.clone(), &[2, 5]);
+    // Directory-like system messages of a low origin first, then user messages of a high one.
+    for seq in 1..=6 {
+        a.at(seq * 100).recv(
+            5,
+            Message::Gossip(Gossip {
+                id: id(3, seq),
+                kind: PayloadKind::System,
+                payload: payload(3, seq),
+                hops: 1,
+            }),
+        );
+    }
+    for seq in 1..=2 {
+        a.at(1_000 + seq * 100).recv(5, gossip(9, seq, 1));
+    }
+    a.at(60_000);
+    let mut b = Node::with_neighbors(2, config, &[1]);
+    let digest = sends(&b.timer(Timer::CatchUp))[0].1.clone();
+    let offered: Vec<Id> = sends(&a.recv(2, digest))
+        .into_iter()
+        .map(|(_, m)| match m {
+            Message::CatchUp(g) => g.id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(offered, vec![id(9, 1), id(9, 2), id(3, 1), id(3, 2)]);
+    // B gets a full reply: after the last of it, it asks A again at once, and the digest
+    // shows everything received so far.
+    let mut follow_up = None;
+    for (i, &m) in offered.iter().enumerate() {
+        let g = Gossip {
+            id: m,
+            kind: PayloadKind::User,
+            payload: payload(m.origin, m.seq),
+            hops: 2,
+        };
+        let out = b.recv(1, Message::CatchUp(g));
+        let digests: Vec<_> = sends(&out)
+            .into_iter()
+            .filter(|(to, m)| *to == 1 && matches!(m, Message::Digest(_)))
+            .collect();
+        assert_eq!(digests.len(), usize::from(i == 3), "after {i}: {out:?}");
+        follow_up = digests.first().map(|(_, m)| (*m).clone());
+    }
+    let Some(Message::Digest(d)) = follow_up else {
+        panic!()
+    };
+    let highs: Vec<(u32, u64)> = d.entries.iter().map(|e| (e.origin, e.high)).collect();
+    assert_eq!(highs, vec![(3, 2), (9, 2)]);
+}
+
+#[test]
 fn digest_rotates_through_origins_and_covers_ranges() {
     let config = Config {
         max_digest_origins: 2,
@@ -861,6 +919,75 @@ fn forged_ids_and_self_messages_are_never_delivered() {
     assert!(deliveries(&a.recv(2, gossip(5, 0, 3))).is_empty());
     assert!(deliveries(&a.recv(1, gossip(5, 1, 3))).is_empty());
     assert_eq!(a.state.stats().delivered, 0);
+}
+
+#[test]
+fn a_far_future_number_is_dropped_and_does_not_censor_its_origin() {
+    let mut a = Node::with_neighbors(1, Config::default(), &[2, 3]);
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 1, 1))), vec![id(5, 1)]);
+    // Forged: far ahead of the record (and of an origin never heard of): not delivered, not
+    // relayed, no PRUNE, counted.
+    for forged in [id(5, 1 << 40), id(6, 1 << 40)] {
+        let out = a.recv(2, gossip(forged.origin, forged.seq, 1));
+        assert!(out.is_empty(), "{out:?}");
+        assert!(!a.state.has_received(&forged));
+    }
+    assert_eq!(a.state.stats().seq_out_of_window, 2);
+    // The origins' real messages are still new.
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 2, 1))), vec![id(5, 2)]);
+    assert_eq!(deliveries(&a.recv(2, gossip(6, 1, 1))), vec![id(6, 1)]);
+    // Within the window a number still moves the record, and the skipped ones stay holes.
+    let jump = Config::default().max_seq_jump;
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 2 + jump, 1))).len(), 1);
+    assert_eq!(deliveries(&a.recv(2, gossip(5, 3, 1))), vec![id(5, 3)]);
+}
+
+#[test]
+fn a_real_far_jump_is_confirmed_and_the_dropped_messages_are_caught_up() {
+    let config = Config::default();
+    let (jump, needed) = (config.max_seq_jump, config.seq_jump_evidence as u64);
+    let mut a = Node::with_neighbors(1, config, &[2]);
+    a.recv(2, gossip(5, 1, 1));
+    // The origin sent far more than the window while this node was cut off: its next
+    // messages are dropped until enough of them agree, then the record moves.
+    let far = 1 + 3 * jump;
+    for k in 0..needed - 1 {
+        assert!(deliveries(&a.recv(2, gossip(5, far + k, 1))).is_empty());
+    }
+    let last = far + needed - 1;
+    assert_eq!(
+        deliveries(&a.recv(2, gossip(5, last, 1))),
+        vec![id(5, last)]
+    );
+    // The dropped ones are holes, which the digest asks for and a copy fills once.
+    let out = a.at(5_000).timer(Timer::CatchUp);
+    let Some((_, Message::Digest(d))) = sends(&out).first().cloned() else {
+        panic!("{out:?}")
+    };
+    let e = d.entries.iter().find(|e| e.origin == 5).unwrap();
+    assert_eq!(e.high, last);
+    for k in 0..needed - 1 {
+        assert!(e.holes.contains(&(far + k)), "{e:?}");
+        assert_eq!(
+            deliveries(&a.recv(2, gossip(5, far + k, 1))),
+            vec![id(5, far + k)]
+        );
+        assert!(deliveries(&a.recv(2, gossip(5, far + k, 1))).is_empty());
+    }
+    assert_eq!(deliveries(&a.recv(2, gossip(5, last + 1, 1))).len(), 1);
+}
+
+#[test]
+fn one_forged_number_per_origin_never_moves_the_record() {
+    // Forged numbers spread further apart than the window are never enough evidence, however
+    // many arrive; the real origin's messages keep flowing.
+    let mut a = Node::with_neighbors(1, Config::default(), &[2]);
+    let jump = Config::default().max_seq_jump;
+    for k in 1..=50u64 {
+        a.recv(2, gossip(5, (1 << 40) + k * 2 * jump, 1));
+        assert_eq!(deliveries(&a.recv(2, gossip(5, k, 1))), vec![id(5, k)]);
+    }
+    assert_eq!(a.state.stats().seq_out_of_window, 50);
 }
 
 #[test]
