@@ -66,8 +66,16 @@
 //!
 //! # Failure handling
 //!
-//! A failure observed first hand ([`InEvent::PeerFailed`] from the detector or the transport, or a
-//! failed probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
+//! A broken or silent active link ([`InEvent::LinkLost`], from the transport or the phi
+//! detector) is only a hint: a live peer's connection also breaks when it is replaced or the peer
+//! drops this node from its view, and a peer starved of CPU for a second looks silent. The peer
+//! is probed first, like SWIM's probe round: a [`Message::Ping`] over a fresh connection, then,
+//! after [`Config::probe_timeout`] (or at once if the dial found nobody,
+//! [`InEvent::Unreachable`]), [`Config::indirect_probes`] neighbours are asked to ping it. Only if
+//! nobody gets an ack within [`Config::indirect_probe_timeout`] is the failure taken as observed.
+//!
+//! A failure observed first hand (such an unconfirmed link, [`InEvent::PeerFailed`], or a failed
+//! probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
 //! incarnation; when it fires and the member is still suspect at that incarnation it is declared
 //! `Dead`. Only nodes that observed the failure run that timer, so a crash costs a handful of
 //! facts, not one per node. The suspecter also tells the member directly; a live member
@@ -158,6 +166,9 @@ const PROBE_POOL: usize = 64;
 
 /// Seeds remembered from `Join`.
 const MAX_SEEDS: usize = 16;
+
+/// Lost links being confirmed by probes at once; beyond this, a lost link is suspected at once.
+const MAX_CONFIRMS: usize = 64;
 
 /// About how many nodes of the whole cluster ping a silent beacon source per heal interval.
 const BEACON_FANOUT: usize = 4;
@@ -428,6 +439,15 @@ pub enum Timer<P: PeerId> {
         /// The probe.
         seq: u64,
     },
+    /// The probe confirming a lost link to `id` got no ack in time.
+    ConfirmTimeout {
+        /// The member whose link was lost.
+        id: P,
+        /// The probe.
+        seq: u64,
+        /// The wait for the neighbours' relayed acks (else for the member's own).
+        indirect: bool,
+    },
     /// The collector did not acknowledge forwarded facts in time.
     CollectorTimeout {
         /// The acknowledgement awaited.
@@ -462,8 +482,17 @@ pub enum InEvent<P: PeerId> {
     NeighborUp(P),
     /// An active link to this peer closed (not a failure by itself).
     NeighborDown(P),
-    /// The peer failed (detector or transport).
+    /// The peer failed: suspect it at once.
     PeerFailed(P),
+    /// The active link to this peer broke, or the failure detector gave up on it: a hint, not
+    /// proof. The peer is probed first, directly and then through neighbours, and suspected
+    /// only if neither answers (see "Failure handling").
+    LinkLost(P),
+    /// A link to this peer, not an active neighbour, failed or could not be opened. If a lost
+    /// link to it is being confirmed, the direct ping is taken as failed and neighbours are
+    /// asked at once; otherwise nothing happens (closed links outside the active view are
+    /// routine).
+    Unreachable(P),
     /// Change this node's metadata.
     SetMetadata(Bytes),
     /// This node leaves.
@@ -578,6 +607,14 @@ struct Pending<P: PeerId> {
 #[derive(Debug, Clone, Copy)]
 struct Probe<P> {
     target: P,
+    seq: u64,
+    indirect: bool,
+    sent: Instant,
+}
+
+/// A lost link being confirmed: the probe's sequence number and whether neighbours were asked.
+#[derive(Debug, Clone, Copy)]
+struct Confirm {
     seq: u64,
     indirect: bool,
 }
@@ -732,6 +769,8 @@ pub struct State<P: PeerId> {
     /// A catch-up was scheduled since this node last had no link.
     catch_up_armed: bool,
     suspecting: Map<P, u32>,
+    /// Members whose link was lost, being probed before they are suspected.
+    confirming: Map<P, Confirm>,
     probe: Option<Probe<P>>,
     /// A heal ping in flight: target, sequence number, and whether an answer forces a link.
     heal_probe: Option<(P, u64, bool)>,
@@ -779,6 +818,7 @@ impl<P: PeerId> State<P> {
             sync_requested: false,
             catch_up_armed: false,
             suspecting: Map::default(),
+            confirming: Map::default(),
             probe: None,
             heal_probe: None,
             beacon: None,
@@ -855,6 +895,18 @@ impl<P: PeerId> State<P> {
                 self.neighbours.retain(|p| *p != peer);
                 self.catch_up_armed &= !self.neighbours.is_empty();
                 self.failure_observed(peer, now, out);
+            }
+            InEvent::LinkLost(peer) => {
+                self.neighbours.retain(|p| *p != peer);
+                self.catch_up_armed &= !self.neighbours.is_empty();
+                self.confirm(peer, now, out);
+            }
+            InEvent::Unreachable(peer) => {
+                if let Some(c) = self.confirming.get(&peer).copied()
+                    && !c.indirect
+                {
+                    self.on_confirm_timeout(peer, c.seq, false, now, rng, out);
+                }
             }
             InEvent::SetMetadata(metadata) => self.on_set_metadata(metadata, now, out),
             InEvent::Leave => self.on_leave(now, out),
@@ -1566,6 +1618,108 @@ impl<P: PeerId> State<P> {
         }
     }
 
+    /// A lost link is a hint: a peer restarting a connection, evicting us from its view or
+    /// starved of CPU for a moment is alive. Ping it (over a fresh connection); without an ack
+    /// within [`Config::probe_timeout`], ask neighbours to ([`Config::indirect_probe_timeout`]);
+    /// only then suspect it. SWIM suspects only after a failed probe round, for this reason.
+    fn confirm(&mut self, peer: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        if peer == self.me || self.left || self.confirming.contains_key(&peer) {
+            return;
+        }
+        match self.entries.get(&peer).map(|e| e.state()) {
+            Some(MemberState::Alive) => {}
+            // Already suspected (by us or someone else): nothing to confirm, keep the timer.
+            Some(MemberState::Suspect) => return self.failure_observed(peer, now, out),
+            _ => return,
+        }
+        if self.confirming.len() >= MAX_CONFIRMS {
+            return self.failure_observed(peer, now, out);
+        }
+        let seq = self.next_seq();
+        self.confirming.insert(
+            peer,
+            Confirm {
+                seq,
+                indirect: false,
+            },
+        );
+        self.stats.probes_sent += 1;
+        out.push_back(OutEvent::SendMessage(peer, Message::Ping { seq }));
+        out.push_back(OutEvent::ScheduleTimer(
+            self.config.probe_timeout,
+            Timer::ConfirmTimeout {
+                id: peer,
+                seq,
+                indirect: false,
+            },
+        ));
+    }
+
+    fn on_confirm_timeout<R: Rng>(
+        &mut self,
+        id: P,
+        seq: u64,
+        indirect: bool,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        let Some(c) = self
+            .confirming
+            .get(&id)
+            .copied()
+            .filter(|c| c.seq == seq && c.indirect == indirect)
+        else {
+            return; // answered, or this phase is over already
+        };
+        if !c.indirect && !self.left {
+            let helpers = self.helpers(id, rng);
+            if !helpers.is_empty() {
+                for h in helpers {
+                    out.push_back(OutEvent::SendMessage(
+                        h,
+                        Message::PingReq { target: id, seq },
+                    ));
+                }
+                self.confirming.insert(
+                    id,
+                    Confirm {
+                        seq,
+                        indirect: true,
+                    },
+                );
+                out.push_back(OutEvent::ScheduleTimer(
+                    self.config.indirect_probe_timeout,
+                    Timer::ConfirmTimeout {
+                        id,
+                        seq,
+                        indirect: true,
+                    },
+                ));
+                return;
+            }
+        }
+        self.confirming.remove(&id);
+        self.stats.probes_failed += 1;
+        tracing::debug!(me = ?self.me, member = ?id, asked_neighbours = c.indirect, "suspected: a probe after its link was lost went unanswered");
+        self.failure_observed(id, now, out);
+    }
+
+    /// Up to [`Config::indirect_probes`] random neighbours other than `target`.
+    fn helpers<R: Rng>(&self, target: P, rng: &mut R) -> Vec<P> {
+        let candidates: Vec<P> = self
+            .neighbours
+            .iter()
+            .copied()
+            .filter(|p| *p != target)
+            .collect();
+        let k = self.config.indirect_probes.min(candidates.len());
+        rand::seq::index::sample(rng, candidates.len(), k)
+            .into_iter()
+            .map(|i| candidates[i])
+            .collect()
+    }
+
     fn arm_suspicion(&mut self, peer: P, incarnation: u32, out: &mut VecDeque<OutEvent<P>>) {
         if self.suspecting.get(&peer) == Some(&incarnation) {
             return;
@@ -1756,6 +1910,15 @@ impl<P: PeerId> State<P> {
     }
 
     fn on_ack<R: Rng>(&mut self, from: P, seq: u64, _rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+        // A confirmation's ack comes from the member or, relayed, from a neighbour.
+        if let Some(id) = self
+            .confirming
+            .iter()
+            .find_map(|(id, c)| (c.seq == seq).then_some(*id))
+        {
+            self.confirming.remove(&id);
+            return;
+        }
         if self.probe.is_some_and(|p| p.seq == seq) {
             self.probe = None;
             return;
@@ -1939,15 +2102,19 @@ impl<P: PeerId> State<P> {
                     self.config.probe_interval,
                     Timer::Probe,
                 ));
-                self.start_probe(rng, out);
+                self.start_probe(now, rng, out);
             }
             Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now, rng, out),
+            Timer::ConfirmTimeout { id, seq, indirect } => {
+                self.on_confirm_timeout(id, seq, indirect, now, rng, out)
+            }
             Timer::CollectorTimeout { seq } => {
                 if let Some((collector, s)) = self.collector_check
                     && s == seq
                 {
                     self.collector_check = None;
                     self.stats.probes_failed += 1;
+                    tracing::debug!(me = ?self.me, member = ?collector, "suspected: the collector did not acknowledge forwarded facts");
                     // Suspecting it changes the collector: the waiting facts go to the next one.
                     self.failure_observed(collector, now, out);
                 }
@@ -2049,7 +2216,7 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn start_probe<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+    fn start_probe<R: Rng>(&mut self, now: Instant, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
         if self.probe.is_some() || self.entries.len() < 2 {
             return;
         }
@@ -2071,6 +2238,7 @@ impl<P: PeerId> State<P> {
                 target: id,
                 seq,
                 indirect: false,
+                sent: now,
             });
             self.stats.probes_sent += 1;
             out.push_back(OutEvent::SendMessage(id, Message::Ping { seq }));
@@ -2097,19 +2265,7 @@ impl<P: PeerId> State<P> {
             return;
         }
         if !probe.indirect {
-            let helpers: Vec<P> = {
-                let candidates: Vec<P> = self
-                    .neighbours
-                    .iter()
-                    .copied()
-                    .filter(|p| *p != probe.target)
-                    .collect();
-                let k = self.config.indirect_probes.min(candidates.len());
-                rand::seq::index::sample(rng, candidates.len(), k)
-                    .into_iter()
-                    .map(|i| candidates[i])
-                    .collect()
-            };
+            let helpers = self.helpers(probe.target, rng);
             if !helpers.is_empty() {
                 for h in helpers {
                     out.push_back(OutEvent::SendMessage(
@@ -2133,6 +2289,13 @@ impl<P: PeerId> State<P> {
         }
         self.probe = None;
         self.stats.probes_failed += 1;
+        tracing::debug!(
+            me = ?self.me,
+            member = ?probe.target,
+            asked_neighbours = probe.indirect,
+            elapsed_ms = now.saturating_duration_since(probe.sent).as_millis() as u64,
+            "suspected: a probe went unanswered"
+        );
         self.failure_observed(probe.target, now, out);
     }
 
@@ -2302,6 +2465,7 @@ impl<P: PeerId> State<P> {
             let before = self.contribution(&t.id);
             self.metadata.remove(&t.id);
             self.suspecting.remove(&t.id);
+            self.confirming.remove(&t.id);
             self.entries.remove(&t.id);
             self.recount(&t.id, before);
             self.bury(t.id, t.entry.incarnation());

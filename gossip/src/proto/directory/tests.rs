@@ -772,6 +772,113 @@ fn probe_then_indirect_probe_then_suspect() {
     assert_eq!(t.st.stats().probes_failed, 1);
 }
 
+/// A lost link to neighbour 4 of `prober()`: the ping it sends and its timers.
+fn lose_link(t: &mut T) -> u64 {
+    let o = t.handle(InEvent::LinkLost(4));
+    assert!(events(&o).is_empty(), "a lost link alone suspects nobody");
+    assert_eq!(t.st.get(&4), Some((Alive, 0)));
+    let s = sends(&o);
+    let [(4, Message::Ping { seq })] = s[..] else {
+        panic!("{s:?}")
+    };
+    assert!(timers(&o).contains(&(
+        Config::default().probe_timeout,
+        Timer::ConfirmTimeout {
+            id: 4,
+            seq,
+            indirect: false
+        }
+    )));
+    seq
+}
+
+#[test]
+fn a_lost_link_is_probed_and_a_live_peer_never_suspected() {
+    let mut t = prober();
+    // The peer answers over a fresh connection.
+    let seq = lose_link(&mut t);
+    t.recv(4, Message::Ack { seq });
+    let o = t.timer(Timer::ConfirmTimeout {
+        id: 4,
+        seq,
+        indirect: false,
+    });
+    assert!(sends(&o).is_empty() && events(&o).is_empty(), "{o:?}");
+    // Or only through a neighbour (the direct path is what broke).
+    let seq = lose_link(&mut t);
+    let o = t.timer(Timer::ConfirmTimeout {
+        id: 4,
+        seq,
+        indirect: false,
+    });
+    let reqs = sends(&o);
+    assert_eq!(reqs.len(), 3, "k = 3 neighbours asked: {reqs:?}");
+    assert!(
+        reqs.iter()
+            .all(|(to, m)| *to != 4 && *m == Message::PingReq { target: 4, seq })
+    );
+    t.recv(2, Message::Ack { seq });
+    let o = t.timer(Timer::ConfirmTimeout {
+        id: 4,
+        seq,
+        indirect: true,
+    });
+    assert!(events(&o).is_empty());
+    assert_eq!(t.st.get(&4), Some((Alive, 0)));
+    assert_eq!(t.st.stats().probes_failed, 0);
+}
+
+#[test]
+fn a_lost_link_nobody_can_confirm_is_suspected_then_declared_dead() {
+    let c = Config::default();
+    let mut t = prober();
+    let seq = lose_link(&mut t);
+    // The ping's dial found nobody: the neighbours are asked at once, and a stale direct
+    // timeout later changes nothing.
+    let o = t.handle(InEvent::Unreachable(4));
+    assert_eq!(sends(&o).len(), 3);
+    assert!(timers(&o).contains(&(
+        c.indirect_probe_timeout,
+        Timer::ConfirmTimeout {
+            id: 4,
+            seq,
+            indirect: true
+        }
+    )));
+    let o = t.timer(Timer::ConfirmTimeout {
+        id: 4,
+        seq,
+        indirect: false,
+    });
+    assert!(o.is_empty(), "{o:?}");
+    let o = t.timer(Timer::ConfirmTimeout {
+        id: 4,
+        seq,
+        indirect: true,
+    });
+    assert_eq!(
+        events(&o).iter().map(event_kind).collect::<Vec<_>>(),
+        [("suspect", 4)]
+    );
+    assert!(timers(&o).contains(&(
+        c.suspicion_timeout,
+        Timer::Suspect {
+            id: 4,
+            incarnation: 0
+        }
+    )));
+    let o = t.timer(Timer::Suspect {
+        id: 4,
+        incarnation: 0,
+    });
+    assert_eq!(
+        events(&o).iter().map(event_kind).collect::<Vec<_>>(),
+        [("down", 4)]
+    );
+    // Unreachable for a peer nobody is confirming is routine: nothing happens.
+    assert!(t.handle(InEvent::Unreachable(7)).is_empty());
+}
+
 #[test]
 fn acked_probes_suspect_nobody() {
     let mut t = prober();
