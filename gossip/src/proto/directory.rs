@@ -1937,6 +1937,14 @@ impl<P: PeerId> State<P> {
             && (target == from || self.seeds.contains(&target))
         {
             self.heal_probe = None;
+            if target != from {
+                // Remember the seed by its real id from now on. Pinging it by address again
+                // would open a second connection to a node this one may already be linked to,
+                // and a node that gets a new connection from a peer drops the old one: the
+                // link would break under both of them.
+                self.seeds.retain(|s| *s != target && *s != from);
+                self.seeds.push(from);
+            }
             let target = from;
             // A member we hold alive needs no exchange, and no new link unless this node is cut
             // off: forcing a link evicts a healthy one and churns the overlay. One we hold dead

@@ -1901,6 +1901,18 @@ fn a_seed_known_by_address_answers_from_its_real_id_and_is_reached() {
     let o = t.recv(9, Message::Ack { seq });
     assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))), "{o:?}");
     assert!(!o.iter().any(|e| matches!(e, OutEvent::Reach(1000))));
+    // From now on the seed is pinged by its real id: another dial by address would open a
+    // second connection to it, which replaces (breaks) the one already there.
+    for _ in 0..10 {
+        let s = sends(&t.timer(Timer::Heal));
+        assert!(matches!(s[..], [(9, Message::Ping { .. })]), "{s:?}");
+    }
+    // And, once it is a neighbour, not pinged at all.
+    t.handle(InEvent::NeighborUp(9));
+    for _ in 0..10 {
+        let s = sends(&t.timer(Timer::Heal));
+        assert!(!s.iter().any(|(to, _)| *to == 9 || *to == 1000), "{s:?}");
+    }
 }
 
 #[test]
