@@ -69,10 +69,11 @@
 //! A broken or silent active link ([`InEvent::LinkLost`], from the transport or the phi
 //! detector) is only a hint: a live peer's connection also breaks when it is replaced or the peer
 //! drops this node from its view, and a peer starved of CPU for a second looks silent. The peer
-//! is probed first, like SWIM's probe round: a [`Message::Ping`] over a fresh connection, then,
-//! after [`Config::probe_timeout`] (or at once if the dial found nobody,
-//! [`InEvent::Unreachable`]), [`Config::indirect_probes`] neighbours are asked to ping it. Only if
-//! nobody gets an ack within [`Config::indirect_probe_timeout`] is the failure taken as observed.
+//! is probed first, like SWIM's probe round but with both halves at once (the direct path is
+//! the one in doubt, and waiting for it first would delay detecting a real crash): a
+//! [`Message::Ping`] over a fresh connection and [`Config::indirect_probes`] neighbours asked to
+//! ping it. Only if no ack comes back within the longer of [`Config::probe_timeout`] and
+//! [`Config::indirect_probe_timeout`] is the failure taken as observed.
 //!
 //! A failure observed first hand (such an unconfirmed link, [`InEvent::PeerFailed`], or a failed
 //! probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
@@ -445,8 +446,6 @@ pub enum Timer<P: PeerId> {
         id: P,
         /// The probe.
         seq: u64,
-        /// The wait for the neighbours' relayed acks (else for the member's own).
-        indirect: bool,
     },
     /// The collector did not acknowledge forwarded facts in time.
     CollectorTimeout {
@@ -488,11 +487,6 @@ pub enum InEvent<P: PeerId> {
     /// proof. The peer is probed first, directly and then through neighbours, and suspected
     /// only if neither answers (see "Failure handling").
     LinkLost(P),
-    /// A link to this peer, not an active neighbour, failed or could not be opened. If a lost
-    /// link to it is being confirmed, the direct ping is taken as failed and neighbours are
-    /// asked at once; otherwise nothing happens (closed links outside the active view are
-    /// routine).
-    Unreachable(P),
     /// Change this node's metadata.
     SetMetadata(Bytes),
     /// This node leaves.
@@ -610,13 +604,6 @@ struct Probe<P> {
     seq: u64,
     indirect: bool,
     sent: Instant,
-}
-
-/// A lost link being confirmed: the probe's sequence number and whether neighbours were asked.
-#[derive(Debug, Clone, Copy)]
-struct Confirm {
-    seq: u64,
-    indirect: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -770,7 +757,7 @@ pub struct State<P: PeerId> {
     catch_up_armed: bool,
     suspecting: Map<P, u32>,
     /// Members whose link was lost, being probed before they are suspected.
-    confirming: Map<P, Confirm>,
+    confirming: Map<P, u64>,
     probe: Option<Probe<P>>,
     /// A heal ping in flight: target, sequence number, and whether an answer forces a link.
     heal_probe: Option<(P, u64, bool)>,
@@ -899,14 +886,7 @@ impl<P: PeerId> State<P> {
             InEvent::LinkLost(peer) => {
                 self.neighbours.retain(|p| *p != peer);
                 self.catch_up_armed &= !self.neighbours.is_empty();
-                self.confirm(peer, now, out);
-            }
-            InEvent::Unreachable(peer) => {
-                if let Some(c) = self.confirming.get(&peer).copied()
-                    && !c.indirect
-                {
-                    self.on_confirm_timeout(peer, c.seq, false, now, rng, out);
-                }
+                self.confirm(peer, now, rng, out);
             }
             InEvent::SetMetadata(metadata) => self.on_set_metadata(metadata, now, out),
             InEvent::Leave => self.on_leave(now, out),
@@ -1619,10 +1599,16 @@ impl<P: PeerId> State<P> {
     }
 
     /// A lost link is a hint: a peer restarting a connection, evicting us from its view or
-    /// starved of CPU for a moment is alive. Ping it (over a fresh connection); without an ack
-    /// within [`Config::probe_timeout`], ask neighbours to ([`Config::indirect_probe_timeout`]);
-    /// only then suspect it. SWIM suspects only after a failed probe round, for this reason.
-    fn confirm(&mut self, peer: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+    /// starved of CPU for a moment is alive. Ping it (over a fresh connection) and ask
+    /// neighbours to, at once; suspect it only if no ack comes back in time. SWIM suspects only
+    /// after a failed probe round, for this reason.
+    fn confirm<R: Rng>(
+        &mut self,
+        peer: P,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         if peer == self.me || self.left || self.confirming.contains_key(&peer) {
             return;
         }
@@ -1636,72 +1622,42 @@ impl<P: PeerId> State<P> {
             return self.failure_observed(peer, now, out);
         }
         let seq = self.next_seq();
-        self.confirming.insert(
-            peer,
-            Confirm {
-                seq,
-                indirect: false,
-            },
-        );
+        self.confirming.insert(peer, seq);
         self.stats.probes_sent += 1;
         out.push_back(OutEvent::SendMessage(peer, Message::Ping { seq }));
+        let helpers = self.helpers(peer, rng);
+        let wait = if helpers.is_empty() {
+            self.config.probe_timeout
+        } else {
+            self.config
+                .probe_timeout
+                .max(self.config.indirect_probe_timeout)
+        };
+        for h in helpers {
+            out.push_back(OutEvent::SendMessage(
+                h,
+                Message::PingReq { target: peer, seq },
+            ));
+        }
         out.push_back(OutEvent::ScheduleTimer(
-            self.config.probe_timeout,
-            Timer::ConfirmTimeout {
-                id: peer,
-                seq,
-                indirect: false,
-            },
+            wait,
+            Timer::ConfirmTimeout { id: peer, seq },
         ));
     }
 
-    fn on_confirm_timeout<R: Rng>(
+    fn on_confirm_timeout(
         &mut self,
         id: P,
         seq: u64,
-        indirect: bool,
         now: Instant,
-        rng: &mut R,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
-        let Some(c) = self
-            .confirming
-            .get(&id)
-            .copied()
-            .filter(|c| c.seq == seq && c.indirect == indirect)
-        else {
-            return; // answered, or this phase is over already
-        };
-        if !c.indirect && !self.left {
-            let helpers = self.helpers(id, rng);
-            if !helpers.is_empty() {
-                for h in helpers {
-                    out.push_back(OutEvent::SendMessage(
-                        h,
-                        Message::PingReq { target: id, seq },
-                    ));
-                }
-                self.confirming.insert(
-                    id,
-                    Confirm {
-                        seq,
-                        indirect: true,
-                    },
-                );
-                out.push_back(OutEvent::ScheduleTimer(
-                    self.config.indirect_probe_timeout,
-                    Timer::ConfirmTimeout {
-                        id,
-                        seq,
-                        indirect: true,
-                    },
-                ));
-                return;
-            }
+        if self.confirming.get(&id) != Some(&seq) {
+            return; // answered (or reaped) already
         }
         self.confirming.remove(&id);
         self.stats.probes_failed += 1;
-        tracing::debug!(me = ?self.me, member = ?id, asked_neighbours = c.indirect, "suspected: a probe after its link was lost went unanswered");
+        tracing::debug!(me = ?self.me, member = ?id, "suspected: a probe after its link was lost went unanswered");
         self.failure_observed(id, now, out);
     }
 
@@ -1914,7 +1870,7 @@ impl<P: PeerId> State<P> {
         if let Some(id) = self
             .confirming
             .iter()
-            .find_map(|(id, c)| (c.seq == seq).then_some(*id))
+            .find_map(|(id, s)| (*s == seq).then_some(*id))
         {
             self.confirming.remove(&id);
             return;
@@ -2113,9 +2069,7 @@ impl<P: PeerId> State<P> {
                 self.start_probe(now, rng, out);
             }
             Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now, rng, out),
-            Timer::ConfirmTimeout { id, seq, indirect } => {
-                self.on_confirm_timeout(id, seq, indirect, now, rng, out)
-            }
+            Timer::ConfirmTimeout { id, seq } => self.on_confirm_timeout(id, seq, now, out),
             Timer::CollectorTimeout { seq } => {
                 if let Some((collector, s)) = self.collector_check
                     && s == seq

@@ -205,16 +205,14 @@ impl<P: PeerId, R: Rng> State<P, R> {
             InEvent::LinkFailed(peer) => {
                 // A broken active link is a hint of a failure, which the directory confirms
                 // by probing before it suspects anyone: a live peer's connection also breaks
-                // when it is replaced or the peer drops us from its view. Any other failed
-                // link only speeds up such a probe (the dial found nobody). The overlay goes
-                // first: it closes the link, so the directory's probe opens a fresh one.
+                // when it is replaced or the peer drops us from its view. Any other closed
+                // link is routine. The overlay goes first: it closes the link, so the
+                // directory's probe opens a fresh one.
                 let active = self.membership.is_active(&peer);
                 work.push_back(Step::Membership(hyparview::InEvent::PeerFailed(peer)));
                 if active {
                     tracing::debug!(me = ?self.me, ?peer, "an active link broke: the directory probes the peer");
                     work.push_back(Step::Directory(directory::InEvent::LinkLost(peer)));
-                } else {
-                    work.push_back(Step::Directory(directory::InEvent::Unreachable(peer)));
                 }
             }
             InEvent::Join(contacts) => {
