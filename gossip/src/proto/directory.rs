@@ -37,8 +37,9 @@
 //!
 //! The collector is a role, not a leader: any node accepts announcements, and a node that
 //! forwarded a fact keeps it until a broadcast covering it arrives. The collector acknowledges
-//! announcements; if it does not within the probe timeouts, it is suspected first hand, and the
-//! waiting facts go to the next smallest id;
+//! announcements; if it does not within the probe timeouts, it is probed like a lost link (see
+//! "Failure handling") and, if that goes unanswered too, suspected first hand: the waiting facts
+//! go to the next smallest id;
 //! if nothing covered a fact within [`Config::forward_grace`], the node broadcasts it itself.
 //! Refutations and departures skip all this and are broadcast at once.
 //!
@@ -86,7 +87,8 @@
 //! Members nobody is adjacent to are *probed* (SWIM): every [`Config::probe_interval`] one random
 //! `Alive` or `Suspect` member outside the active view gets a [`Message::Ping`]; with no
 //! [`Message::Ack`] in time, [`Config::indirect_probes`] neighbours are asked to ping it
-//! ([`Message::PingReq`]); with still nothing, it is suspected.
+//! ([`Message::PingReq`]); with still nothing, it is suspected. A node with no neighbour to ask
+//! waits just as long before it suspects anyone.
 //!
 //! # Partition healing
 //!
@@ -2075,10 +2077,12 @@ impl<P: PeerId> State<P> {
                     && s == seq
                 {
                     self.collector_check = None;
-                    self.stats.probes_failed += 1;
-                    tracing::debug!(me = ?self.me, member = ?collector, "suspected: the collector did not acknowledge forwarded facts");
-                    // Suspecting it changes the collector: the waiting facts go to the next one.
-                    self.failure_observed(collector, now, out);
+                    tracing::debug!(me = ?self.me, member = ?collector, "the collector did not acknowledge forwarded facts: probing it");
+                    // A collector busy with a join storm answers late: probe it like a lost
+                    // link before suspecting it. Suspecting it changes the collector: the
+                    // waiting facts go to the next one; if it answers, they wait for its
+                    // broadcast (or `forward_grace`).
+                    self.confirm(collector, now, rng, out);
                 }
             }
             Timer::AntiEntropy => {
@@ -2227,27 +2231,27 @@ impl<P: PeerId> State<P> {
             return;
         }
         if !probe.indirect {
-            let helpers = self.helpers(probe.target, rng);
-            if !helpers.is_empty() {
-                for h in helpers {
-                    out.push_back(OutEvent::SendMessage(
-                        h,
-                        Message::PingReq {
-                            target: probe.target,
-                            seq,
-                        },
-                    ));
-                }
-                self.probe = Some(Probe {
-                    indirect: true,
-                    ..probe
-                });
-                out.push_back(OutEvent::ScheduleTimer(
-                    self.config.indirect_probe_timeout,
-                    Timer::ProbeTimeout { seq },
+            // With no neighbour to ask (a node still joining), the target still gets the whole
+            // probe round to answer: a node that cannot get a second opinion should not accuse
+            // sooner than one that can.
+            for h in self.helpers(probe.target, rng) {
+                out.push_back(OutEvent::SendMessage(
+                    h,
+                    Message::PingReq {
+                        target: probe.target,
+                        seq,
+                    },
                 ));
-                return;
             }
+            self.probe = Some(Probe {
+                indirect: true,
+                ..probe
+            });
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.indirect_probe_timeout,
+                Timer::ProbeTimeout { seq },
+            ));
+            return;
         }
         self.probe = None;
         self.stats.probes_failed += 1;

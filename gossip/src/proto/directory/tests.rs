@@ -375,9 +375,16 @@ fn a_silent_collector_is_suspected_and_replaced() {
     let [(1, Message::Announce { seq, .. })] = s[..] else {
         panic!("{s:?}")
     };
-    // No acknowledgement from 1: it is suspected first hand, and 3 takes over.
+    // No acknowledgement from 1: it is probed first (a collector busy with a join storm
+    // answers late), and suspected when that goes unanswered too; then 3 takes over.
     t.now += c.probe_timeout + c.indirect_probe_timeout;
     let o = t.timer(Timer::CollectorTimeout { seq });
+    assert!(events(&o).is_empty(), "{o:?}");
+    let s = sends(&o);
+    let [(1, Message::Ping { seq: probe })] = s[..] else {
+        panic!("{s:?}")
+    };
+    let o = t.timer(Timer::ConfirmTimeout { id: 1, seq: probe });
     assert_eq!(
         events(&o).iter().map(event_kind).collect::<Vec<_>>(),
         [("suspect", 1)]
@@ -392,6 +399,28 @@ fn a_silent_collector_is_suspected_and_replaced() {
         })
         .collect();
     assert_eq!(forwarded, [(3, 2)], "both waiting facts go to 3: {s:?}");
+}
+
+#[test]
+fn a_slow_collector_that_answers_the_probe_is_not_suspected() {
+    let c = Config::default();
+    let mut t = T::new(5);
+    t.update(9, &[alive(1, 0), alive(3, 0), alive(7, 0)]);
+    t.handle(InEvent::PeerFailed(7));
+    t.now += c.forward_delay;
+    let s = sends(&t.timer(Timer::Flush));
+    let [(1, Message::Announce { seq, .. })] = s[..] else {
+        panic!("{s:?}")
+    };
+    t.now += c.probe_timeout + c.indirect_probe_timeout;
+    let s = sends(&t.timer(Timer::CollectorTimeout { seq }));
+    let [(1, Message::Ping { seq: probe })] = s[..] else {
+        panic!("{s:?}")
+    };
+    t.recv(1, Message::Ack { seq: probe });
+    let o = t.timer(Timer::ConfirmTimeout { id: 1, seq: probe });
+    assert!(o.is_empty(), "{o:?}");
+    assert_eq!(t.st.get(&1), Some((Alive, 0)));
 }
 
 #[test]
@@ -849,6 +878,28 @@ fn a_lost_link_nobody_can_confirm_is_suspected_then_declared_dead() {
     );
     // A stale timeout changes nothing.
     assert!(events(&t.timer(Timer::ConfirmTimeout { id: 4, seq })).is_empty());
+}
+
+#[test]
+fn a_node_without_neighbours_gives_its_probe_target_the_whole_round() {
+    let c = Config::default();
+    let mut t = T::new(0);
+    t.update(9, &(1..=10).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    let s = sends(&t.timer(Timer::Probe));
+    let [(target, Message::Ping { seq })] = s[..] else {
+        panic!("{s:?}")
+    };
+    let o = t.timer(Timer::ProbeTimeout { seq });
+    assert!(sends(&o).is_empty() && events(&o).is_empty(), "{o:?}");
+    assert_eq!(
+        timers(&o),
+        [(c.indirect_probe_timeout, Timer::ProbeTimeout { seq })]
+    );
+    let o = t.timer(Timer::ProbeTimeout { seq });
+    assert_eq!(
+        events(&o).iter().map(event_kind).collect::<Vec<_>>(),
+        [("suspect", target)]
+    );
 }
 
 #[test]
