@@ -755,6 +755,8 @@ pub struct State<P: PeerId> {
     seeds: Vec<P>,
     synced: bool,
     sync_requested: bool,
+    /// A snapshot was asked of an active neighbour (not only of a seed).
+    sync_asked_neighbour: bool,
     /// A catch-up was scheduled since this node last had no link.
     catch_up_armed: bool,
     suspecting: Map<P, u32>,
@@ -805,6 +807,7 @@ impl<P: PeerId> State<P> {
             seeds: Vec::new(),
             synced: false,
             sync_requested: false,
+            sync_asked_neighbour: false,
             catch_up_armed: false,
             suspecting: Map::default(),
             confirming: Map::default(),
@@ -1513,7 +1516,11 @@ impl<P: PeerId> State<P> {
             };
             self.merge(fact, Source::Snapshot, now, out);
         }
-        if !self.synced && !self.sync_requested {
+        // The request to a seed may be lost: a seed flooded by a whole cluster joining at once
+        // turns dials away. Ask the first neighbour too, rather than wait `sync_timeout`: it
+        // also announces this node, so the others learn of it without that wait.
+        if !self.synced && !self.sync_asked_neighbour {
+            self.sync_asked_neighbour = true;
             self.request_sync(peer, out);
         }
         // A joiner's snapshot is taken before it has a link, so the broadcasts sent in between

@@ -506,6 +506,31 @@ fn sync_is_retried_until_a_snapshot_arrives() {
 }
 
 #[test]
+fn a_joiner_whose_seed_is_slow_asks_its_first_neighbour_once() {
+    let mut b = T::new(7);
+    let s = sends(&b.handle(InEvent::Join(vec![1])));
+    assert!(matches!(s[..], [(1, Message::SyncRequest { .. })]), "{s:?}");
+    // The seed's answer has not come (a flooded seed turns dials away): the first neighbour
+    // is asked too, and announces the joiner.
+    let s = sends(&b.handle(InEvent::NeighborUp(3)));
+    assert!(matches!(s[..], [(3, Message::SyncRequest { .. })]), "{s:?}");
+    assert!(sends(&b.handle(InEvent::NeighborUp(4))).is_empty());
+    // A joiner synced before its first link asks nobody else.
+    let mut c = T::new(8);
+    c.handle(InEvent::Join(vec![1]));
+    c.recv(
+        1,
+        Message::Sync {
+            facts: vec![alive(1, 0)],
+            announce: false,
+            last: true,
+            reply: None,
+        },
+    );
+    assert!(sends(&c.handle(InEvent::NeighborUp(3))).is_empty());
+}
+
+#[test]
 fn suspicion_becomes_death_after_the_timeout() {
     let mut t = T::new(0);
     t.update(9, &[alive(5, 0)]);
