@@ -37,9 +37,9 @@
 //!
 //! The collector is a role, not a leader: any node accepts announcements, and a node that
 //! forwarded a fact keeps it until a broadcast covering it arrives. The collector acknowledges
-//! announcements; if it does not within the probe timeouts, the waiting facts go to the next
-//! smallest id at once, and the silent collector is probed like a lost link (see "Failure
-//! handling") and suspected only if that goes unanswered too;
+//! announcements; if it does not within the probe timeouts, it is probed like a lost link (see
+//! "Failure handling") and, if that goes unanswered too, suspected first hand: the waiting facts
+//! go to the next smallest id;
 //! if nothing covered a fact within [`Config::forward_grace`], the node broadcasts it itself.
 //! Refutations and departures skip all this and are broadcast at once.
 //!
@@ -1266,19 +1266,10 @@ impl<P: PeerId> State<P> {
                 .entries
                 .get(&c)
                 .is_some_and(|e| e.state() == MemberState::Alive)
-            && !self.confirming.contains_key(&c)
         {
             return c;
         }
-        // A member being probed (it did not acknowledge, or its link broke) is passed over
-        // until it answers: facts do not wait on it, and it is not suspected for being slow.
-        let c = self
-            .entries
-            .iter()
-            .filter(|(id, e)| e.state() == MemberState::Alive && !self.confirming.contains_key(*id))
-            .map(|(id, _)| *id)
-            .min()
-            .unwrap_or(self.me);
+        let c = self.min_alive_id();
         self.collector = Some(c);
         c
     }
@@ -2099,10 +2090,6 @@ impl<P: PeerId> State<P> {
                     // waiting facts go to the next one; if it answers, they wait for its
                     // broadcast (or `forward_grace`).
                     self.confirm(collector, now, rng, out);
-                    if self.collector == Some(collector) {
-                        self.collector = None;
-                        self.reforward = true;
-                    }
                 }
             }
             Timer::AntiEntropy => {
