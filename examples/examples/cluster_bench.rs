@@ -34,6 +34,51 @@ struct Args {
     kill: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Print what the nodes still lacking members lack, 1.19 s after the joins started.
+    #[arg(long)]
+    diag: bool,
+}
+
+/// For every node that does not list all members alive yet: what it lacks.
+async fn lagging_report(nodes: &[Node], all: &HashSet<NodeId>, since: Instant) {
+    let mut lagging = 0;
+    let mut lacking: std::collections::HashMap<NodeId, usize> = Default::default();
+    for node in nodes {
+        let members = node.members().await.unwrap_or_default();
+        let alive = members
+            .iter()
+            .filter(|m| m.state == MemberState::Alive && all.contains(&m.id))
+            .count();
+        if alive == all.len() {
+            continue;
+        }
+        lagging += 1;
+        let known: HashSet<NodeId> = members.iter().map(|m| m.id).collect();
+        let not_alive: Vec<String> = members
+            .iter()
+            .filter(|m| m.state != MemberState::Alive)
+            .map(|m| format!("{}:{:?}", m.id, m.state))
+            .collect();
+        for id in all.iter().filter(|id| !known.contains(id)) {
+            *lacking.entry(*id).or_default() += 1;
+        }
+        let stats = node.stats().await.ok();
+        println!(
+            "  at {:?}: {} lists {alive}/{} alive, {} unknown, not alive {:?}, active view {:?}",
+            since.elapsed(),
+            node.id(),
+            all.len(),
+            all.len() - all.iter().filter(|id| known.contains(id)).count(),
+            not_alive,
+            stats.map(|s| s.active_view)
+        );
+    }
+    let mut lacking: Vec<_> = lacking.into_iter().collect();
+    lacking.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    println!(
+        "  {lagging} nodes lagging; most missed members: {:?}",
+        &lacking[..lacking.len().min(8)]
+    );
 }
 
 async fn wait_for(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Option<Duration> {
@@ -72,6 +117,11 @@ async fn bytes_sent(nodes: &[Node]) -> u64 {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    // `RUST_LOG=gossip=debug` shows, among others, what raised each suspicion.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let mut rng = StdRng::seed_from_u64(args.seed);
     let start = Instant::now();
     let mut nodes: Vec<Node> = Vec::new();
@@ -89,24 +139,97 @@ async fn main() {
         );
     }
     let contact = nodes[0].local_addr();
+    let all: Arc<HashSet<NodeId>> = Arc::new(nodes.iter().map(|n| n.id()).collect());
     let join_start = Instant::now();
+    // Each node's own event stream tells when it first lists every member alive: polling
+    // 200 nodes from here would itself load the runtime and blur the figure.
+    let watchers: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let (mut events, all, me) = (n.events(), all.clone(), n.id());
+            tokio::spawn(async move {
+                let mut alive: HashSet<NodeId> = HashSet::from([me]);
+                let deadline = tokio::time::sleep(Duration::from_secs(60));
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => return None,
+                        e = events.next() => match e {
+                            Some(Ok(Event::MemberUp(m))) => {
+                                alive.insert(m.id);
+                            }
+                            Some(Ok(
+                                Event::MemberSuspect(m)
+                                | Event::MemberDown(m)
+                                | Event::MemberLeft(m),
+                            )) => {
+                                alive.remove(&m.id);
+                            }
+                            Some(_) => {}
+                            None => return None,
+                        },
+                    }
+                    if all.iter().all(|id| alive.contains(id)) {
+                        return Some(join_start.elapsed());
+                    }
+                }
+            })
+        })
+        .collect();
+    if args.diag {
+        let (nodes, all) = (nodes.clone(), all.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(1.19)).await;
+            lagging_report(&nodes, &all, join_start).await;
+        });
+    }
     let joins: Vec<_> = nodes[1..]
         .iter()
         .map(|n| {
             let n = n.clone();
-            tokio::spawn(async move { n.join(contact).await })
+            tokio::spawn(async move {
+                n.join(contact)
+                    .await
+                    .map(|()| (join_start.elapsed(), n.id()))
+            })
         })
         .collect();
+    let mut join_times = Vec::new();
     for j in joins {
-        j.await.unwrap().expect("join");
+        join_times.push(j.await.unwrap().expect("join"));
     }
-    let all: HashSet<NodeId> = nodes.iter().map(|n| n.id()).collect();
-    let converge = wait_for(Duration::from_secs(60), async || {
-        everyone_lists(&nodes, &all, MemberState::Alive).await
-    })
-    .await
-    .map(|_| join_start.elapsed());
+    join_times.sort();
+    if args.diag {
+        println!(
+            "slowest joins: {:?}",
+            &join_times[join_times.len().saturating_sub(3)..]
+        );
+    }
+    let join_times: Vec<Duration> = join_times.into_iter().map(|(t, _)| t).collect();
+    let joined = join_times.last().copied().unwrap_or_default();
+    let mut converged = Vec::new();
+    for w in watchers {
+        converged.push(w.await.unwrap());
+    }
+    let converge = converged
+        .iter()
+        .copied()
+        .collect::<Option<Vec<_>>>()
+        .and_then(|times| times.into_iter().max());
+    // Membership must still be complete after the last node got there.
+    let still = everyone_lists(&nodes, &all, MemberState::Alive).await;
+    if args.diag {
+        let pick = |q: f64| join_times[((join_times.len() - 1) as f64 * q) as usize];
+        println!(
+            "joins done: p50 {:?} p90 {:?} p99 {:?} max {:?}; still converged after: {still}",
+            pick(0.5),
+            pick(0.9),
+            pick(0.99),
+            joined
+        );
+    }
     println!("membership converged: {:?}", converge);
+    tracing::info!(?converge, "BENCH converged");
 
     // Spread: 20 broadcasts from random nodes, time until the last node delivered each.
     let last_delivery: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
@@ -165,12 +288,14 @@ async fn main() {
             }
         });
     }
+    tracing::info!("BENCH quiet start");
     let b0 = bytes_sent(&nodes).await;
     tokio::time::sleep(Duration::from_secs_f64(args.quiet)).await;
     let b1 = bytes_sent(&nodes).await;
     let idle_bytes = (b1 - b0) as f64 / nodes.len() as f64 / args.quiet;
     let false_count = false_suspicions.load(Ordering::Relaxed);
 
+    tracing::info!("BENCH quiet end");
     // Crash 10% at once, without leaving.
     let kill = ((nodes.len() as f64) * args.kill).round() as usize;
     let victims: Vec<Node> = nodes.drain(nodes.len() - kill..).collect();

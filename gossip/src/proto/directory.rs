@@ -37,8 +37,9 @@
 //!
 //! The collector is a role, not a leader: any node accepts announcements, and a node that
 //! forwarded a fact keeps it until a broadcast covering it arrives. The collector acknowledges
-//! announcements; if it does not within the probe timeouts, it is suspected first hand, and the
-//! waiting facts go to the next smallest id;
+//! announcements; if it does not within the probe timeouts, it is probed like a lost link (see
+//! "Failure handling") and, if that goes unanswered too, suspected first hand: the waiting facts
+//! go to the next smallest id;
 //! if nothing covered a fact within [`Config::forward_grace`], the node broadcasts it itself.
 //! Refutations and departures skip all this and are broadcast at once.
 //!
@@ -66,8 +67,17 @@
 //!
 //! # Failure handling
 //!
-//! A failure observed first hand ([`InEvent::PeerFailed`] from the detector or the transport, or a
-//! failed probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
+//! A broken or silent active link ([`InEvent::LinkLost`], from the transport or the phi
+//! detector) is only a hint: a live peer's connection also breaks when it is replaced or the peer
+//! drops this node from its view, and a peer starved of CPU for a second looks silent. The peer
+//! is probed first, like SWIM's probe round but with both halves at once (the direct path is
+//! the one in doubt, and waiting for it first would delay detecting a real crash): a
+//! [`Message::Ping`] over a fresh connection and [`Config::indirect_probes`] neighbours asked to
+//! ping it. Only if no ack comes back within the longer of [`Config::probe_timeout`] and
+//! [`Config::indirect_probe_timeout`] is the failure taken as observed.
+//!
+//! A failure observed first hand (such an unconfirmed link, [`InEvent::PeerFailed`], or a failed
+//! probe) turns an `Alive` member `Suspect` and arms a suspicion timer stamped with the
 //! incarnation; when it fires and the member is still suspect at that incarnation it is declared
 //! `Dead`. Only nodes that observed the failure run that timer, so a crash costs a handful of
 //! facts, not one per node. The suspecter also tells the member directly; a live member
@@ -77,7 +87,8 @@
 //! Members nobody is adjacent to are *probed* (SWIM): every [`Config::probe_interval`] one random
 //! `Alive` or `Suspect` member outside the active view gets a [`Message::Ping`]; with no
 //! [`Message::Ack`] in time, [`Config::indirect_probes`] neighbours are asked to ping it
-//! ([`Message::PingReq`]); with still nothing, it is suspected.
+//! ([`Message::PingReq`]); with still nothing, it is suspected. A node with no neighbour to ask
+//! waits just as long before it suspects anyone.
 //!
 //! # Partition healing
 //!
@@ -158,6 +169,9 @@ const PROBE_POOL: usize = 64;
 
 /// Seeds remembered from `Join`.
 const MAX_SEEDS: usize = 16;
+
+/// Lost links being confirmed by probes at once; beyond this, a lost link is suspected at once.
+const MAX_CONFIRMS: usize = 64;
 
 /// About how many nodes of the whole cluster ping a silent beacon source per heal interval.
 const BEACON_FANOUT: usize = 4;
@@ -428,6 +442,13 @@ pub enum Timer<P: PeerId> {
         /// The probe.
         seq: u64,
     },
+    /// The probe confirming a lost link to `id` got no ack in time.
+    ConfirmTimeout {
+        /// The member whose link was lost.
+        id: P,
+        /// The probe.
+        seq: u64,
+    },
     /// The collector did not acknowledge forwarded facts in time.
     CollectorTimeout {
         /// The acknowledgement awaited.
@@ -462,8 +483,12 @@ pub enum InEvent<P: PeerId> {
     NeighborUp(P),
     /// An active link to this peer closed (not a failure by itself).
     NeighborDown(P),
-    /// The peer failed (detector or transport).
+    /// The peer failed: suspect it at once.
     PeerFailed(P),
+    /// The active link to this peer broke, or the failure detector gave up on it: a hint, not
+    /// proof. The peer is probed first, directly and then through neighbours, and suspected
+    /// only if neither answers (see "Failure handling").
+    LinkLost(P),
     /// Change this node's metadata.
     SetMetadata(Bytes),
     /// This node leaves.
@@ -580,6 +605,7 @@ struct Probe<P> {
     target: P,
     seq: u64,
     indirect: bool,
+    sent: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -729,9 +755,13 @@ pub struct State<P: PeerId> {
     seeds: Vec<P>,
     synced: bool,
     sync_requested: bool,
+    /// A snapshot was asked of an active neighbour (not only of a seed).
+    sync_asked_neighbour: bool,
     /// A catch-up was scheduled since this node last had no link.
     catch_up_armed: bool,
     suspecting: Map<P, u32>,
+    /// Members whose link was lost, being probed before they are suspected.
+    confirming: Map<P, u64>,
     probe: Option<Probe<P>>,
     /// A heal ping in flight: target, sequence number, and whether an answer forces a link.
     heal_probe: Option<(P, u64, bool)>,
@@ -777,8 +807,10 @@ impl<P: PeerId> State<P> {
             seeds: Vec::new(),
             synced: false,
             sync_requested: false,
+            sync_asked_neighbour: false,
             catch_up_armed: false,
             suspecting: Map::default(),
+            confirming: Map::default(),
             probe: None,
             heal_probe: None,
             beacon: None,
@@ -855,6 +887,11 @@ impl<P: PeerId> State<P> {
                 self.neighbours.retain(|p| *p != peer);
                 self.catch_up_armed &= !self.neighbours.is_empty();
                 self.failure_observed(peer, now, out);
+            }
+            InEvent::LinkLost(peer) => {
+                self.neighbours.retain(|p| *p != peer);
+                self.catch_up_armed &= !self.neighbours.is_empty();
+                self.confirm(peer, now, rng, out);
             }
             InEvent::SetMetadata(metadata) => self.on_set_metadata(metadata, now, out),
             InEvent::Leave => self.on_leave(now, out),
@@ -1479,7 +1516,11 @@ impl<P: PeerId> State<P> {
             };
             self.merge(fact, Source::Snapshot, now, out);
         }
-        if !self.synced && !self.sync_requested {
+        // The request to a seed may be lost: a seed flooded by a whole cluster joining at once
+        // turns dials away. Ask the first neighbour too, rather than wait `sync_timeout`: it
+        // also announces this node, so the others learn of it without that wait.
+        if !self.synced && !self.sync_asked_neighbour {
+            self.sync_asked_neighbour = true;
             self.request_sync(peer, out);
         }
         // A joiner's snapshot is taken before it has a link, so the broadcasts sent in between
@@ -1564,6 +1605,84 @@ impl<P: PeerId> State<P> {
             MemberState::Suspect => self.arm_suspicion(peer, e.incarnation(), out),
             MemberState::Dead | MemberState::Left => {}
         }
+    }
+
+    /// A lost link is a hint: a peer restarting a connection, evicting us from its view or
+    /// starved of CPU for a moment is alive. Ping it (over a fresh connection) and ask
+    /// neighbours to, at once; suspect it only if no ack comes back in time. SWIM suspects only
+    /// after a failed probe round, for this reason.
+    fn confirm<R: Rng>(
+        &mut self,
+        peer: P,
+        now: Instant,
+        rng: &mut R,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        if peer == self.me || self.left || self.confirming.contains_key(&peer) {
+            return;
+        }
+        match self.entries.get(&peer).map(|e| e.state()) {
+            Some(MemberState::Alive) => {}
+            // Already suspected (by us or someone else): nothing to confirm, keep the timer.
+            Some(MemberState::Suspect) => return self.failure_observed(peer, now, out),
+            _ => return,
+        }
+        if self.confirming.len() >= MAX_CONFIRMS {
+            return self.failure_observed(peer, now, out);
+        }
+        let seq = self.next_seq();
+        self.confirming.insert(peer, seq);
+        self.stats.probes_sent += 1;
+        out.push_back(OutEvent::SendMessage(peer, Message::Ping { seq }));
+        let helpers = self.helpers(peer, rng);
+        let wait = if helpers.is_empty() {
+            self.config.probe_timeout
+        } else {
+            self.config
+                .probe_timeout
+                .max(self.config.indirect_probe_timeout)
+        };
+        for h in helpers {
+            out.push_back(OutEvent::SendMessage(
+                h,
+                Message::PingReq { target: peer, seq },
+            ));
+        }
+        out.push_back(OutEvent::ScheduleTimer(
+            wait,
+            Timer::ConfirmTimeout { id: peer, seq },
+        ));
+    }
+
+    fn on_confirm_timeout(
+        &mut self,
+        id: P,
+        seq: u64,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        if self.confirming.get(&id) != Some(&seq) {
+            return; // answered (or reaped) already
+        }
+        self.confirming.remove(&id);
+        self.stats.probes_failed += 1;
+        tracing::debug!(me = ?self.me, member = ?id, "suspected: a probe after its link was lost went unanswered");
+        self.failure_observed(id, now, out);
+    }
+
+    /// Up to [`Config::indirect_probes`] random neighbours other than `target`.
+    fn helpers<R: Rng>(&self, target: P, rng: &mut R) -> Vec<P> {
+        let candidates: Vec<P> = self
+            .neighbours
+            .iter()
+            .copied()
+            .filter(|p| *p != target)
+            .collect();
+        let k = self.config.indirect_probes.min(candidates.len());
+        rand::seq::index::sample(rng, candidates.len(), k)
+            .into_iter()
+            .map(|i| candidates[i])
+            .collect()
     }
 
     fn arm_suspicion(&mut self, peer: P, incarnation: u32, out: &mut VecDeque<OutEvent<P>>) {
@@ -1756,6 +1875,15 @@ impl<P: PeerId> State<P> {
     }
 
     fn on_ack<R: Rng>(&mut self, from: P, seq: u64, _rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+        // A confirmation's ack comes from the member or, relayed, from a neighbour.
+        if let Some(id) = self
+            .confirming
+            .iter()
+            .find_map(|(id, s)| (*s == seq).then_some(*id))
+        {
+            self.confirming.remove(&id);
+            return;
+        }
         if self.probe.is_some_and(|p| p.seq == seq) {
             self.probe = None;
             return;
@@ -1774,6 +1902,14 @@ impl<P: PeerId> State<P> {
             && (target == from || self.seeds.contains(&target))
         {
             self.heal_probe = None;
+            if target != from {
+                // Remember the seed by its real id from now on. Pinging it by address again
+                // would open a second connection to a node this one may already be linked to,
+                // and a node that gets a new connection from a peer drops the old one: the
+                // link would break under both of them.
+                self.seeds.retain(|s| *s != target && *s != from);
+                self.seeds.push(from);
+            }
             let target = from;
             // A member we hold alive needs no exchange, and no new link unless this node is cut
             // off: forcing a link evicts a healthy one and churns the overlay. One we hold dead
@@ -1939,17 +2075,21 @@ impl<P: PeerId> State<P> {
                     self.config.probe_interval,
                     Timer::Probe,
                 ));
-                self.start_probe(rng, out);
+                self.start_probe(now, rng, out);
             }
             Timer::ProbeTimeout { seq } => self.on_probe_timeout(seq, now, rng, out),
+            Timer::ConfirmTimeout { id, seq } => self.on_confirm_timeout(id, seq, now, out),
             Timer::CollectorTimeout { seq } => {
                 if let Some((collector, s)) = self.collector_check
                     && s == seq
                 {
                     self.collector_check = None;
-                    self.stats.probes_failed += 1;
-                    // Suspecting it changes the collector: the waiting facts go to the next one.
-                    self.failure_observed(collector, now, out);
+                    tracing::debug!(me = ?self.me, member = ?collector, "the collector did not acknowledge forwarded facts: probing it");
+                    // A collector busy with a join storm answers late: probe it like a lost
+                    // link before suspecting it. Suspecting it changes the collector: the
+                    // waiting facts go to the next one; if it answers, they wait for its
+                    // broadcast (or `forward_grace`).
+                    self.confirm(collector, now, rng, out);
                 }
             }
             Timer::AntiEntropy => {
@@ -2049,7 +2189,7 @@ impl<P: PeerId> State<P> {
         }
     }
 
-    fn start_probe<R: Rng>(&mut self, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
+    fn start_probe<R: Rng>(&mut self, now: Instant, rng: &mut R, out: &mut VecDeque<OutEvent<P>>) {
         if self.probe.is_some() || self.entries.len() < 2 {
             return;
         }
@@ -2071,6 +2211,7 @@ impl<P: PeerId> State<P> {
                 target: id,
                 seq,
                 indirect: false,
+                sent: now,
             });
             self.stats.probes_sent += 1;
             out.push_back(OutEvent::SendMessage(id, Message::Ping { seq }));
@@ -2097,42 +2238,37 @@ impl<P: PeerId> State<P> {
             return;
         }
         if !probe.indirect {
-            let helpers: Vec<P> = {
-                let candidates: Vec<P> = self
-                    .neighbours
-                    .iter()
-                    .copied()
-                    .filter(|p| *p != probe.target)
-                    .collect();
-                let k = self.config.indirect_probes.min(candidates.len());
-                rand::seq::index::sample(rng, candidates.len(), k)
-                    .into_iter()
-                    .map(|i| candidates[i])
-                    .collect()
-            };
-            if !helpers.is_empty() {
-                for h in helpers {
-                    out.push_back(OutEvent::SendMessage(
-                        h,
-                        Message::PingReq {
-                            target: probe.target,
-                            seq,
-                        },
-                    ));
-                }
-                self.probe = Some(Probe {
-                    indirect: true,
-                    ..probe
-                });
-                out.push_back(OutEvent::ScheduleTimer(
-                    self.config.indirect_probe_timeout,
-                    Timer::ProbeTimeout { seq },
+            // With no neighbour to ask (a node still joining), the target still gets the whole
+            // probe round to answer: a node that cannot get a second opinion should not accuse
+            // sooner than one that can.
+            for h in self.helpers(probe.target, rng) {
+                out.push_back(OutEvent::SendMessage(
+                    h,
+                    Message::PingReq {
+                        target: probe.target,
+                        seq,
+                    },
                 ));
-                return;
             }
+            self.probe = Some(Probe {
+                indirect: true,
+                ..probe
+            });
+            out.push_back(OutEvent::ScheduleTimer(
+                self.config.indirect_probe_timeout,
+                Timer::ProbeTimeout { seq },
+            ));
+            return;
         }
         self.probe = None;
         self.stats.probes_failed += 1;
+        tracing::debug!(
+            me = ?self.me,
+            member = ?probe.target,
+            asked_neighbours = probe.indirect,
+            elapsed_ms = now.saturating_duration_since(probe.sent).as_millis() as u64,
+            "suspected: a probe went unanswered"
+        );
         self.failure_observed(probe.target, now, out);
     }
 
@@ -2302,6 +2438,7 @@ impl<P: PeerId> State<P> {
             let before = self.contribution(&t.id);
             self.metadata.remove(&t.id);
             self.suspecting.remove(&t.id);
+            self.confirming.remove(&t.id);
             self.entries.remove(&t.id);
             self.recount(&t.id, before);
             self.bury(t.id, t.entry.incarnation());

@@ -203,13 +203,17 @@ impl<P: PeerId, R: Rng> State<P, R> {
                 Timer::Directory(t) => Step::Directory(directory::InEvent::TimerExpired(t)),
             }),
             InEvent::LinkFailed(peer) => {
-                // A broken active link is first-hand evidence of a failure. Any other closed
-                // link is not: a peer that dropped us from its active view closes the
-                // connection too, and the directory's own probes cover non-neighbours.
-                if self.membership.is_active(&peer) {
-                    work.push_back(Step::Directory(directory::InEvent::PeerFailed(peer)));
-                }
+                // A broken active link is a hint of a failure, which the directory confirms
+                // by probing before it suspects anyone: a live peer's connection also breaks
+                // when it is replaced or the peer drops us from its view. Any other closed
+                // link is routine. The overlay goes first: it closes the link, so the
+                // directory's probe opens a fresh one.
+                let active = self.membership.is_active(&peer);
                 work.push_back(Step::Membership(hyparview::InEvent::PeerFailed(peer)));
+                if active {
+                    tracing::debug!(me = ?self.me, ?peer, "an active link broke: the directory probes the peer");
+                    work.push_back(Step::Directory(directory::InEvent::LinkLost(peer)));
+                }
             }
             InEvent::Join(contacts) => {
                 work.push_back(Step::Directory(directory::InEvent::Join(contacts.clone())));
@@ -359,8 +363,9 @@ impl<P: PeerId, R: Rng> State<P, R> {
                     .out
                     .push_back(OutEvent::ScheduleTimer(at(d), Timer::Detector(t))),
                 detector::OutEvent::PeerFailed(p) => {
+                    tracing::debug!(me = ?self.me, peer = ?p, "phi gave up on an active link: the directory probes the peer");
                     work.push_back(Step::Membership(hyparview::InEvent::PeerFailed(p)));
-                    work.push_back(Step::Directory(directory::InEvent::PeerFailed(p)));
+                    work.push_back(Step::Directory(directory::InEvent::LinkLost(p)));
                 }
             }
         }

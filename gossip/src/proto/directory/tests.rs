@@ -375,9 +375,16 @@ fn a_silent_collector_is_suspected_and_replaced() {
     let [(1, Message::Announce { seq, .. })] = s[..] else {
         panic!("{s:?}")
     };
-    // No acknowledgement from 1: it is suspected first hand, and 3 takes over.
+    // No acknowledgement from 1: it is probed first (a collector busy with a join storm
+    // answers late), and suspected when that goes unanswered too; then 3 takes over.
     t.now += c.probe_timeout + c.indirect_probe_timeout;
     let o = t.timer(Timer::CollectorTimeout { seq });
+    assert!(events(&o).is_empty(), "{o:?}");
+    let s = sends(&o);
+    let [(1, Message::Ping { seq: probe })] = s[..] else {
+        panic!("{s:?}")
+    };
+    let o = t.timer(Timer::ConfirmTimeout { id: 1, seq: probe });
     assert_eq!(
         events(&o).iter().map(event_kind).collect::<Vec<_>>(),
         [("suspect", 1)]
@@ -392,6 +399,28 @@ fn a_silent_collector_is_suspected_and_replaced() {
         })
         .collect();
     assert_eq!(forwarded, [(3, 2)], "both waiting facts go to 3: {s:?}");
+}
+
+#[test]
+fn a_slow_collector_that_answers_the_probe_is_not_suspected() {
+    let c = Config::default();
+    let mut t = T::new(5);
+    t.update(9, &[alive(1, 0), alive(3, 0), alive(7, 0)]);
+    t.handle(InEvent::PeerFailed(7));
+    t.now += c.forward_delay;
+    let s = sends(&t.timer(Timer::Flush));
+    let [(1, Message::Announce { seq, .. })] = s[..] else {
+        panic!("{s:?}")
+    };
+    t.now += c.probe_timeout + c.indirect_probe_timeout;
+    let s = sends(&t.timer(Timer::CollectorTimeout { seq }));
+    let [(1, Message::Ping { seq: probe })] = s[..] else {
+        panic!("{s:?}")
+    };
+    t.recv(1, Message::Ack { seq: probe });
+    let o = t.timer(Timer::ConfirmTimeout { id: 1, seq: probe });
+    assert!(o.is_empty(), "{o:?}");
+    assert_eq!(t.st.get(&1), Some((Alive, 0)));
 }
 
 #[test]
@@ -474,6 +503,31 @@ fn sync_is_retried_until_a_snapshot_arrives() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].0, 3, "retry asks a neighbour");
     assert!(matches!(s[0].1, Message::SyncRequest { .. }));
+}
+
+#[test]
+fn a_joiner_whose_seed_is_slow_asks_its_first_neighbour_once() {
+    let mut b = T::new(7);
+    let s = sends(&b.handle(InEvent::Join(vec![1])));
+    assert!(matches!(s[..], [(1, Message::SyncRequest { .. })]), "{s:?}");
+    // The seed's answer has not come (a flooded seed turns dials away): the first neighbour
+    // is asked too, and announces the joiner.
+    let s = sends(&b.handle(InEvent::NeighborUp(3)));
+    assert!(matches!(s[..], [(3, Message::SyncRequest { .. })]), "{s:?}");
+    assert!(sends(&b.handle(InEvent::NeighborUp(4))).is_empty());
+    // A joiner synced before its first link asks nobody else.
+    let mut c = T::new(8);
+    c.handle(InEvent::Join(vec![1]));
+    c.recv(
+        1,
+        Message::Sync {
+            facts: vec![alive(1, 0)],
+            announce: false,
+            last: true,
+            reply: None,
+        },
+    );
+    assert!(sends(&c.handle(InEvent::NeighborUp(3))).is_empty());
 }
 
 #[test]
@@ -770,6 +824,107 @@ fn probe_then_indirect_probe_then_suspect() {
         [("suspect", target)]
     );
     assert_eq!(t.st.stats().probes_failed, 1);
+}
+
+/// A lost link to neighbour 4 of `prober()`: the probe it starts, checked.
+fn lose_link(t: &mut T) -> u64 {
+    let c = Config::default();
+    let o = t.handle(InEvent::LinkLost(4));
+    assert!(events(&o).is_empty(), "a lost link alone suspects nobody");
+    assert_eq!(t.st.get(&4), Some((Alive, 0)));
+    let s = sends(&o);
+    let Some(&(4, Message::Ping { seq })) = s.first() else {
+        panic!("{s:?}")
+    };
+    // The neighbours are asked at the same time: the direct path is the one in doubt.
+    let helpers: Vec<u32> = s[1..]
+        .iter()
+        .map(|(to, m)| {
+            assert_eq!(*m, Message::PingReq { target: 4, seq });
+            *to
+        })
+        .collect();
+    assert_eq!(helpers.len(), 3, "k = 3 neighbours asked: {s:?}");
+    assert!(helpers.iter().all(|h| (1..=3).contains(h)), "{helpers:?}");
+    assert_eq!(
+        timers(&o),
+        [(
+            c.probe_timeout.max(c.indirect_probe_timeout),
+            Timer::ConfirmTimeout { id: 4, seq }
+        )]
+    );
+    seq
+}
+
+#[test]
+fn a_lost_link_is_probed_and_a_live_peer_never_suspected() {
+    let mut t = prober();
+    // The peer answers over a fresh connection.
+    let seq = lose_link(&mut t);
+    t.recv(4, Message::Ack { seq });
+    let o = t.timer(Timer::ConfirmTimeout { id: 4, seq });
+    assert!(o.is_empty(), "{o:?}");
+    // Or only through a neighbour (the direct path is what broke).
+    let seq = lose_link(&mut t);
+    t.recv(2, Message::Ack { seq });
+    let o = t.timer(Timer::ConfirmTimeout { id: 4, seq });
+    assert!(o.is_empty(), "{o:?}");
+    assert_eq!(t.st.get(&4), Some((Alive, 0)));
+    assert_eq!(t.st.stats().probes_failed, 0);
+}
+
+#[test]
+fn a_lost_link_nobody_can_confirm_is_suspected_then_declared_dead() {
+    let c = Config::default();
+    let mut t = prober();
+    let seq = lose_link(&mut t);
+    // A second loss while the probe runs starts nothing new.
+    assert!(t.handle(InEvent::LinkLost(4)).is_empty());
+    let o = t.timer(Timer::ConfirmTimeout { id: 4, seq });
+    assert_eq!(
+        events(&o).iter().map(event_kind).collect::<Vec<_>>(),
+        [("suspect", 4)]
+    );
+    assert!(timers(&o).contains(&(
+        c.suspicion_timeout,
+        Timer::Suspect {
+            id: 4,
+            incarnation: 0
+        }
+    )));
+    assert_eq!(t.st.stats().probes_failed, 1);
+    let o = t.timer(Timer::Suspect {
+        id: 4,
+        incarnation: 0,
+    });
+    assert_eq!(
+        events(&o).iter().map(event_kind).collect::<Vec<_>>(),
+        [("down", 4)]
+    );
+    // A stale timeout changes nothing.
+    assert!(events(&t.timer(Timer::ConfirmTimeout { id: 4, seq })).is_empty());
+}
+
+#[test]
+fn a_node_without_neighbours_gives_its_probe_target_the_whole_round() {
+    let c = Config::default();
+    let mut t = T::new(0);
+    t.update(9, &(1..=10).map(|i| alive(i, 0)).collect::<Vec<_>>());
+    let s = sends(&t.timer(Timer::Probe));
+    let [(target, Message::Ping { seq })] = s[..] else {
+        panic!("{s:?}")
+    };
+    let o = t.timer(Timer::ProbeTimeout { seq });
+    assert!(sends(&o).is_empty() && events(&o).is_empty(), "{o:?}");
+    assert_eq!(
+        timers(&o),
+        [(c.indirect_probe_timeout, Timer::ProbeTimeout { seq })]
+    );
+    let o = t.timer(Timer::ProbeTimeout { seq });
+    assert_eq!(
+        events(&o).iter().map(event_kind).collect::<Vec<_>>(),
+        [("suspect", target)]
+    );
 }
 
 #[test]
@@ -1794,6 +1949,18 @@ fn a_seed_known_by_address_answers_from_its_real_id_and_is_reached() {
     let o = t.recv(9, Message::Ack { seq });
     assert!(o.iter().any(|e| matches!(e, OutEvent::Reach(9))), "{o:?}");
     assert!(!o.iter().any(|e| matches!(e, OutEvent::Reach(1000))));
+    // From now on the seed is pinged by its real id: another dial by address would open a
+    // second connection to it, which replaces (breaks) the one already there.
+    for _ in 0..10 {
+        let s = sends(&t.timer(Timer::Heal));
+        assert!(matches!(s[..], [(9, Message::Ping { .. })]), "{s:?}");
+    }
+    // And, once it is a neighbour, not pinged at all.
+    t.handle(InEvent::NeighborUp(9));
+    for _ in 0..10 {
+        let s = sends(&t.timer(Timer::Heal));
+        assert!(!s.iter().any(|(to, _)| *to == 9 || *to == 1000), "{s:?}");
+    }
 }
 
 #[test]
