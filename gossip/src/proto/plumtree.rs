@@ -44,8 +44,10 @@
 //!   but maybe many hops deeper) would become the parent of this node and its whole subtree
 //!   for a broadcast; while the overlay was still settling after the bootstrap, that alone
 //!   kept the LDH 2-4 hops above the fewest-hop depth. A tree whose parent went down (an
-//!   *orphan*) takes new links eagerly, and grafts any IHAVE for a missing message at once,
-//!   as the tree will not bring it.
+//!   *orphan*) takes new links eagerly, and grafts at once an IHAVE for a missing message
+//!   that is no farther from the origin than the lost parent was (the tree will not bring
+//!   it; a deeper announcer waits `graft_timeout_1` like any other, so that the repair does
+//!   not hang the orphan's subtree from a deep path).
 //!
 //! # Many senders
 //!
@@ -584,6 +586,8 @@ struct OriginTree<P> {
     /// The parent went down and no new message has come since: the tree will not bring the
     /// next ones, so an IHAVE for a missing message is grafted at once.
     orphan: bool,
+    /// Hops of the latest message of this origin by the tree.
+    depth: u16,
 }
 
 /// Broadcast state of one node.
@@ -897,6 +901,7 @@ impl<P: PeerId> State<P> {
                 if let Some(t) = self.trees.get_mut(&g.id.origin) {
                     t.parent = Some(from);
                     t.orphan = false;
+                    t.depth = g.hops;
                 }
                 let missing = self.missing.remove(&g.id);
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
@@ -987,11 +992,13 @@ impl<P: PeerId> State<P> {
                 if self
                     .trees
                     .get(&id.origin)
-                    .is_some_and(|t| t.parent == Some(from) || t.orphan)
+                    .is_some_and(|t| t.parent == Some(from) || (t.orphan && hops <= t.depth))
                 {
                     // Our parent for this origin announces instead of pushing: it pruned the
                     // link (a GRAFT back may be on its way), so the tree will not bring this
-                    // one. Likewise when our parent went down. Waiting `graft_timeout_1` would
+                    // one. Likewise when our parent went down, if the announcer is no farther
+                    // from the origin than our parent was (a deeper one would make a deeper
+                    // tree: wait for the others as usual). Waiting `graft_timeout_1` would
                     // only stall it: graft now.
                     self.on_graft_timer(id, now, out);
                 } else {
@@ -1047,6 +1054,11 @@ impl<P: PeerId> State<P> {
         if old == from {
             if !duplicate && hops < have {
                 self.set_path(id, from, hops);
+                if let Some(t) = self.trees.get_mut(&id.origin)
+                    && t.parent == Some(from)
+                {
+                    t.depth = t.depth.min(hops);
+                }
                 self.announce_path(id, from, hops, out);
             }
             // A duplicate from the link that is our path for this message (network duplication,
@@ -1076,6 +1088,7 @@ impl<P: PeerId> State<P> {
         if let Some(t) = self.trees.get_mut(&origin) {
             t.parent = Some(from);
             t.orphan = false;
+            t.depth = hops;
         }
         if self.eager_for(&origin, &old) {
             self.set_lazy_for(origin, old, now);
@@ -1439,6 +1452,7 @@ impl<P: PeerId> State<P> {
                     parent: None,
                     last,
                     orphan: false,
+                    depth: u16::MAX,
                 },
             );
         }

@@ -577,24 +577,33 @@ fn a_new_neighbour_is_lazy_for_origins_that_have_a_parent() {
     // The parent goes down: the tree of 9 is orphaned, and the next new link takes it eagerly.
     b.handle(InEvent::NeighborDown(1));
     b.handle(InEvent::NeighborUp(5));
-    // An orphan does not wait for the tree: an IHAVE for a missing message is grafted at once.
+    // An orphan does not wait for the tree: an IHAVE for a missing message is grafted at once,
+    // unless the announcer is farther from the origin than the lost parent was (1 hop).
+    let deeper = b.recv(
+        4,
+        Message::IHave(vec![IHave {
+            id: id(9, 3),
+            hops: 3,
+        }]),
+    );
+    assert!(sends(&deeper).is_empty());
     assert_eq!(
         sends(&b.recv(
             3,
             Message::IHave(vec![IHave {
-                id: id(9, 3),
-                hops: 2
+                id: id(9, 4),
+                hops: 1
             }])
         )),
-        vec![(3, &Message::Graft(Some(id(9, 3))))]
+        vec![(3, &Message::Graft(Some(id(9, 4))))]
     );
-    assert!(sends_gossip_to(&b.recv(3, gossip(9, 3, 2)), 5));
-    // Its parent is 3 now: no longer an orphan, so the next IHAVE from another link waits.
+    assert!(sends_gossip_to(&b.recv(3, gossip(9, 4, 1)), 5));
+    // Its parent is 3 now: no longer an orphan, so an IHAVE from another link waits.
     let out = b.recv(
         4,
         Message::IHave(vec![IHave {
-            id: id(9, 4),
-            hops: 2,
+            id: id(9, 5),
+            hops: 1,
         }]),
     );
     assert!(sends(&out).is_empty());
