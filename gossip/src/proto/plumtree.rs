@@ -584,7 +584,8 @@ struct OriginTree<P> {
     /// Last time a message of this origin arrived, for least-recently-used replacement.
     last: Stamp,
     /// The parent went down and no new message has come since: the tree will not bring the
-    /// next ones, so an IHAVE for a missing message is grafted at once.
+    /// next ones, so an IHAVE for a missing message from no deeper than `depth` is grafted at
+    /// once.
     orphan: bool,
     /// Hops of the latest message of this origin by the tree.
     depth: u16,
