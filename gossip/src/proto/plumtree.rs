@@ -45,9 +45,9 @@
 //!   for a broadcast; while the overlay was still settling after the bootstrap, that alone
 //!   kept the LDH 2-4 hops above the fewest-hop depth. A tree whose parent went down (an
 //!   *orphan*) takes new links eagerly, and grafts at once an IHAVE for a missing message
-//!   from an announcer at most one hop farther from the origin than the lost parent was (the
-//!   tree will not bring it; a deeper announcer waits `graft_timeout_1` like any other, so
-//!   that the repair does not hang the orphan's subtree from a deep path).
+//!   that is no farther from the origin than the lost parent was (the tree will not bring
+//!   it; a deeper announcer waits `graft_timeout_1` like any other, so that the repair does
+//!   not hang the orphan's subtree from a deep path).
 //!
 //! # Many senders
 //!
@@ -584,8 +584,8 @@ struct OriginTree<P> {
     /// Last time a message of this origin arrived, for least-recently-used replacement.
     last: Stamp,
     /// The parent went down and no new message has come since: the tree will not bring the
-    /// next ones, so an IHAVE for a missing message announced at most `depth + 1` hops away is
-    /// grafted at once.
+    /// next ones, so an IHAVE for a missing message from no deeper than `depth` is grafted at
+    /// once.
     orphan: bool,
     /// Hops of the latest message of this origin by the tree.
     depth: u16,
@@ -990,14 +990,16 @@ impl<P: PeerId> State<P> {
                         announcers: vec![(from, hops)],
                     },
                 );
-                if self.trees.get(&id.origin).is_some_and(|t| {
-                    t.parent == Some(from) || (t.orphan && hops <= t.depth.saturating_add(1))
-                }) {
+                if self
+                    .trees
+                    .get(&id.origin)
+                    .is_some_and(|t| t.parent == Some(from) || (t.orphan && hops <= t.depth))
+                {
                     // Our parent for this origin announces instead of pushing: it pruned the
                     // link (a GRAFT back may be on its way), so the tree will not bring this
-                    // one. Likewise when our parent went down, if the announcer is at most one
-                    // hop farther from the origin than our parent was (a deeper one would make
-                    // a deeper tree: wait for the others as usual). Waiting `graft_timeout_1` would
+                    // one. Likewise when our parent went down, if the announcer is no farther
+                    // from the origin than our parent was (a deeper one would make a deeper
+                    // tree: wait for the others as usual). Waiting `graft_timeout_1` would
                     // only stall it: graft now.
                     self.on_graft_timer(id, now, out);
                 } else {

@@ -578,8 +578,7 @@ fn a_new_neighbour_is_lazy_for_origins_that_have_a_parent() {
     b.handle(InEvent::NeighborDown(1));
     b.handle(InEvent::NeighborUp(5));
     // An orphan does not wait for the tree: an IHAVE for a missing message is grafted at once,
-    // unless the announcer is more than one hop farther from the origin than the lost parent
-    // was (1 hop).
+    // unless the announcer is farther from the origin than the lost parent was (1 hop).
     let deeper = b.recv(
         4,
         Message::IHave(vec![IHave {
