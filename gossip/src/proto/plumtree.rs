@@ -8,10 +8,11 @@
 //! Every node splits its active view (the neighbours HyParView gives it) into two sets. Over the
 //! links in the *eager* set it pushes whole messages (GOSSIP) as soon as it first receives them;
 //! over the links in the *lazy* set it only announces their ids (IHAVE), batched per neighbour
-//! and flushed after a short dispatch delay. A new neighbour starts eager, so the first
-//! broadcast floods the overlay. A node that receives a message it already has answers with
-//! PRUNE and both ends move that link to the lazy set: after a few broadcasts the eager links
-//! form a spanning tree and each node receives each payload exactly once.
+//! and flushed after a short dispatch delay. A new neighbour starts eager (except for origins
+//! whose tree is built here already, see below), so the first broadcast floods the overlay. A
+//! node that receives a message it already has answers with PRUNE and both ends move that link
+//! to the lazy set: after a few broadcasts the eager links form a spanning tree and each node
+//! receives each payload exactly once.
 //!
 //! The lazy links repair the tree. When an IHAVE announces a message this node does not have, a
 //! timer starts (`graft_timeout_1`); if the message has not arrived when it fires, the node sends
@@ -19,11 +20,34 @@
 //! that announcer does not answer within `graft_timeout_2`, the next one is grafted. The tree
 //! also improves itself: when an IHAVE shows that a message could have arrived
 //! `optimization_threshold` hops sooner over a lazy link than it did over the tree, the node
-//! grafts that link (without asking for the payload) and prunes the old one. Two additions to
-//! the paper speed this up: the check also runs when the IHAVE overtook the payload, and a
-//! duplicate that came by a shorter path keeps its link and prunes the longer one instead.
-//! Latency varies per message, so the first flood builds a fast but deep first-arrival tree;
-//! with these rules it settles near the shortest-hop tree within the warm-up broadcasts.
+//! grafts that link (without asking for the payload) and prunes the old one.
+//!
+//! The first flood builds the *first-arrival* tree: each node's parent is the neighbour whose
+//! copy came first, so the tree follows the fastest paths, which are long in hops (at 10,000
+//! nodes with 10-100 ms links, 15-17 hops deep where the overlay allows 9). The paper's rule
+//! alone pulls it down slowly and stops up to `threshold` hops short per level: with the
+//! former default of 2, the stable-phase LDH was still 15 after 35 broadcasts. So:
+//!
+//! - the threshold defaults to 1: any strictly shorter path is taken (ties never move the
+//!   tree), so once settled every node's depth is its fewest-hop distance from the origin;
+//! - the check also runs when the IHAVE overtook the payload, and a duplicate that came by a
+//!   shorter path keeps its link and prunes the longer one;
+//! - a node whose path to a message got shorter announces the new hop count to its other
+//!   neighbours at once (IHAVE again): its children learn that their own path shrank and pass
+//!   it on, lazy neighbours may find it a shorter path for them. The improvements spread
+//!   through the overlay within one broadcast (a distributed Bellman-Ford relaxation) rather
+//!   than one level per broadcast, so the tree is near the fewest-hop tree after the first
+//!   flood. It costs control messages only while the tree changes (a node announces at most
+//!   once per hop it gains);
+//! - a neighbour that comes up while an origin's tree has its parent starts lazy for that
+//!   origin. An eager new link closes a cycle, and the copy that comes over it first (fast,
+//!   but maybe many hops deeper) would become the parent of this node and its whole subtree
+//!   for a broadcast; while the overlay was still settling after the bootstrap, that alone
+//!   kept the LDH 2-4 hops above the fewest-hop depth. A tree whose parent went down (an
+//!   *orphan*) takes new links eagerly, and grafts at once an IHAVE for a missing message
+//!   that is no farther from the origin than the lost parent was (the tree will not bring
+//!   it; a deeper announcer waits `graft_timeout_1` like any other, so that the repair does
+//!   not hang the orphan's subtree from a deep path).
 //!
 //! # Many senders
 //!
@@ -164,9 +188,10 @@ pub struct Config {
     /// (default 100 ms, about one round trip).
     pub graft_timeout_2: Duration,
     /// Re-shape the tree when an IHAVE or a duplicate shows a path shorter by at least this
-    /// many hops than the one the message came by (default 2). Lower gives a shallower tree
-    /// (lower latency, lower LDH) at the cost of more GRAFT/PRUNE while the tree settles, and
-    /// more churn when many nodes broadcast.
+    /// many hops than the one the message came by (default 1; 0 counts as 1). 1 settles on
+    /// the fewest-hop tree (at 10,000 nodes: LDH 10 where 2 left it at 15); higher means
+    /// fewer GRAFT/PRUNE while the tree settles and less churn when many nodes broadcast, at
+    /// the cost of a deeper tree.
     pub optimization_threshold: u16,
     /// How many messages the payload cache keeps (default 8192; with 1 KiB payloads, 8 MiB).
     /// It serves GRAFT and catch-up, so it must hold what the busiest senders broadcast
@@ -249,7 +274,7 @@ impl Default for Config {
             dispatch_timeout: Duration::from_millis(10),
             graft_timeout_1: Duration::from_millis(500),
             graft_timeout_2: Duration::from_millis(100),
-            optimization_threshold: 2,
+            optimization_threshold: 1,
             cache_capacity: 8192,
             cache_retention: Duration::from_secs(30),
             max_origins: 65536,
@@ -741,6 +766,12 @@ struct OriginTree<P> {
     parent: Option<P>,
     /// Last time a message of this origin arrived, for least-recently-used replacement.
     last: Stamp,
+    /// The parent went down and no new message has come since: the tree will not bring the
+    /// next ones, so an IHAVE for a missing message from no deeper than `depth` is grafted at
+    /// once.
+    orphan: bool,
+    /// Hops of the latest message of this origin by the tree.
+    depth: u16,
 }
 
 /// Broadcast state of one node.
@@ -902,6 +933,16 @@ impl<P: PeerId> State<P> {
                 self.stats.neighbor_up += 1;
                 if !self.is_neighbor(&peer) {
                     self.eager.push(peer);
+                    // A tree that still has its parent does not need the new link, and an
+                    // eager one would close a cycle: the first copy over it, faster but
+                    // possibly many hops deeper, would become the parent of this node and its
+                    // whole subtree for one broadcast. Start it lazy for those origins; an
+                    // orphaned tree (its parent went down) takes it eagerly.
+                    for tree in self.trees.values_mut() {
+                        if tree.parent.is_some() && !tree.lazy.contains(&peer) {
+                            tree.lazy.push(peer);
+                        }
+                    }
                 }
                 // At once, and again when what was too young to be offered is old enough:
                 // a healed partition exchanges everything over its first link.
@@ -920,6 +961,10 @@ impl<P: PeerId> State<P> {
                 self.switched.retain(|(p, _, _)| *p != peer);
                 for tree in self.trees.values_mut() {
                     tree.lazy.retain(|p| *p != peer);
+                    if tree.parent == Some(peer) {
+                        tree.parent = None;
+                        tree.orphan = true;
+                    }
                 }
             }
         }
@@ -1051,6 +1096,8 @@ impl<P: PeerId> State<P> {
                 }
                 if let Some(t) = self.trees.get_mut(&g.id.origin) {
                     t.parent = Some(from);
+                    t.orphan = false;
+                    t.depth = g.hops;
                 }
                 let missing = self.missing.remove(&g.id);
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
@@ -1160,10 +1207,17 @@ impl<P: PeerId> State<P> {
                         announcers: vec![(from, hops)],
                     },
                 );
-                if self.trees.get(&id.origin).and_then(|t| t.parent) == Some(from) {
+                if self
+                    .trees
+                    .get(&id.origin)
+                    .is_some_and(|t| t.parent == Some(from) || (t.orphan && hops <= t.depth))
+                {
                     // Our parent for this origin announces instead of pushing: it pruned the
                     // link (a GRAFT back may be on its way), so the tree will not bring this
-                    // one. Waiting `graft_timeout_1` would only stall it: graft now.
+                    // one. Likewise when our parent went down, if the announcer is no farther
+                    // from the origin than our parent was (a deeper one would make a deeper
+                    // tree: wait for the others as usual). Waiting `graft_timeout_1` would
+                    // only stall it: graft now.
                     self.on_graft_timer(id, now, out);
                 } else {
                     out.push_back(OutEvent::ScheduleTimer(
@@ -1184,8 +1238,8 @@ impl<P: PeerId> State<P> {
     /// - from the neighbour the message came by, with fewer hops: that neighbour's own path
     ///   improved, so ours did too; remember it and tell our neighbours;
     /// - from another neighbour, shorter by at least `optimization_threshold`: make that link
-    ///   part of the tree (GRAFT without an id if it was lazy), prune the old one, and tell our
-    ///   neighbours the new hop count.
+    ///   part of the tree (GRAFT without an id, unless it pushed the copy and so has the link
+    ///   eager already), prune the old one, and tell our neighbours the new hop count.
     ///
     /// Telling the neighbours (a batched IHAVE with the new hop count) lets the improvement
     /// travel down the tree within one broadcast, so the first flood settles into a near
@@ -1218,6 +1272,12 @@ impl<P: PeerId> State<P> {
         if old == from {
             if !duplicate && hops < have {
                 self.set_path(id, from, hops);
+                if let Some(t) = self.trees.get_mut(&id.origin)
+                    && t.parent == Some(from)
+                {
+                    t.depth = t.depth.min(hops);
+                }
+                self.announce_path(id, from, hops, out);
             }
             // A duplicate from the link that is our path for this message (network duplication,
             // a GRAFT answer racing the eager copy): keep the link.
@@ -1226,14 +1286,7 @@ impl<P: PeerId> State<P> {
         if have < hops.saturating_add(threshold) || !self.is_neighbor(&from) {
             return false;
         }
-        // Only an announcement over a lazy link, or a copy pushed over an eager one, can
-        // replace an eager path.
         let origin = id.origin;
-        let from_lazy = !self.eager_for(&origin, &from);
-        if from_lazy == duplicate || !self.eager_for(&origin, &old) {
-            self.set_path(id, from, hops);
-            return false;
-        }
         self.set_path(id, from, hops);
         self.stats.optimizations += 1;
         if duplicate {
@@ -1252,13 +1305,45 @@ impl<P: PeerId> State<P> {
         self.set_eager_for(origin, from, now);
         if let Some(t) = self.trees.get_mut(&origin) {
             t.parent = Some(from);
+            t.orphan = false;
+            t.depth = hops;
         }
         if self.eager_for(&origin, &old) {
             self.set_lazy_for(origin, old, now);
             self.stats.prune_sent += 1;
             out.push_back(OutEvent::SendMessage(old, self.prune_message(origin)));
         }
+        self.announce_path(id, from, hops, out);
         true
+    }
+
+    /// Our path to `id` just got shorter (`hops`, by `from`): tell every other neighbour, by
+    /// IHAVE with the new hop count. A child in the tree learns that its own path shrank and
+    /// passes it on; a lazy neighbour may find us a shorter path and graft us. So one
+    /// broadcast relaxes the hop counts across the whole overlay (a distributed Bellman-Ford
+    /// over the tree's control messages) instead of one level per broadcast. Each node
+    /// announces at most once per hop it gains, so the cost is bounded by the depth.
+    fn announce_path(
+        &mut self,
+        id: MessageId<P>,
+        from: P,
+        hops: u16,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        let ihave = IHave {
+            id,
+            hops: hops.saturating_add(1),
+        };
+        for i in 0..self.eager.len() + self.lazy.len() {
+            let peer = if i < self.eager.len() {
+                self.eager[i]
+            } else {
+                self.lazy[i - self.eager.len()]
+            };
+            if peer != from {
+                self.queue_ihave(peer, ihave, out);
+            }
+        }
     }
 
     fn set_path(&mut self, id: MessageId<P>, from: P, hops: u16) {
@@ -1587,6 +1672,8 @@ impl<P: PeerId> State<P> {
                     lazy,
                     parent: None,
                     last,
+                    orphan: false,
+                    depth: u16::MAX,
                 },
             );
         }

@@ -419,10 +419,15 @@ fn origin_trees_are_bounded_and_zero_gives_the_shared_tree() {
 
 #[test]
 fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
-    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    let config = Config {
+        optimization_threshold: 2,
+        ..Config::default()
+    };
+    let mut b = Node::with_neighbors(2, config, &[1, 3]);
     b.recv(3, Message::Prune);
     // Came over 6 hops from 1; 3 announces it at 2 hops: shorter by 4 >= 2.
     b.recv(1, gossip(9, 1, 6));
+    b.timer(Timer::DispatchLazyPush);
     let out = b.recv(
         3,
         Message::IHave(vec![IHave {
@@ -431,17 +436,26 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
         }]),
     );
     assert_eq!(
-        out,
-        vec![
-            OutEvent::SendMessage(3, Message::GraftOrigin(9)),
-            OutEvent::SendMessage(1, Message::PruneOrigin(9))
-        ]
+        sends(&out),
+        vec![(3, &Message::GraftOrigin(9)), (1, &Message::PruneOrigin(9))]
     );
     assert_eq!(b.state.eager_peers(), &[3]);
     assert_eq!(b.state.lazy_peers(), &[1]);
     assert_eq!(b.state.stats().optimizations, 1);
+    // The new hop count is announced to the other neighbours.
+    assert_eq!(
+        sends(&b.timer(Timer::DispatchLazyPush)),
+        vec![(
+            1,
+            &Message::IHave(vec![IHave {
+                id: id(9, 1),
+                hops: 3
+            }])
+        )]
+    );
     // Shorter by less than the threshold: nothing.
     b.recv(3, gossip(9, 2, 3));
+    b.timer(Timer::DispatchLazyPush);
     assert!(
         b.recv(
             1,
@@ -452,6 +466,147 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
         )
         .is_empty()
     );
+}
+
+#[test]
+fn threshold_one_takes_any_shorter_path() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    assert_eq!(b.state.config().optimization_threshold, 1);
+    b.recv(3, Message::Prune);
+    b.recv(1, gossip(9, 1, 3));
+    b.timer(Timer::DispatchLazyPush);
+    // Equal: no change (ties never move the tree).
+    assert!(
+        b.recv(
+            3,
+            Message::IHave(vec![IHave {
+                id: id(9, 1),
+                hops: 3
+            }])
+        )
+        .is_empty()
+    );
+    // One hop shorter: graft 3, prune 1.
+    let out = b.recv(
+        3,
+        Message::IHave(vec![IHave {
+            id: id(9, 1),
+            hops: 2,
+        }]),
+    );
+    assert_eq!(
+        sends(&out),
+        vec![(3, &Message::GraftOrigin(9)), (1, &Message::PruneOrigin(9))]
+    );
+}
+
+#[test]
+fn a_shorter_path_is_passed_down_the_tree_within_one_broadcast() {
+    // 2 got 9:1 from its parent 1 at 6 hops and pushed it on to its child 4.
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4]);
+    b.recv(3, Message::PruneOrigin(9));
+    let out = b.recv(1, gossip(9, 1, 6));
+    assert!(sends_gossip_to(&out, 4));
+    b.timer(Timer::DispatchLazyPush);
+    // The parent found a path 3 hops shorter and says so: 2 records it and tells the others
+    // (not the parent), without touching the tree.
+    let out = b.recv(
+        1,
+        Message::IHave(vec![IHave {
+            id: id(9, 1),
+            hops: 3,
+        }]),
+    );
+    assert!(sends(&out).is_empty());
+    let flushed = b.timer(Timer::DispatchLazyPush);
+    let mut told = sends(&flushed);
+    told.sort_by_key(|(p, _)| *p);
+    let ihave = Message::IHave(vec![IHave {
+        id: id(9, 1),
+        hops: 4,
+    }]);
+    assert_eq!(told, vec![(3, &ihave), (4, &ihave)]);
+    assert_eq!(b.state.stats().optimizations, 0);
+    // Not shorter again: nothing more.
+    b.recv(
+        1,
+        Message::IHave(vec![IHave {
+            id: id(9, 1),
+            hops: 3,
+        }]),
+    );
+    assert!(b.timer(Timer::DispatchLazyPush).is_empty());
+    // The child, whose path went through 2 at 7 hops, learns 4 and passes it on in turn.
+    let mut c = Node::with_neighbors(4, Config::default(), &[2, 5]);
+    c.recv(2, gossip(9, 1, 7));
+    c.timer(Timer::DispatchLazyPush);
+    c.recv(2, ihave);
+    assert_eq!(
+        sends(&c.timer(Timer::DispatchLazyPush)),
+        vec![(
+            5,
+            &Message::IHave(vec![IHave {
+                id: id(9, 1),
+                hops: 5
+            }])
+        )]
+    );
+}
+
+#[test]
+fn a_new_neighbour_is_lazy_for_origins_that_have_a_parent() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    b.recv(1, gossip(9, 1, 1));
+    b.recv(3, gossip(9, 1, 2));
+    // 4 comes up: origin 9 has its tree (parent 1), so 4 only gets announcements for it...
+    b.handle(InEvent::NeighborUp(4));
+    let out = b.recv(1, gossip(9, 2, 1));
+    assert!(!sends_gossip_to(&out, 4));
+    assert!(sends(&b.timer(Timer::DispatchLazyPush)).contains(&(
+        4,
+        &Message::IHave(vec![IHave {
+            id: id(9, 2),
+            hops: 2
+        }])
+    )));
+    // 4 pushes anyway (it has no tree for 9): it gets a PRUNE, as a duplicate does.
+    assert_eq!(
+        sends(&b.recv(4, gossip(9, 2, 5))),
+        vec![(4, &Message::PruneOrigin(9))]
+    );
+    // The parent goes down: the tree of 9 is orphaned, and the next new link takes it eagerly.
+    b.handle(InEvent::NeighborDown(1));
+    b.handle(InEvent::NeighborUp(5));
+    // An orphan does not wait for the tree: an IHAVE for a missing message is grafted at once,
+    // unless the announcer is farther from the origin than the lost parent was (1 hop).
+    let deeper = b.recv(
+        4,
+        Message::IHave(vec![IHave {
+            id: id(9, 3),
+            hops: 3,
+        }]),
+    );
+    assert!(sends(&deeper).is_empty());
+    assert_eq!(
+        sends(&b.recv(
+            3,
+            Message::IHave(vec![IHave {
+                id: id(9, 4),
+                hops: 1
+            }])
+        )),
+        vec![(3, &Message::Graft(Some(id(9, 4))))]
+    );
+    assert!(sends_gossip_to(&b.recv(3, gossip(9, 4, 1)), 5));
+    // Its parent is 3 now: no longer an orphan, so an IHAVE from another link waits.
+    let out = b.recv(
+        4,
+        Message::IHave(vec![IHave {
+            id: id(9, 5),
+            hops: 1,
+        }]),
+    );
+    assert!(sends(&out).is_empty());
 }
 
 #[test]
@@ -481,7 +636,7 @@ fn a_shorter_duplicate_keeps_its_link_and_prunes_the_longer_one() {
     b.recv(1, gossip(9, 1, 8));
     // The copy from 3 is 5 hops shorter: prune 1, keep 3.
     let out = b.recv(3, gossip(9, 1, 3));
-    assert_eq!(out, vec![OutEvent::SendMessage(1, Message::PruneOrigin(9))]);
+    assert_eq!(sends(&out), vec![(1, &Message::PruneOrigin(9))]);
     assert_eq!(b.state.lazy_peers(), &[1]);
     assert!(b.state.eager_peers().contains(&3));
     // 3 prunes us for the copy we forwarded before we knew: answered with a GRAFT, link kept.
