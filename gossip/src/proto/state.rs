@@ -114,6 +114,7 @@ pub enum OutEvent<P: PeerId> {
 const QUEUE_KEEP: usize = 64;
 
 /// Work passed between layers while one input is processed.
+#[derive(Debug)]
 enum Step<P: PeerId> {
     Membership(hyparview::InEvent<P>),
     Broadcast(plumtree::InEvent<P>),
@@ -136,6 +137,8 @@ pub struct State<P: PeerId, R: Rng> {
     plum_out: VecDeque<plumtree::OutEvent<P>>,
     det_out: VecDeque<detector::OutEvent<P>>,
     dir_out: VecDeque<directory::OutEvent<P>>,
+    /// The work queue of [`State::run`], kept between inputs so an input allocates nothing.
+    work: VecDeque<Step<P>>,
 }
 
 impl<P: PeerId, R: Rng> State<P, R> {
@@ -155,6 +158,7 @@ impl<P: PeerId, R: Rng> State<P, R> {
             plum_out: VecDeque::new(),
             det_out: VecDeque::new(),
             dir_out: VecDeque::new(),
+            work: VecDeque::new(),
         };
         state
             .membership
@@ -177,12 +181,14 @@ impl<P: PeerId, R: Rng> State<P, R> {
 
     /// Handle one input; then drain [`State::poll`].
     pub fn handle(&mut self, event: InEvent<P>, now: Instant) {
-        let mut work = VecDeque::new();
+        let mut work = std::mem::take(&mut self.work);
         match event {
             // Nobody else may speak as this node (a spoofed or looped-back message).
             InEvent::RecvMessage(from, _) if from == self.me => return,
             InEvent::RecvMessage(from, message) => {
-                work.push_back(Step::Detector(detector::InEvent::Received(from)));
+                // Any message is a sign of life; outputs (a re-armed check) are collected in `run`.
+                let received = detector::InEvent::Received(from);
+                self.detector.handle(received, now, &mut self.det_out);
                 work.push_back(match message {
                     Message::Membership(m) => {
                         Step::Membership(hyparview::InEvent::RecvMessage(from, m))
@@ -278,7 +284,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
     fn run(&mut self, mut work: VecDeque<Step<P>>, now: Instant) {
         loop {
             self.collect(&mut work, now);
-            let Some(step) = work.pop_front() else { break };
+            let Some(step) = work.pop_front() else {
+                if work.capacity() <= QUEUE_KEEP && work.capacity() > self.work.capacity() {
+                    self.work = work;
+                }
+                break;
+            };
             match step {
                 Step::Membership(ev) => {
                     self.membership
@@ -312,7 +323,9 @@ impl<P: PeerId, R: Rng> State<P, R> {
         while let Some(ev) = self.hpv_out.pop_front() {
             match ev {
                 hyparview::OutEvent::SendMessage(to, m) => {
-                    work.push_back(Step::Detector(detector::InEvent::Sent(to)));
+                    // Only moves a deadline, outputs nothing: no need to queue it.
+                    let sent = detector::InEvent::Sent(to);
+                    self.detector.handle(sent, now, &mut self.det_out);
                     self.out
                         .push_back(OutEvent::SendMessage(to, Message::Membership(m)));
                 }
@@ -335,7 +348,8 @@ impl<P: PeerId, R: Rng> State<P, R> {
         while let Some(ev) = self.plum_out.pop_front() {
             match ev {
                 plumtree::OutEvent::SendMessage(to, m) => {
-                    work.push_back(Step::Detector(detector::InEvent::Sent(to)));
+                    let sent = detector::InEvent::Sent(to);
+                    self.detector.handle(sent, now, &mut self.det_out);
                     self.out
                         .push_back(OutEvent::SendMessage(to, Message::Broadcast(m)));
                 }
