@@ -17,8 +17,9 @@
 //! [`Config::heartbeat_interval`]; links carrying traffic stay free of them, and an idle node
 //! sends one small message per active neighbour and heartbeat interval.
 //!
-//! Because a live peer always sends something at least every `heartbeat_interval`, the mean gap used for φ is never taken below the heartbeat interval: a link that was
-//! busy and turns idle does not look like a failure when traffic gives way to heartbeats.
+//! Because a live peer always sends something about every `heartbeat_interval` at least, the
+//! mean gap used for φ is never taken below the heartbeat interval: a link that was busy and
+//! turns idle does not look like a failure when traffic gives way to heartbeats.
 //!
 //! # Deadlines instead of a periodic tick
 //!
@@ -28,11 +29,15 @@
 //! therefore keeps two deadlines: when its heartbeat is due and when its peer becomes suspect.
 //! The detector arms one [`Timer::Check`] at the earliest deadline of all links and re-arms it
 //! lazily: traffic only pushes deadlines later, so it arms nothing; a check that fires before
-//! anything is due just arms the next one. A check fires when the earliest heartbeat is due
-//! and also sends those due within [`Config::heartbeat_slack`] after it, a little early, so the
-//! links of one node fall into step and share their checks: a node costs about one check per
-//! heartbeat interval, busy or idle, instead of a tick every 100 ms. (Timers cannot be cancelled; a deadline that moves earlier,
-//! a new link or a narrower fit, arms one more check.)
+//! anything is due just arms the next one. Heartbeats keep the pace a 100 ms tick gave them,
+//! with [`Config::heartbeat_slack`] in place of the tick: on an idle link (the last message sent
+//! was a heartbeat) one goes out every `heartbeat_interval`, or up to the slack early to share
+//! the check of another link, so the idle links of a node fall into step; after traffic, the
+//! next one goes out up to the slack late, when a check is due anyway, and more traffic may
+//! make it needless. An idle node costs about one check per heartbeat interval instead of ten
+//! ticks; a link carrying traffic at most one more, for a deadline its traffic moved.
+//! (Timers cannot be cancelled; a deadline that moves earlier, a new link or a narrower fit,
+//! arms one more check.)
 //!
 //! Detection time after the last message is about
 //! `max(mean gap, heartbeat_interval) + acceptable_pause + z(threshold) * std_dev`, with
@@ -48,14 +53,14 @@ use super::{Instant, PeerId};
 /// and about 2 heartbeats per idle link and second.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// How early a heartbeat may go out (default 100 ms), so that one timer serves every link
-    /// whose heartbeat falls due within this window: the check that sends the earliest due
-    /// heartbeat also sends those due up to this much later. A heartbeat is never late, so an
-    /// idle link still sends one every `heartbeat_interval`. Zero sends each heartbeat exactly
-    /// on time, at the cost of more timers.
+    /// How far off its due time a heartbeat may go out (default 100 ms), so that one timer
+    /// serves several links: on an idle link (the last message sent was a heartbeat) up to this
+    /// much early, along with another link's heartbeat, and never late, so an idle link sends
+    /// one every `heartbeat_interval`; after traffic, up to this much late. Zero sends each
+    /// heartbeat exactly on time, at the cost of more timers.
     pub heartbeat_slack: Duration,
     /// A heartbeat goes out on a link where nothing was sent for this long (default 400 ms),
-    /// or up to `heartbeat_slack` sooner.
+    /// give or take `heartbeat_slack`.
     /// Shorter detects faster and sends more on idle links; detection time is roughly twice
     /// this plus the other terms.
     pub heartbeat_interval: Duration,
@@ -71,7 +76,7 @@ pub struct Config {
     /// jitter and scheduling pauses. Raising it delays detection by `z * delta` (z ≈ 5.2 at φ 8).
     pub min_std_deviation: Duration,
     /// Extra silence tolerated before suspicion grows (default 100 ms), added to the mean gap:
-    /// covers a heartbeat sent or delivered a little late and short pauses. On a WAN,
+    /// covers a heartbeat sent up to `heartbeat_slack` late after traffic, and short pauses. On a WAN,
     /// raise it to cover the round-trip time and its jitter.
     pub acceptable_pause: Duration,
 }
@@ -160,6 +165,10 @@ fn millis(d: Duration) -> f64 {
 struct Link {
     /// When a heartbeat is due: the last message sent plus the heartbeat interval.
     heartbeat_due: u64,
+    /// The last message sent was a heartbeat (or none was sent yet): the link is idle, its
+    /// heartbeats keep their pace and may go out early; after traffic, the next one may go
+    /// out late.
+    idle: bool,
     last_arrival: u64,
     /// When φ crosses the threshold if nothing arrives before.
     suspect_at: u64,
@@ -258,6 +267,7 @@ impl<P: PeerId> State<P> {
                         // Due within the slack: the peer, whose end of the link may have opened
                         // a round trip earlier, hears from us soon.
                         heartbeat_due: now.saturating_add(nanos(self.config.heartbeat_slack)),
+                        idle: true,
                         last_arrival: now,
                         suspect_at: now,
                         sum: 0.0,
@@ -294,8 +304,9 @@ impl<P: PeerId> State<P> {
             InEvent::Sent(peer) => {
                 if let Some(i) = self.index(peer) {
                     // Only ever later: the armed check stays valid.
-                    self.links[i].heartbeat_due =
-                        now.saturating_add(nanos(self.config.heartbeat_interval));
+                    let link = &mut self.links[i];
+                    link.heartbeat_due = now.saturating_add(nanos(self.config.heartbeat_interval));
+                    link.idle = false;
                 }
             }
             InEvent::TimerExpired(Timer::Check) => self.on_check(now, out),
@@ -364,10 +375,11 @@ impl<P: PeerId> State<P> {
             self.next_check = None;
         }
         let interval = nanos(self.config.heartbeat_interval);
-        // When a heartbeat is due, those due within the slack go out with it, a little early:
-        // the links fall into step and share their later checks. A check that only found a
-        // deadline moved by traffic sends nothing early.
-        let horizon = if self.links.iter().any(|l| l.heartbeat_due <= now) {
+        // When a heartbeat is due, idle links due within the slack send theirs with it, a
+        // little early: they fall into step and share their later checks. A check that only
+        // found a deadline moved by traffic sends nothing early, nor does a link that carried
+        // traffic (more may come and make the heartbeat needless).
+        let early = if self.links.iter().any(|l| l.heartbeat_due <= now) {
             now.saturating_add(nanos(self.config.heartbeat_slack))
         } else {
             now
@@ -382,8 +394,10 @@ impl<P: PeerId> State<P> {
                 out.push_back(OutEvent::PeerFailed(peer));
                 continue;
             }
+            let horizon = if link.idle { early } else { now };
             if horizon >= link.heartbeat_due {
                 link.heartbeat_due = now.saturating_add(interval);
+                link.idle = true;
                 self.stats.heartbeats_sent += 1;
                 out.push_back(OutEvent::SendMessage(self.peers[i], Message::Heartbeat));
             }
@@ -394,10 +408,14 @@ impl<P: PeerId> State<P> {
 
     /// Arm a check for the earliest deadline unless one is armed at or before it.
     fn arm(&mut self, now: u64, out: &mut VecDeque<OutEvent<P>>) {
+        let slack = nanos(self.config.heartbeat_slack);
         let Some(due) = self
             .links
             .iter()
-            .map(|l| l.heartbeat_due.min(l.suspect_at))
+            .map(|l| {
+                let late = if l.idle { 0 } else { slack };
+                l.heartbeat_due.saturating_add(late).min(l.suspect_at)
+            })
             .min()
         else {
             return;
