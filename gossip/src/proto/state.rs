@@ -114,7 +114,6 @@ pub enum OutEvent<P: PeerId> {
 const QUEUE_KEEP: usize = 64;
 
 /// Work passed between layers while one input is processed.
-#[derive(Debug)]
 enum Step<P: PeerId> {
     Membership(hyparview::InEvent<P>),
     Broadcast(plumtree::InEvent<P>),
@@ -137,8 +136,6 @@ pub struct State<P: PeerId, R: Rng> {
     plum_out: VecDeque<plumtree::OutEvent<P>>,
     det_out: VecDeque<detector::OutEvent<P>>,
     dir_out: VecDeque<directory::OutEvent<P>>,
-    /// The work queue of [`State::run`], kept between inputs so an input allocates nothing.
-    work: VecDeque<Step<P>>,
 }
 
 impl<P: PeerId, R: Rng> State<P, R> {
@@ -158,7 +155,6 @@ impl<P: PeerId, R: Rng> State<P, R> {
             plum_out: VecDeque::new(),
             det_out: VecDeque::new(),
             dir_out: VecDeque::new(),
-            work: VecDeque::new(),
         };
         state
             .membership
@@ -181,7 +177,7 @@ impl<P: PeerId, R: Rng> State<P, R> {
 
     /// Handle one input; then drain [`State::poll`].
     pub fn handle(&mut self, event: InEvent<P>, now: Instant) {
-        let mut work = std::mem::take(&mut self.work);
+        let mut work = VecDeque::new();
         match event {
             // Nobody else may speak as this node (a spoofed or looped-back message).
             InEvent::RecvMessage(from, _) if from == self.me => return,
@@ -284,12 +280,7 @@ impl<P: PeerId, R: Rng> State<P, R> {
     fn run(&mut self, mut work: VecDeque<Step<P>>, now: Instant) {
         loop {
             self.collect(&mut work, now);
-            let Some(step) = work.pop_front() else {
-                if work.capacity() <= QUEUE_KEEP && work.capacity() > self.work.capacity() {
-                    self.work = work;
-                }
-                break;
-            };
+            let Some(step) = work.pop_front() else { break };
             match step {
                 Step::Membership(ev) => {
                     self.membership
