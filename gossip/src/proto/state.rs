@@ -185,25 +185,39 @@ impl<P: PeerId, R: Rng> State<P, R> {
                 // Any message is a sign of life; outputs (a re-armed check) are collected in `run`.
                 let received = detector::InEvent::Received(from);
                 self.detector.handle(received, now, &mut self.det_out);
-                work.push_back(match message {
+                match message {
                     Message::Membership(m) => {
-                        Step::Membership(hyparview::InEvent::RecvMessage(from, m))
+                        work.push_back(Step::Membership(hyparview::InEvent::RecvMessage(from, m)))
                     }
                     Message::Broadcast(m) => {
-                        Step::Broadcast(plumtree::InEvent::RecvMessage(from, m))
+                        work.push_back(Step::Broadcast(plumtree::InEvent::RecvMessage(from, m)))
                     }
-                    Message::Detector(m) => Step::Detector(detector::InEvent::RecvMessage(from, m)),
+                    // Heartbeats and detector checks, most inputs of a quiet node, go straight to
+                    // the detector: nothing else is queued, and the queue stays unallocated.
+                    Message::Detector(m) => {
+                        let ev = detector::InEvent::RecvMessage(from, m);
+                        self.detector.handle(ev, now, &mut self.det_out)
+                    }
                     Message::Directory(m) => {
-                        Step::Directory(directory::InEvent::RecvMessage(from, m))
+                        work.push_back(Step::Directory(directory::InEvent::RecvMessage(from, m)))
                     }
-                });
+                }
             }
-            InEvent::TimerExpired(timer) => work.push_back(match timer {
-                Timer::Membership(t) => Step::Membership(hyparview::InEvent::TimerExpired(t)),
-                Timer::Broadcast(t) => Step::Broadcast(plumtree::InEvent::TimerExpired(t)),
-                Timer::Detector(t) => Step::Detector(detector::InEvent::TimerExpired(t)),
-                Timer::Directory(t) => Step::Directory(directory::InEvent::TimerExpired(t)),
-            }),
+            InEvent::TimerExpired(timer) => match timer {
+                Timer::Membership(t) => {
+                    work.push_back(Step::Membership(hyparview::InEvent::TimerExpired(t)))
+                }
+                Timer::Broadcast(t) => {
+                    work.push_back(Step::Broadcast(plumtree::InEvent::TimerExpired(t)))
+                }
+                Timer::Detector(t) => {
+                    let ev = detector::InEvent::TimerExpired(t);
+                    self.detector.handle(ev, now, &mut self.det_out)
+                }
+                Timer::Directory(t) => {
+                    work.push_back(Step::Directory(directory::InEvent::TimerExpired(t)))
+                }
+            },
             InEvent::LinkFailed(peer) => {
                 // A broken active link is first-hand evidence of a failure. Any other closed
                 // link is not: a peer that dropped us from its active view closes the
