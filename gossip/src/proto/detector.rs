@@ -162,7 +162,8 @@ fn millis(d: Duration) -> f64 {
 /// Arrival history and deadlines of one watched link. Times are nanoseconds since the
 /// detector's epoch.
 #[derive(Debug, Clone)]
-struct Link {
+struct Link<P> {
+    peer: P,
     /// When a heartbeat is due: the last message sent plus the heartbeat interval.
     heartbeat_due: u64,
     /// The last message sent was a heartbeat (or none was sent yet): the link is idle, its
@@ -179,7 +180,7 @@ struct Link {
     gaps: VecDeque<f32>,
 }
 
-impl Link {
+impl<P> Link<P> {
     fn record_arrival(&mut self, now: u64, max_samples: usize) {
         let gap = now.saturating_sub(self.last_arrival) as f64 / 1e6;
         self.last_arrival = now;
@@ -223,9 +224,7 @@ impl Link {
 #[derive(Debug)]
 pub struct State<P: PeerId> {
     config: Config,
-    /// Watched peers; `links[i]` belongs to `peers[i]`. Apart, so a lookup reads one cache line.
-    peers: Vec<P>,
-    links: Vec<Link>,
+    links: Vec<Link<P>>,
     /// The instant times are counted from: the first one the detector saw.
     epoch: Option<Instant>,
     /// The earliest check handed to the driver and not yet fired (ns since the epoch).
@@ -241,7 +240,6 @@ impl<P: PeerId> State<P> {
         let z = z_for(config.phi_threshold);
         Self {
             config,
-            peers: Vec::new(),
             links: Vec::new(),
             epoch: None,
             next_check: None,
@@ -262,8 +260,9 @@ impl<P: PeerId> State<P> {
         let now = self.time(now);
         match event {
             InEvent::LinkUp(peer) => {
-                if !self.peers.contains(&peer) {
+                if self.index(peer).is_none() {
                     let mut link = Link {
+                        peer,
                         // Due within the slack: the peer, whose end of the link may have opened
                         // a round trip earlier, hears from us soon.
                         heartbeat_due: now.saturating_add(nanos(self.config.heartbeat_slack)),
@@ -275,14 +274,12 @@ impl<P: PeerId> State<P> {
                         gaps: VecDeque::new(),
                     };
                     link.suspect_at = now.saturating_add(self.suspect_after(&link));
-                    self.peers.push(peer);
                     self.links.push(link);
                 }
                 self.arm(now, out);
             }
             InEvent::LinkDown(peer) => {
                 if let Some(i) = self.index(peer) {
-                    self.peers.remove(i);
                     self.links.remove(i);
                 }
             }
@@ -326,7 +323,7 @@ impl<P: PeerId> State<P> {
 
     /// Peers currently watched.
     pub fn watched(&self) -> impl Iterator<Item = &P> {
-        self.peers.iter()
+        self.links.iter().map(|l| &l.peer)
     }
 
     /// Counters.
@@ -345,11 +342,11 @@ impl<P: PeerId> State<P> {
     }
 
     fn index(&self, peer: P) -> Option<usize> {
-        self.peers.iter().position(|p| *p == peer)
+        self.links.iter().position(|l| l.peer == peer)
     }
 
     /// Mean and standard deviation (ms) that φ is computed with, floors applied.
-    fn fitted(&self, link: &Link) -> (f64, f64) {
+    fn fitted(&self, link: &Link<P>) -> (f64, f64) {
         let (mean, std) = link.mean_std(&self.config);
         let mean =
             mean.max(millis(self.config.heartbeat_interval)) + millis(self.config.acceptable_pause);
@@ -358,7 +355,7 @@ impl<P: PeerId> State<P> {
     }
 
     /// Nanoseconds of silence after the last arrival at which φ crosses the threshold.
-    fn suspect_after(&self, link: &Link) -> u64 {
+    fn suspect_after(&self, link: &Link<P>) -> u64 {
         let (mean, std) = self.fitted(link);
         // `as` saturates (and maps NaN to 0, suspect at once).
         ((mean + self.z * std) * 1e6).max(0.0) as u64
@@ -388,8 +385,7 @@ impl<P: PeerId> State<P> {
         while i < self.links.len() {
             let link = &mut self.links[i];
             if now >= link.suspect_at {
-                self.links.remove(i);
-                let peer = self.peers.remove(i);
+                let peer = self.links.remove(i).peer;
                 self.stats.failures_detected += 1;
                 out.push_back(OutEvent::PeerFailed(peer));
                 continue;
@@ -399,7 +395,7 @@ impl<P: PeerId> State<P> {
                 link.heartbeat_due = now.saturating_add(interval);
                 link.idle = true;
                 self.stats.heartbeats_sent += 1;
-                out.push_back(OutEvent::SendMessage(self.peers[i], Message::Heartbeat));
+                out.push_back(OutEvent::SendMessage(link.peer, Message::Heartbeat));
             }
             i += 1;
         }
