@@ -17,14 +17,31 @@
 //! [`Config::heartbeat_interval`]; links carrying traffic stay free of them, and an idle node
 //! sends one small message per active neighbour and heartbeat interval.
 //!
-//! Because a live peer always sends something at least every `heartbeat_interval` (plus one
-//! tick), the mean gap used for φ is never taken below the heartbeat interval: a link that was
-//! busy and turns idle does not look like a failure when traffic gives way to heartbeats.
+//! Because a live peer always sends something about every `heartbeat_interval` at least, the
+//! mean gap used for φ is never taken below the heartbeat interval: a link that was busy and
+//! turns idle does not look like a failure when traffic gives way to heartbeats.
 //!
-//! One periodic [`Timer::Tick`] (armed only while a link is watched) checks every link.
+//! # Deadlines instead of a periodic tick
+//!
+//! Between two arrivals from a peer the fitted distribution does not change, so φ grows with
+//! the silence alone and crosses the threshold at an instant known in advance: the arrival plus
+//! `mean + z * std_dev`, where `z` solves `φ(z) = threshold` (computed once). Each link
+//! therefore keeps two deadlines: when its heartbeat is due and when its peer becomes suspect.
+//! The detector arms one [`Timer::Check`] at the earliest deadline of all links and re-arms it
+//! lazily: traffic only pushes deadlines later, so it arms nothing; a check that fires before
+//! anything is due just arms the next one. Heartbeats keep the pace a 100 ms tick gave them,
+//! with [`Config::heartbeat_slack`] in place of the tick: on an idle link (the last message sent
+//! was a heartbeat) one goes out every `heartbeat_interval`, or up to the slack early to share
+//! the check of another link, so the idle links of a node fall into step; after traffic, the
+//! next one goes out up to the slack late, when a check is due anyway, and more traffic may
+//! make it needless. An idle node costs about one check per heartbeat interval instead of ten
+//! ticks; a link carrying traffic at most one more, for a deadline its traffic moved.
+//! (Timers cannot be cancelled; a deadline that moves earlier, a new link or a narrower fit,
+//! arms one more check.)
+//!
 //! Detection time after the last message is about
 //! `max(mean gap, heartbeat_interval) + acceptable_pause + z(threshold) * std_dev`, with
-//! `z(8) ≈ 5.2`; with the defaults that is about 1.1 s, plus up to one tick.
+//! `z(8) ≈ 5.2`; with the defaults that is about 1.0-1.1 s.
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -32,15 +49,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{Instant, PeerId};
 
-/// Detector settings. `Default` suits a LAN: detection in about 1.2 s after the last message,
-/// and about 2.5 heartbeats per idle link and second.
+/// Detector settings. `Default` suits a LAN: detection in about 1.1 s after the last message,
+/// and about 2 heartbeats per idle link and second.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// How often every link is checked (default 100 ms). Detection happens at the first tick
-    /// after φ crosses the threshold, so this adds up to one interval to detection time; a
-    /// shorter tick costs a little CPU per node.
-    pub tick_interval: Duration,
-    /// A heartbeat goes out on a link where nothing was sent for this long (default 400 ms).
+    /// How far off its due time a heartbeat may go out (default 100 ms), so that one timer
+    /// serves several links: on an idle link (the last message sent was a heartbeat) up to this
+    /// much early, along with another link's heartbeat, and never late, so an idle link sends
+    /// one every `heartbeat_interval`; after traffic, up to this much late. Zero sends each
+    /// heartbeat exactly on time, at the cost of more timers.
+    pub heartbeat_slack: Duration,
+    /// A heartbeat goes out on a link where nothing was sent for this long (default 400 ms),
+    /// give or take `heartbeat_slack`.
     /// Shorter detects faster and sends more on idle links; detection time is roughly twice
     /// this plus the other terms.
     pub heartbeat_interval: Duration,
@@ -56,7 +76,7 @@ pub struct Config {
     /// jitter and scheduling pauses. Raising it delays detection by `z * delta` (z ≈ 5.2 at φ 8).
     pub min_std_deviation: Duration,
     /// Extra silence tolerated before suspicion grows (default 100 ms), added to the mean gap:
-    /// covers the heartbeat being sent on the sender's next tick and short pauses. On a WAN,
+    /// covers a heartbeat sent up to `heartbeat_slack` late after traffic, and short pauses. On a WAN,
     /// raise it to cover the round-trip time and its jitter.
     pub acceptable_pause: Duration,
 }
@@ -64,7 +84,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            tick_interval: Duration::from_millis(100),
+            heartbeat_slack: Duration::from_millis(100),
             heartbeat_interval: Duration::from_millis(400),
             phi_threshold: 8.0,
             max_sample_size: 100,
@@ -84,8 +104,9 @@ pub enum Message {
 /// Timers of the detector.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Timer {
-    /// Periodic check of every watched link.
-    Tick,
+    /// Check the links whose deadline (heartbeat due, peer suspect) has come. Armed for the
+    /// earliest deadline; a check that finds nothing due only arms the next one.
+    Check,
 }
 
 /// Inputs of the detector.
@@ -110,7 +131,8 @@ pub enum InEvent<P: PeerId> {
 pub enum OutEvent<P: PeerId> {
     /// Send a message to a peer.
     SendMessage(P, Message),
-    /// Call back with `TimerExpired` after the duration.
+    /// Call back with `TimerExpired` after the duration. Every timer must be handed back: the
+    /// detector arms the next check only when one fires.
     ScheduleTimer(Duration, Timer),
     /// The peer is considered failed (phi over the threshold). Reported once; the peer is no
     /// longer watched until the next `LinkUp`.
@@ -124,26 +146,43 @@ pub struct Stats {
     pub heartbeats_sent: u64,
     /// Peers reported failed.
     pub failures_detected: u64,
+    /// Check timers that fired.
+    pub checks: u64,
 }
 
-/// Arrival history of one watched link.
+/// Nanoseconds of a duration, saturating.
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Arrival history and deadlines of one watched link. Times are nanoseconds since the
+/// detector's epoch.
 #[derive(Debug, Clone)]
 struct Link<P> {
     peer: P,
-    last_sent: Instant,
-    last_arrival: Instant,
-    /// Recent gaps between arrivals, in milliseconds.
-    gaps: VecDeque<f64>,
+    /// When a heartbeat is due: the last message sent plus the heartbeat interval.
+    heartbeat_due: u64,
+    /// The last message sent was a heartbeat (or none was sent yet): the link is idle, its
+    /// heartbeats keep their pace and may go out early; after traffic, the next one may go
+    /// out late.
+    idle: bool,
+    last_arrival: u64,
+    /// When φ crosses the threshold if nothing arrives before.
+    suspect_at: u64,
+    /// Running sums of `gaps` (as `f64`, of the same stored values: no drift between them).
     sum: f64,
     sum_sq: f64,
+    /// Recent gaps between arrivals, in milliseconds.
+    gaps: VecDeque<f32>,
 }
 
 impl<P> Link<P> {
-    fn record_arrival(&mut self, now: Instant, max_samples: usize) {
-        let gap = now
-            .saturating_duration_since(self.last_arrival)
-            .as_secs_f64()
-            * 1000.0;
+    fn record_arrival(&mut self, now: u64, max_samples: usize) {
+        let gap = now.saturating_sub(self.last_arrival) as f64 / 1e6;
         self.last_arrival = now;
         if max_samples == 0 {
             return;
@@ -151,10 +190,13 @@ impl<P> Link<P> {
         if self.gaps.len() >= max_samples
             && let Some(old) = self.gaps.pop_front()
         {
+            let old = f64::from(old);
             self.sum -= old;
             self.sum_sq -= old * old;
         }
+        let gap = gap as f32;
         self.gaps.push_back(gap);
+        let gap = f64::from(gap);
         self.sum += gap;
         self.sum_sq += gap * gap;
         if self.gaps.len() == 1 {
@@ -169,7 +211,7 @@ impl<P> Link<P> {
         let n = self.gaps.len();
         if n == 0 {
             // No sample yet: assume heartbeats at the configured pace.
-            let mean = config.heartbeat_interval.as_secs_f64() * 1000.0;
+            let mean = millis(config.heartbeat_interval);
             return (mean, mean / 4.0);
         }
         let mean = self.sum / n as f64;
@@ -183,71 +225,100 @@ impl<P> Link<P> {
 pub struct State<P: PeerId> {
     config: Config,
     links: Vec<Link<P>>,
-    tick_armed: bool,
+    /// The instant times are counted from: the first one the detector saw.
+    epoch: Option<Instant>,
+    /// The earliest check handed to the driver and not yet fired (ns since the epoch).
+    next_check: Option<u64>,
+    /// `z` with `φ(mean + z * std_dev) = phi_threshold`.
+    z: f64,
     stats: Stats,
 }
 
 impl<P: PeerId> State<P> {
     /// A new detector.
     pub fn new(config: Config) -> Self {
+        let z = z_for(config.phi_threshold);
         Self {
             config,
             links: Vec::new(),
-            tick_armed: false,
+            epoch: None,
+            next_check: None,
+            z,
             stats: Stats::default(),
         }
     }
 
-    /// Arm the periodic tick if a link is watched. Called once; the tick is otherwise armed by
-    /// the first [`InEvent::LinkUp`] and lapses while no link is watched.
-    pub fn start(&mut self, _now: Instant, out: &mut VecDeque<OutEvent<P>>) {
-        self.arm_tick(out);
+    /// Sets the epoch. Checks are armed by [`InEvent::LinkUp`] and lapse while no link is
+    /// watched, so there is nothing else to start.
+    pub fn start(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let now = self.time(now);
+        self.arm(now, out);
     }
 
     /// Handle one input.
     pub fn handle(&mut self, event: InEvent<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let now = self.time(now);
         match event {
             InEvent::LinkUp(peer) => {
-                if !self.links.iter().any(|l| l.peer == peer) {
-                    // Due at once: the first heartbeat goes out on the next tick, so the peer,
-                    // whose end of the link may have opened a round trip earlier, hears from
-                    // us soon.
-                    let last_sent = now
-                        .checked_sub(self.config.heartbeat_interval)
-                        .unwrap_or(now);
-                    self.links.push(Link {
+                if self.index(peer).is_none() {
+                    let mut link = Link {
                         peer,
-                        last_sent,
+                        // Due within the slack: the peer, whose end of the link may have opened
+                        // a round trip earlier, hears from us soon.
+                        heartbeat_due: now.saturating_add(nanos(self.config.heartbeat_slack)),
+                        idle: true,
                         last_arrival: now,
-                        gaps: VecDeque::new(),
+                        suspect_at: now,
                         sum: 0.0,
                         sum_sq: 0.0,
-                    });
+                        gaps: VecDeque::new(),
+                    };
+                    link.suspect_at = now.saturating_add(self.suspect_after(&link));
+                    self.links.push(link);
                 }
-                self.arm_tick(out);
+                self.arm(now, out);
             }
-            InEvent::LinkDown(peer) => self.links.retain(|l| l.peer != peer),
+            InEvent::LinkDown(peer) => {
+                if let Some(i) = self.index(peer) {
+                    self.links.remove(i);
+                }
+            }
             // The arrival itself was recorded by `Received`; a heartbeat carries nothing else.
             InEvent::RecvMessage(_, Message::Heartbeat) => {}
             InEvent::Received(peer) => {
-                let max = self.config.max_sample_size;
-                if let Some(link) = self.links.iter_mut().find(|l| l.peer == peer) {
-                    link.record_arrival(now, max);
+                if let Some(i) = self.index(peer) {
+                    let max = self.config.max_sample_size;
+                    self.links[i].record_arrival(now, max);
+                    let suspect_at = now.saturating_add(self.suspect_after(&self.links[i]));
+                    self.links[i].suspect_at = suspect_at;
+                    // Usually later than the armed check; a narrower distribution can bring
+                    // it closer.
+                    if self.next_check.is_none_or(|c| c > suspect_at) {
+                        self.arm(now, out);
+                    }
                 }
             }
             InEvent::Sent(peer) => {
-                if let Some(link) = self.links.iter_mut().find(|l| l.peer == peer) {
-                    link.last_sent = now;
+                if let Some(i) = self.index(peer) {
+                    // Only ever later: the armed check stays valid.
+                    let link = &mut self.links[i];
+                    link.heartbeat_due = now.saturating_add(nanos(self.config.heartbeat_interval));
+                    link.idle = false;
                 }
             }
-            InEvent::TimerExpired(Timer::Tick) => self.on_tick(now, out),
+            InEvent::TimerExpired(Timer::Check) => self.on_check(now, out),
         }
     }
 
     /// Current suspicion level of `peer`, or `None` if it is not watched.
     pub fn phi(&self, peer: P, now: Instant) -> Option<f64> {
-        let link = self.links.iter().find(|l| l.peer == peer)?;
-        Some(self.phi_of(link, now))
+        let link = &self.links[self.index(peer)?];
+        let now = self
+            .epoch
+            .map_or(0, |e| nanos(now.saturating_duration_since(e)));
+        let elapsed = now.saturating_sub(link.last_arrival) as f64 / 1e6;
+        let (mean, std) = self.fitted(link);
+        Some(phi(elapsed, mean, std))
     }
 
     /// Peers currently watched.
@@ -265,45 +336,111 @@ impl<P: PeerId> State<P> {
         &self.config
     }
 
-    fn on_tick(&mut self, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
-        self.tick_armed = false;
-        let threshold = self.config.phi_threshold;
+    fn time(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        nanos(now.saturating_duration_since(epoch))
+    }
+
+    fn index(&self, peer: P) -> Option<usize> {
+        self.links.iter().position(|l| l.peer == peer)
+    }
+
+    /// Mean and standard deviation (ms) that φ is computed with, floors applied.
+    fn fitted(&self, link: &Link<P>) -> (f64, f64) {
+        let (mean, std) = link.mean_std(&self.config);
+        let mean =
+            mean.max(millis(self.config.heartbeat_interval)) + millis(self.config.acceptable_pause);
+        let std = std.max(millis(self.config.min_std_deviation)).max(1e-3);
+        (mean, std)
+    }
+
+    /// Nanoseconds of silence after the last arrival at which φ crosses the threshold.
+    fn suspect_after(&self, link: &Link<P>) -> u64 {
+        let (mean, std) = self.fitted(link);
+        // `as` saturates (and maps NaN to 0, suspect at once).
+        ((mean + self.z * std) * 1e6).max(0.0) as u64
+    }
+
+    fn on_check(&mut self, now: u64, out: &mut VecDeque<OutEvent<P>>) {
+        self.stats.checks += 1;
+        // The armed check, unless an earlier deadline armed another since (then this one is
+        // a stale, later one). A driver firing up to 1 ms early still counts as on time.
+        if self
+            .next_check
+            .is_some_and(|c| c <= now.saturating_add(1_000_000))
+        {
+            self.next_check = None;
+        }
+        let interval = nanos(self.config.heartbeat_interval);
+        // When a heartbeat is due, idle links due within the slack send theirs with it, a
+        // little early: they fall into step and share their later checks. A check that only
+        // found a deadline moved by traffic sends nothing early, nor does a link that carried
+        // traffic (more may come and make the heartbeat needless).
+        let early = if self.links.iter().any(|l| l.heartbeat_due <= now) {
+            now.saturating_add(nanos(self.config.heartbeat_slack))
+        } else {
+            now
+        };
         let mut i = 0;
         while i < self.links.len() {
-            if self.phi_of(&self.links[i], now) > threshold {
-                let link = self.links.remove(i);
+            let link = &mut self.links[i];
+            if now >= link.suspect_at {
+                let peer = self.links.remove(i).peer;
                 self.stats.failures_detected += 1;
-                out.push_back(OutEvent::PeerFailed(link.peer));
+                out.push_back(OutEvent::PeerFailed(peer));
                 continue;
             }
-            let link = &mut self.links[i];
-            if now.saturating_duration_since(link.last_sent) >= self.config.heartbeat_interval {
-                link.last_sent = now;
+            let horizon = if link.idle { early } else { now };
+            if horizon >= link.heartbeat_due {
+                link.heartbeat_due = now.saturating_add(interval);
+                link.idle = true;
                 self.stats.heartbeats_sent += 1;
                 out.push_back(OutEvent::SendMessage(link.peer, Message::Heartbeat));
             }
             i += 1;
         }
-        self.arm_tick(out);
+        self.arm(now, out);
     }
 
-    fn arm_tick(&mut self, out: &mut VecDeque<OutEvent<P>>) {
-        if !self.tick_armed && !self.links.is_empty() {
-            self.tick_armed = true;
-            // Never zero: a zero interval would spin the driver.
-            let tick = self.config.tick_interval.max(Duration::from_millis(1));
-            out.push_back(OutEvent::ScheduleTimer(tick, Timer::Tick));
+    /// Arm a check for the earliest deadline unless one is armed at or before it.
+    fn arm(&mut self, now: u64, out: &mut VecDeque<OutEvent<P>>) {
+        let slack = nanos(self.config.heartbeat_slack);
+        let Some(due) = self
+            .links
+            .iter()
+            .map(|l| {
+                let late = if l.idle { 0 } else { slack };
+                l.heartbeat_due.saturating_add(late).min(l.suspect_at)
+            })
+            .min()
+        else {
+            return;
+        };
+        if self.next_check.is_some_and(|c| c <= due) {
+            return;
+        }
+        // Never sooner than 1 ms: a zero interval would spin the driver.
+        let delay = due.saturating_sub(now).max(1_000_000);
+        self.next_check = Some(now.saturating_add(delay));
+        out.push_back(OutEvent::ScheduleTimer(
+            Duration::from_nanos(delay),
+            Timer::Check,
+        ));
+    }
+}
+
+/// The `z` (standard deviations above the mean) at which [`phi`] first exceeds `threshold`.
+fn z_for(threshold: f64) -> f64 {
+    let (mut lo, mut hi) = (-40.0, 40.0);
+    for _ in 0..64 {
+        let mid = (lo + hi) / 2.0;
+        if phi(mid, 0.0, 1.0) > threshold {
+            hi = mid;
+        } else {
+            lo = mid;
         }
     }
-
-    fn phi_of(&self, link: &Link<P>, now: Instant) -> f64 {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let elapsed = ms(now.saturating_duration_since(link.last_arrival));
-        let (mean, std) = link.mean_std(&self.config);
-        let mean = mean.max(ms(self.config.heartbeat_interval)) + ms(self.config.acceptable_pause);
-        let std = std.max(ms(self.config.min_std_deviation)).max(1e-3);
-        phi(elapsed, mean, std)
-    }
+    hi
 }
 
 /// `-log10(1 - F(elapsed))` for a normal distribution `F` of the given mean and standard
@@ -338,14 +475,16 @@ mod tests {
         base() + Duration::from_millis(ms)
     }
 
-    /// Drives one detector on a virtual millisecond clock with the default 100 ms tick.
+    /// Drives one detector on a virtual millisecond clock, firing every timer it arms.
     struct Harness {
         state: State<u32>,
         out: VecDeque<OutEvent<u32>>,
         now: u64,
-        next_tick: Option<u64>,
+        /// Armed checks, in ms.
+        timers: Vec<u64>,
         heartbeats: Vec<(u64, u32)>,
         failed: Vec<(u64, u32)>,
+        checks: u64,
     }
 
     impl Harness {
@@ -354,9 +493,10 @@ mod tests {
                 state: State::new(config),
                 out: VecDeque::new(),
                 now: 0,
-                next_tick: None,
+                timers: Vec::new(),
                 heartbeats: Vec::new(),
                 failed: Vec::new(),
+                checks: 0,
             };
             h.state.start(at(0), &mut h.out);
             h.drain();
@@ -374,21 +514,24 @@ mod tests {
                     OutEvent::SendMessage(p, Message::Heartbeat) => {
                         self.heartbeats.push((self.now, p))
                     }
-                    OutEvent::ScheduleTimer(d, Timer::Tick) => {
-                        assert!(self.next_tick.is_none(), "one tick at a time");
-                        self.next_tick = Some(self.now + d.as_millis() as u64);
+                    OutEvent::ScheduleTimer(d, Timer::Check) => {
+                        assert!(d >= Duration::from_millis(1), "a zero timer spins");
+                        let ms = d.as_nanos().div_ceil(1_000_000) as u64;
+                        self.timers.push(self.now + ms);
                     }
                     OutEvent::PeerFailed(p) => self.failed.push((self.now, p)),
                 }
             }
         }
 
-        /// Advance to `t`, firing ticks on the way.
+        /// Advance to `t`, firing checks on the way.
         fn advance(&mut self, t: u64) {
-            while let Some(tick) = self.next_tick.filter(|tick| *tick <= t) {
-                self.now = tick;
-                self.next_tick = None;
-                self.input(InEvent::TimerExpired(Timer::Tick));
+            while let Some(first) = self.timers.iter().copied().filter(|c| *c <= t).min() {
+                let i = self.timers.iter().position(|c| *c == first).expect("found");
+                self.timers.swap_remove(i);
+                self.now = first;
+                self.checks += 1;
+                self.input(InEvent::TimerExpired(Timer::Check));
             }
             self.now = t;
         }
@@ -429,7 +572,7 @@ mod tests {
         let (when, peer) = h.failed[0];
         assert_eq!(peer, 1);
         let detection = when - last;
-        // mean 450 + pause 100 + 5.2 * 100 (std floor) ~ 1.07 s, plus up to one tick.
+        // mean 450 + pause 100 + 5.2 * 100 (std floor) ~ 1.07 s.
         assert!(
             (1_000..=1_300).contains(&detection),
             "detected after {detection} ms"
@@ -467,23 +610,23 @@ mod tests {
             "{:?}",
             h.heartbeats
         );
-        // Idle link: one heartbeat per 400 ms, checked on 100 ms ticks.
+        // Idle link: one heartbeat 400 ms after the last, never late.
         let n = h.heartbeats.len();
-        assert!((20..=26).contains(&n), "{n} heartbeats in 10 s");
+        assert!((23..=26).contains(&n), "{n} heartbeats in 10 s");
         for w in h.heartbeats.windows(2) {
             let gap = w[1].0 - w[0].0;
-            assert!((400..=500).contains(&gap), "gap {gap}");
+            assert_eq!(gap, 400);
         }
     }
 
     #[test]
-    fn first_heartbeat_goes_out_on_the_next_tick() {
+    fn first_heartbeat_goes_out_within_the_slack() {
         let mut h = Harness::new(Config::default());
         h.now = 5_000;
         h.input(InEvent::LinkUp(1));
         h.advance(5_100);
         assert_eq!(h.heartbeats, vec![(5_100, 1)]);
-        h.advance(5_400);
+        h.advance(5_499);
         assert_eq!(h.heartbeats.len(), 1, "then one per heartbeat interval");
         h.advance(5_500);
         assert_eq!(h.heartbeats, vec![(5_100, 1), (5_500, 1)]);
@@ -511,17 +654,77 @@ mod tests {
     }
 
     #[test]
-    fn link_down_stops_watching_and_lets_the_tick_lapse() {
+    fn link_down_stops_watching_and_lets_the_checks_lapse() {
         let mut h = Harness::new(Config::default());
-        assert!(h.next_tick.is_none(), "no tick without links");
+        assert!(h.timers.is_empty(), "no check without links");
         assert_eq!(h.state.phi(1, at(0)), None);
         h.input(InEvent::LinkUp(1));
-        assert!(h.next_tick.is_some());
+        assert_eq!(h.timers.len(), 1);
         h.input(InEvent::LinkDown(1));
         h.advance(10_000);
         assert!(h.failed.is_empty() && h.heartbeats.is_empty());
-        assert!(h.next_tick.is_none());
+        assert!(h.timers.is_empty());
+        assert!(h.checks <= 1, "{} checks", h.checks);
         assert_eq!(h.state.watched().count(), 0);
+    }
+
+    #[test]
+    fn links_share_checks_and_traffic_arms_none() {
+        // Five links up within the slack of each other.
+        let mut h = Harness::new(Config::default());
+        for p in 0..5u32 {
+            h.now = u64::from(p) * 20;
+            h.input(InEvent::LinkUp(p));
+        }
+        let armed = h.timers.len();
+        assert!(armed <= 2, "{armed} checks armed by five link-ups");
+        let mut t = 120;
+        while t < 10_000 {
+            t += 50;
+            h.advance(t);
+            // Link 0 is busy both ways; the others answer but we send them nothing.
+            h.input(InEvent::Sent(0));
+            for p in 0..5 {
+                h.input(InEvent::Received(p));
+            }
+            assert!(h.timers.len() <= 2, "{:?}", h.timers);
+        }
+        assert!(h.failed.is_empty());
+        for p in 1..5u32 {
+            let n = h.heartbeats.iter().filter(|(_, q)| *q == p).count();
+            assert!((20..=26).contains(&n), "peer {p}: {n} heartbeats in 10 s");
+        }
+        // Past the greeting heartbeat of the link-up, none on the busy link.
+        assert!(h.heartbeats.iter().all(|(t, p)| *p != 0 || *t <= 120));
+        // At most two checks per heartbeat interval: the idle links' and the one the busy
+        // link's traffic keeps moving later. A 100 ms tick would have fired 100 times.
+        assert!(h.checks <= 52, "{} checks in 10 s", h.checks);
+        assert_eq!(h.state.stats().checks, h.checks);
+    }
+
+    #[test]
+    fn failure_is_reported_at_the_first_instant_phi_exceeds_the_threshold() {
+        let mut h = Harness::new(Config::default());
+        h.input(InEvent::LinkUp(1));
+        let mut rng = SmallRng::seed_from_u64(5);
+        let mut t = 0;
+        for _ in 0..60 {
+            t += rng.random_range(100..700);
+            h.advance(t);
+            h.input(InEvent::Received(1));
+        }
+        let mut before = 0.0;
+        loop {
+            t += 1;
+            let now = h.state.phi(1, at(t)).expect("watched until reported");
+            h.advance(t);
+            if !h.failed.is_empty() {
+                assert!(now > 8.0 && before <= 8.0, "phi {before} then {now}");
+                assert_eq!(h.failed, vec![(t, 1)]);
+                break;
+            }
+            before = now;
+        }
     }
 
     #[test]

@@ -182,26 +182,42 @@ impl<P: PeerId, R: Rng> State<P, R> {
             // Nobody else may speak as this node (a spoofed or looped-back message).
             InEvent::RecvMessage(from, _) if from == self.me => return,
             InEvent::RecvMessage(from, message) => {
-                work.push_back(Step::Detector(detector::InEvent::Received(from)));
-                work.push_back(match message {
+                // Any message is a sign of life; outputs (a re-armed check) are collected in `run`.
+                let received = detector::InEvent::Received(from);
+                self.detector.handle(received, now, &mut self.det_out);
+                match message {
                     Message::Membership(m) => {
-                        Step::Membership(hyparview::InEvent::RecvMessage(from, m))
+                        work.push_back(Step::Membership(hyparview::InEvent::RecvMessage(from, m)))
                     }
                     Message::Broadcast(m) => {
-                        Step::Broadcast(plumtree::InEvent::RecvMessage(from, m))
+                        work.push_back(Step::Broadcast(plumtree::InEvent::RecvMessage(from, m)))
                     }
-                    Message::Detector(m) => Step::Detector(detector::InEvent::RecvMessage(from, m)),
+                    // Heartbeats and detector checks, most inputs of a quiet node, go straight to
+                    // the detector: nothing else is queued, and the queue stays unallocated.
+                    Message::Detector(m) => {
+                        let ev = detector::InEvent::RecvMessage(from, m);
+                        self.detector.handle(ev, now, &mut self.det_out)
+                    }
                     Message::Directory(m) => {
-                        Step::Directory(directory::InEvent::RecvMessage(from, m))
+                        work.push_back(Step::Directory(directory::InEvent::RecvMessage(from, m)))
                     }
-                });
+                }
             }
-            InEvent::TimerExpired(timer) => work.push_back(match timer {
-                Timer::Membership(t) => Step::Membership(hyparview::InEvent::TimerExpired(t)),
-                Timer::Broadcast(t) => Step::Broadcast(plumtree::InEvent::TimerExpired(t)),
-                Timer::Detector(t) => Step::Detector(detector::InEvent::TimerExpired(t)),
-                Timer::Directory(t) => Step::Directory(directory::InEvent::TimerExpired(t)),
-            }),
+            InEvent::TimerExpired(timer) => match timer {
+                Timer::Membership(t) => {
+                    work.push_back(Step::Membership(hyparview::InEvent::TimerExpired(t)))
+                }
+                Timer::Broadcast(t) => {
+                    work.push_back(Step::Broadcast(plumtree::InEvent::TimerExpired(t)))
+                }
+                Timer::Detector(t) => {
+                    let ev = detector::InEvent::TimerExpired(t);
+                    self.detector.handle(ev, now, &mut self.det_out)
+                }
+                Timer::Directory(t) => {
+                    work.push_back(Step::Directory(directory::InEvent::TimerExpired(t)))
+                }
+            },
             InEvent::LinkFailed(peer) => {
                 // A broken active link is a hint of a failure, which the directory confirms
                 // by probing before it suspects anyone: a live peer's connection also breaks
@@ -316,7 +332,9 @@ impl<P: PeerId, R: Rng> State<P, R> {
         while let Some(ev) = self.hpv_out.pop_front() {
             match ev {
                 hyparview::OutEvent::SendMessage(to, m) => {
-                    work.push_back(Step::Detector(detector::InEvent::Sent(to)));
+                    // Only moves a deadline, outputs nothing: no need to queue it.
+                    let sent = detector::InEvent::Sent(to);
+                    self.detector.handle(sent, now, &mut self.det_out);
                     self.out
                         .push_back(OutEvent::SendMessage(to, Message::Membership(m)));
                 }
@@ -339,7 +357,8 @@ impl<P: PeerId, R: Rng> State<P, R> {
         while let Some(ev) = self.plum_out.pop_front() {
             match ev {
                 plumtree::OutEvent::SendMessage(to, m) => {
-                    work.push_back(Step::Detector(detector::InEvent::Sent(to)));
+                    let sent = detector::InEvent::Sent(to);
+                    self.detector.handle(sent, now, &mut self.det_out);
                     self.out
                         .push_back(OutEvent::SendMessage(to, Message::Broadcast(m)));
                 }

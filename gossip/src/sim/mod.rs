@@ -879,14 +879,25 @@ impl Sim {
             _ => return false,
         }
         if self.net.queue.loads != self.net.touched {
-            // A new bucket is up: read its events' slab slots in one tight loop, so the cache
-            // misses overlap instead of stalling one by one as each event is processed.
+            // A new bucket is up: read its events' slab slots, and the nodes they go to, in
+            // one tight loop, so the cache misses overlap instead of stalling one by one as
+            // each event is processed.
             self.net.touched = self.net.queue.loads;
             let slab = &self.net.slab;
+            let nodes = &self.nodes;
             let current = &self.net.queue.current;
             let live = current
                 .iter()
-                .filter(|e| slab.get(e.item as usize).is_some_and(|s| s.is_some()))
+                .filter_map(|e| slab.get(e.item as usize)?.as_ref())
+                .filter(|event| {
+                    let node = match event {
+                        Event::Msg { to, .. } => *to,
+                        Event::Timer { node, .. }
+                        | Event::LinkFailed { node, .. }
+                        | Event::Stop { node } => *node,
+                    };
+                    nodes.get(node as usize).is_some_and(|n| n.is_some())
+                })
                 .count();
             std::hint::black_box(live);
         }
