@@ -1071,12 +1071,10 @@ impl<P: PeerId> State<P> {
                     m.announcers.push((from, hops));
                 }
             } else if self.missing.len() < self.config.max_missing {
-                self.missing.insert(
-                    id,
-                    Missing {
-                        announcers: vec![(from, hops)],
-                    },
-                );
+                // Room for the usual few announcers at once (the lazy links of one node).
+                let mut announcers = Vec::with_capacity(self.config.max_announcers.clamp(1, 4));
+                announcers.push((from, hops));
+                self.missing.insert(id, Missing { announcers });
                 if self.trees.get(&id.origin).and_then(|t| t.parent) == Some(from) {
                     // Our parent for this origin announces instead of pushing: it pruned the
                     // link (a GRAFT back may be on its way), so the tree will not bring this
