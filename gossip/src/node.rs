@@ -644,32 +644,39 @@ impl<T: Transport> Actor<T> {
     /// Act on every output of the core.
     fn drain(&mut self) {
         // A payload goes to every eager neighbour in a row as the same GOSSIP: encode it once
-        // and share the frame, instead of one allocation and payload copy per neighbour.
-        let mut last_gossip: Option<(MessageId, u16, *const u8, Bytes)> = None;
+        // and share the frame, instead of one allocation and payload copy per neighbour. The
+        // last send of such a row is held back until the next output: then it takes the frame
+        // itself (sharing a `Bytes` made from a vector allocates, so a row of one does not
+        // share). Sends to one peer keep their order: the held one leaves before any other.
+        let mut held: Option<(NodeId, MessageId, u16, *const u8, Bytes)> = None;
         while let Some(out) = self.state.poll() {
+            if let OutEvent::SendMessage(to, message) = &out
+                && let proto::Message::Broadcast(proto::plumtree::Message::Gossip(g)) = message
+            {
+                let to = *to;
+                match &mut held {
+                    Some((peer, id, hops, ptr, frame))
+                        if *id == g.id && *hops == g.hops && *ptr == g.payload.as_ptr() =>
+                    {
+                        let previous = std::mem::replace(peer, to);
+                        self.transport.send(previous, frame.clone());
+                    }
+                    _ => {
+                        if let Some((peer, .., frame)) = held.take() {
+                            self.transport.send(peer, frame);
+                        }
+                        let (id, hops, ptr) = (g.id, g.hops, g.payload.as_ptr());
+                        held = Some((to, id, hops, ptr, crate::wire::encode_frame(message)));
+                    }
+                }
+                continue;
+            }
+            if let Some((peer, .., frame)) = held.take() {
+                self.transport.send(peer, frame);
+            }
             match out {
                 OutEvent::SendMessage(to, message) => {
-                    let frame = match &message {
-                        proto::Message::Broadcast(proto::plumtree::Message::Gossip(g)) => {
-                            match &last_gossip {
-                                Some((id, hops, ptr, frame))
-                                    if *id == g.id
-                                        && *hops == g.hops
-                                        && *ptr == g.payload.as_ptr() =>
-                                {
-                                    frame.clone()
-                                }
-                                _ => {
-                                    let frame = crate::wire::encode_frame(&message);
-                                    last_gossip =
-                                        Some((g.id, g.hops, g.payload.as_ptr(), frame.clone()));
-                                    frame
-                                }
-                            }
-                        }
-                        _ => crate::wire::encode_frame(&message),
-                    };
-                    self.transport.send(to, frame);
+                    self.transport.send(to, crate::wire::encode_frame(&message));
                 }
                 OutEvent::ScheduleTimer(at, timer) => {
                     self.timer_seq += 1;
@@ -708,6 +715,9 @@ impl<T: Transport> Actor<T> {
                 }
                 OutEvent::Disconnect(peer) => self.transport.disconnect(peer),
             }
+        }
+        if let Some((peer, .., frame)) = held.take() {
+            self.transport.send(peer, frame);
         }
         // The user's task wakes once per turn, not once per message.
         self.inbox.push_all(&mut self.delivered);

@@ -487,6 +487,12 @@ mod ihave_wire {
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let EntriesSeed(origin, out) = self;
+            // One allocation for the run (bounded: a hint over the cap fails below anyway).
+            out.reserve(
+                seq.size_hint()
+                    .unwrap_or(0)
+                    .min(MAX_IHAVE_WIRE.saturating_sub(out.len())),
+            );
             while let Some((seq_no, hops)) = seq.next_element::<(u64, u16)>()? {
                 if out.len() >= MAX_IHAVE_WIRE {
                     return Err(A::Error::custom(format_args!(
@@ -1201,12 +1207,10 @@ impl<P: PeerId> State<P> {
                     m.announcers.push((from, hops));
                 }
             } else if self.missing.len() < self.config.max_missing {
-                self.missing.insert(
-                    id,
-                    Missing {
-                        announcers: vec![(from, hops)],
-                    },
-                );
+                // Room for the usual few announcers at once (the lazy links of one node).
+                let mut announcers = Vec::with_capacity(self.config.max_announcers.clamp(1, 4));
+                announcers.push((from, hops));
+                self.missing.insert(id, Missing { announcers });
                 if self
                     .trees
                     .get(&id.origin)
@@ -1787,7 +1791,9 @@ impl<P: PeerId> State<P> {
         let batch = &mut self.lazy_queue[i].1;
         batch.push(ihave);
         if batch.len() >= self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE) {
-            let batch = std::mem::take(batch);
+            // The next batch starts at the usual size again, not empty (it would grow in steps).
+            let cap = self.config.max_ihave_ids.clamp(1, 64);
+            let batch = std::mem::replace(batch, Vec::with_capacity(cap));
             self.stats.ihave_sent += 1;
             out.push_back(OutEvent::SendMessage(peer, Message::IHave(batch)));
         } else if !self.dispatch_armed {

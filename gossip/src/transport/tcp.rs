@@ -1218,6 +1218,8 @@ async fn run_conn(
     };
     let mut writer = Some(writer);
     let mut counter = 0u64;
+    // The frames of a plaintext batch, kept between batches so a batch allocates nothing.
+    let mut plain = Vec::with_capacity(MAX_BATCH);
     let end = loop {
         tokio::select! {
             end = &mut read_task.0 => break end.unwrap_or(ReadEnd::Shutdown),
@@ -1239,7 +1241,15 @@ async fn run_conn(
                         let q = queue.as_mut().expect("guarded");
                         let r = timeout(
                             shared.cfg.write_timeout,
-                            write_batch(&shared, w, frame, q, session.as_ref(), &mut counter),
+                            write_batch(
+                                &shared,
+                                w,
+                                frame,
+                                q,
+                                session.as_ref(),
+                                &mut counter,
+                                &mut plain,
+                            ),
                         )
                         .await;
                         last_write.store(shared.now_ms(), Ordering::Relaxed);
@@ -1287,6 +1297,7 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
 /// [`MAX_BATCH_BYTES`]), then flushes.
 /// Encrypted, the frames are packed into records of at most `max_frame_size + 4` bytes
 /// (`u32` length and body per frame), each sealed once.
+/// `plain` is scratch space for the frames of a plaintext batch; it is left empty.
 async fn write_batch(
     shared: &Shared,
     w: &mut Writer,
@@ -1294,6 +1305,7 @@ async fn write_batch(
     queue: &mut Queue,
     session: Option<&Session>,
     counter: &mut u64,
+    plain: &mut Vec<Bytes>,
 ) -> Result<(), ConnError> {
     let mut item = Some(first);
     let mut n = 0;
@@ -1301,7 +1313,8 @@ async fn write_batch(
     let cap = shared.cfg.max_frame_size + 4;
     let mut record = BytesMut::new();
     let mut yielded = false;
-    let mut plain = Vec::new();
+    // Empty unless an earlier batch was cut short (timeout, error): those frames are gone.
+    plain.clear();
     while let Some(frame) = item {
         match session {
             None => {
@@ -1350,7 +1363,9 @@ async fn write_batch(
     if !plain.is_empty() {
         // The codec's buffer is empty after a flush: write the frames straight from their own
         // buffers, lengths and bodies in one writev, instead of copying them into it first.
-        write_frames(w.get_mut(), &plain).await?;
+        write_frames(w.get_mut(), plain).await?;
+        // Drop the frames now: a kept frame would pin its payload's read buffer.
+        plain.clear();
     }
     add(&shared.counters.bytes_sent, bytes);
     Ok(())
@@ -1360,24 +1375,30 @@ async fn write_batch(
 async fn write_frames(io: &mut OwnedWriteHalf, frames: &[Bytes]) -> std::io::Result<()> {
     use std::io::IoSlice;
     use tokio::io::AsyncWriteExt;
-    let heads: Vec<[u8; 4]> = frames
-        .iter()
-        .map(|f| (f.len() as u32).to_be_bytes())
-        .collect();
-    let mut slices = Vec::with_capacity(frames.len() * 2);
-    for (head, frame) in heads.iter().zip(frames) {
-        slices.push(IoSlice::new(head));
-        if !frame.is_empty() {
-            slices.push(IoSlice::new(frame));
+    // A batch holds at most MAX_BATCH frames: the lengths and slices live on the stack.
+    for frames in frames.chunks(MAX_BATCH) {
+        let mut heads = [[0u8; 4]; MAX_BATCH];
+        for (head, frame) in heads.iter_mut().zip(frames) {
+            *head = (frame.len() as u32).to_be_bytes();
         }
-    }
-    let mut bufs = &mut slices[..];
-    while !bufs.is_empty() {
-        let n = io.write_vectored(bufs).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_BATCH];
+        let mut len = 0;
+        for (head, frame) in heads.iter().zip(frames) {
+            slices[len] = IoSlice::new(head);
+            len += 1;
+            if !frame.is_empty() {
+                slices[len] = IoSlice::new(frame);
+                len += 1;
+            }
         }
-        IoSlice::advance_slices(&mut bufs, n);
+        let mut bufs = &mut slices[..len];
+        while !bufs.is_empty() {
+            let n = io.write_vectored(bufs).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut bufs, n);
+        }
     }
     Ok(())
 }
