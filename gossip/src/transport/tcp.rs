@@ -1526,7 +1526,20 @@ async fn read_loop(
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
-                Ok(0) => return ReadEnd::Eof,
+                Ok(0) => {
+                    // The peer closes an idle connection at its own check, which may run up to
+                    // one check period before ours: an end of stream that close to the idle
+                    // timeout is that quiet close, not a failure.
+                    let quiet = shared
+                        .now_ms()
+                        .saturating_sub(last_read.max(last_write.load(Ordering::Relaxed)));
+                    let margin = 2 * cfg.read_timeout.as_millis() as u64;
+                    return if quiet + margin >= cfg.idle_timeout.as_millis() as u64 {
+                        ReadEnd::Idle
+                    } else {
+                        ReadEnd::Eof
+                    };
+                }
                 Ok(_) => last_read = shared.now_ms(),
                 Err(e) => return ReadEnd::Error(ConnError::Io(e)),
             },
