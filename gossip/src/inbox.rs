@@ -24,6 +24,18 @@ struct Inner<T> {
     closed: bool,
 }
 
+impl<T> Inner<T> {
+    /// Append `item`, dropping the oldest (and counting it as lagged) when `capacity` is full.
+    fn push_bounded(&mut self, item: T, capacity: usize) {
+        if self.items.len() >= capacity {
+            self.items.pop_front();
+            self.lagged += 1;
+            self.total_lagged += 1;
+        }
+        self.items.push_back(item);
+    }
+}
+
 pub(crate) struct Inbox<T> {
     inner: Mutex<Inner<T>>,
     capacity: usize,
@@ -57,12 +69,7 @@ impl<T> Inbox<T> {
             if inner.closed {
                 return;
             }
-            if inner.items.len() >= self.capacity {
-                inner.items.pop_front();
-                inner.lagged += 1;
-                inner.total_lagged += 1;
-            }
-            inner.items.push_back(item);
+            inner.push_bounded(item, self.capacity);
         }
         self.notify.notify_one();
     }
@@ -79,12 +86,7 @@ impl<T> Inbox<T> {
                 return;
             }
             for item in items.drain(..) {
-                if inner.items.len() >= self.capacity {
-                    inner.items.pop_front();
-                    inner.lagged += 1;
-                    inner.total_lagged += 1;
-                }
-                inner.items.push_back(item);
+                inner.push_bounded(item, self.capacity);
             }
         }
         self.notify.notify_one();

@@ -1154,20 +1154,7 @@ impl<P: PeerId> State<P> {
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
                 // Neighbours may have missed it too: announce it to all of them, so those that
                 // lack it graft it through the usual path, and the others just ignore it.
-                let ihave = IHave {
-                    id: g.id,
-                    hops: g.hops.saturating_add(1),
-                };
-                for i in 0..self.eager.len() + self.lazy.len() {
-                    let peer = if i < self.eager.len() {
-                        self.eager[i]
-                    } else {
-                        self.lazy[i - self.eager.len()]
-                    };
-                    if peer != from {
-                        self.queue_ihave(peer, ihave, out);
-                    }
-                }
+                self.announce_path(g.id, from, g.hops, out);
                 self.deliver(g, from, out);
             }
         }
@@ -1321,8 +1308,8 @@ impl<P: PeerId> State<P> {
         true
     }
 
-    /// Our path to `id` just got shorter (`hops`, by `from`): tell every other neighbour, by
-    /// IHAVE with the new hop count. A child in the tree learns that its own path shrank and
+    /// Announce `id`, held at `hops` (received from `from`), to every other neighbour by IHAVE
+    /// with that hop count: for a message caught up, and when our path to it just got shorter. A child in the tree learns that its own path shrank and
     /// passes it on; a lazy neighbour may find us a shorter path and graft us. So one
     /// broadcast relaxes the hop counts across the whole overlay (a distributed Bellman-Ford
     /// over the tree's control messages) instead of one level per broadcast. Each node
