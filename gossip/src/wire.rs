@@ -145,13 +145,20 @@ fn decode_with<T: DeserializeOwned, C: bincode::config::Config>(
     bytes: &[u8],
     config: C,
 ) -> Result<T, WireError> {
-    use bincode::error::DecodeError as E;
     match bincode::serde::decode_from_slice::<T, C>(bytes, config) {
         Ok((value, used)) if used == bytes.len() => Ok(value),
         Ok((_, used)) => Err(WireError::TrailingBytes(bytes.len() - used)),
-        Err(E::LimitExceeded) => Err(WireError::LimitExceeded),
-        Err(E::UnexpectedEnd { .. }) => Err(WireError::Truncated),
-        Err(e) => Err(WireError::Malformed(e.to_string())),
+        Err(e) => Err(decode_error(e)),
+    }
+}
+
+/// The [`WireError`] for a bincode decoding failure.
+fn decode_error(e: bincode::error::DecodeError) -> WireError {
+    use bincode::error::DecodeError as E;
+    match e {
+        E::LimitExceeded => WireError::LimitExceeded,
+        E::UnexpectedEnd { .. } => WireError::Truncated,
+        e => WireError::Malformed(e.to_string()),
     }
 }
 
@@ -203,19 +210,13 @@ pub fn decode_frame<P: PeerId>(
         Some(&k @ (FRAME_GOSSIP | FRAME_CATCHUP)) => k,
         _ => return decode(frame, limit),
     };
-    use bincode::error::DecodeError as E;
     let header = &frame[1..];
     let header = &header[..header.len().min(MAX_GOSSIP_HEADER)];
     let cfg = config().with_limit::<MAX_GOSSIP_HEADER>();
     let ((id, payload_kind, hops), used): (
         (proto::MessageId<P>, plumtree::PayloadKind, u16),
         usize,
-    ) = match bincode::serde::decode_from_slice(header, cfg) {
-        Ok(x) => x,
-        Err(E::LimitExceeded) => return Err(WireError::LimitExceeded),
-        Err(E::UnexpectedEnd { .. }) => return Err(WireError::Truncated),
-        Err(e) => return Err(WireError::Malformed(e.to_string())),
-    };
+    ) = bincode::serde::decode_from_slice(header, cfg).map_err(decode_error)?;
     let g = plumtree::Gossip {
         id,
         kind: payload_kind,
