@@ -683,6 +683,221 @@ struct Cached<P> {
     at: Stamp,
 }
 
+/// The payload cache: per origin, a ring of slots indexed by sequence number, so a lookup is
+/// one small search by origin and an index, and the steady flow of one origin (append its
+/// newest, evict its oldest) allocates nothing. `order` keeps the insertion order over all
+/// origins, for eviction by count and by age: the cache holds exactly what one ordered map with
+/// that order would.
+///
+/// A ring spans from its lowest to its highest number, gaps included. So that sparse numbers
+/// (a forged far jump, a straggler far below the rest) cannot make it large, a ring of `n`
+/// entries spans at most [`Ring::limit`]`(n)` slots (`2n` plus a little room for reordering):
+/// an entry that does not fit that way goes to `sparse`, an ordered map, as does a ring's
+/// lowest entry when its newest would stretch it too far. Slots in all: at most 10 per entry.
+#[derive(Debug)]
+struct Cache<P: PeerId> {
+    rings: BTreeMap<P, Ring<P>>,
+    /// Entries that did not fit their ring.
+    sparse: BTreeMap<MessageId<P>, Cached<P>>,
+    /// Entries over the rings and `sparse`.
+    len: usize,
+    /// Insertion order, one entry per cached id, with when it was inserted.
+    order: VecDeque<(Stamp, MessageId<P>)>,
+}
+
+/// The cached payloads of one origin: slot `i` holds sequence number `base + i`; the first and
+/// the last slots are full.
+#[derive(Debug)]
+struct Ring<P> {
+    base: u64,
+    slots: VecDeque<Option<Cached<P>>>,
+    count: usize,
+}
+
+impl<P> Ring<P> {
+    /// Most slots a ring of `count` entries may span: twice as many, plus room for a reorder
+    /// of up to 64 numbers (less while it holds fewer than 8).
+    fn limit(count: usize) -> usize {
+        count.saturating_mul(2) + count.saturating_mul(8).min(64)
+    }
+
+    fn index(&self, seq: u64) -> Option<usize> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        (i < self.slots.len()).then_some(i)
+    }
+
+    fn get(&self, seq: u64) -> Option<&Cached<P>> {
+        self.slots[self.index(seq)?].as_ref()
+    }
+
+    fn get_mut(&mut self, seq: u64) -> Option<&mut Cached<P>> {
+        let i = self.index(seq)?;
+        self.slots[i].as_mut()
+    }
+
+    fn remove(&mut self, seq: u64) -> bool {
+        let Some(i) = self.index(seq) else {
+            return false;
+        };
+        if self.slots[i].take().is_none() {
+            return false;
+        }
+        self.count -= 1;
+        self.trim();
+        true
+    }
+
+    /// Drop the empty slots at both ends.
+    fn trim(&mut self) {
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        while let Some(None) = self.slots.back() {
+            self.slots.pop_back();
+        }
+    }
+
+    /// The entries numbered `from` or above, ascending.
+    fn from(&self, from: u64) -> impl Iterator<Item = (u64, &Cached<P>)> {
+        let skip = usize::try_from(from.saturating_sub(self.base)).unwrap_or(usize::MAX);
+        self.slots
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .filter_map(|(i, c)| Some((self.base + i as u64, c.as_ref()?)))
+    }
+}
+
+impl<P: PeerId> Cache<P> {
+    fn new() -> Self {
+        Self {
+            rings: BTreeMap::new(),
+            sparse: BTreeMap::new(),
+            len: 0,
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &MessageId<P>) -> Option<&Cached<P>> {
+        let found = self.rings.get(&id.origin).and_then(|r| r.get(id.seq));
+        if found.is_none() && !self.sparse.is_empty() {
+            return self.sparse.get(id);
+        }
+        found
+    }
+
+    fn get_mut(&mut self, id: &MessageId<P>) -> Option<&mut Cached<P>> {
+        if let Some(r) = self.rings.get_mut(&id.origin)
+            && r.get(id.seq).is_some()
+        {
+            return r.get_mut(id.seq);
+        }
+        self.sparse.get_mut(id)
+    }
+
+    fn remove(&mut self, id: &MessageId<P>) {
+        if let Some(ring) = self.rings.get_mut(&id.origin)
+            && ring.remove(id.seq)
+        {
+            self.len -= 1;
+            if ring.count == 0 {
+                self.rings.remove(&id.origin);
+            } else {
+                // Fewer entries, maybe the same span: keep it within the limit.
+                while ring.slots.len() > Ring::<P>::limit(ring.count) {
+                    Self::spill_lowest(ring, id.origin, &mut self.sparse);
+                }
+            }
+        } else if self.sparse.remove(id).is_some() {
+            self.len -= 1;
+        }
+    }
+
+    /// Move the lowest entry of `ring` (not empty) to `sparse`.
+    fn spill_lowest(ring: &mut Ring<P>, origin: P, sparse: &mut BTreeMap<MessageId<P>, Cached<P>>) {
+        if let Some(old) = ring.slots.pop_front().flatten() {
+            let seq = ring.base;
+            sparse.insert(MessageId { origin, seq }, old);
+            ring.count -= 1;
+        }
+        ring.base += 1;
+        ring.trim();
+    }
+
+    /// Evict the oldest insertions while there are more than `keep` entries.
+    fn evict_to(&mut self, keep: usize) {
+        while self.len > keep {
+            let Some((_, id)) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(&id);
+        }
+    }
+
+    /// Evict the entries at least `retention` old at `now`.
+    fn expire(&mut self, now: Stamp, retention: Stamp) {
+        while let Some(&(at, id)) = self.order.front() {
+            if now.saturating_sub(at) < retention {
+                break;
+            }
+            self.order.pop_front();
+            self.remove(&id);
+        }
+    }
+
+    /// Insert `id`, or replace its entry (which keeps its place in the order); at most
+    /// `capacity` entries (at least 1) are kept.
+    fn insert(&mut self, id: MessageId<P>, c: Cached<P>, capacity: usize) {
+        if let Some(old) = self.get_mut(&id) {
+            *old = c;
+            return;
+        }
+        self.evict_to(capacity.saturating_sub(1));
+        self.order.push_back((c.at, id));
+        self.len += 1;
+        let Some(ring) = self.rings.get_mut(&id.origin) else {
+            let ring = Ring {
+                base: id.seq,
+                slots: VecDeque::from([Some(c)]),
+                count: 1,
+            };
+            self.rings.insert(id.origin, ring);
+            return;
+        };
+        let end = ring.base + ring.slots.len() as u64;
+        if id.seq < ring.base {
+            // Below the lowest: in the ring only if it stays within its span.
+            if end - id.seq > Ring::<P>::limit(ring.count + 1) as u64 {
+                self.sparse.insert(id, c);
+                return;
+            }
+            for _ in id.seq + 1..ring.base {
+                ring.slots.push_front(None);
+            }
+            ring.slots.push_front(Some(c));
+            ring.base = id.seq;
+        } else if id.seq >= end {
+            // Above the highest: the lowest entries move to `sparse` while the span is too long.
+            while id.seq - ring.base >= Ring::<P>::limit(ring.count + 1) as u64 {
+                Self::spill_lowest(ring, id.origin, &mut self.sparse);
+                if ring.slots.is_empty() {
+                    ring.base = id.seq;
+                    break;
+                }
+            }
+            let end = ring.base + ring.slots.len() as u64;
+            for _ in end..id.seq {
+                ring.slots.push_back(None);
+            }
+            ring.slots.push_back(Some(c));
+        } else {
+            ring.slots[(id.seq - ring.base) as usize] = Some(c);
+        }
+        ring.count += 1;
+    }
+}
+
 /// Milliseconds since the state first saw the clock: half the size of an `Instant`, and these
 /// are kept per message and per origin.
 type Stamp = u64;
@@ -793,8 +1008,7 @@ pub struct State<P: PeerId> {
     /// IHAVE batches waiting for the dispatch timer, per peer.
     lazy_queue: Vec<(P, Vec<IHave<P>>)>,
     dispatch_armed: bool,
-    cache: BTreeMap<MessageId<P>, Cached<P>>,
-    cache_order: VecDeque<(Stamp, MessageId<P>)>,
+    cache: Cache<P>,
     records: BTreeMap<P, OriginRecord>,
     /// Per origin, the out-of-window sequence numbers seen (ascending, at most
     /// `FAR_AHEAD_PER_ORIGIN`; at most `FAR_AHEAD_ORIGINS` origins): evidence that the origin
@@ -837,8 +1051,7 @@ impl<P: PeerId> State<P> {
             lazy: Vec::new(),
             lazy_queue: Vec::new(),
             dispatch_armed: false,
-            cache: BTreeMap::new(),
-            cache_order: VecDeque::new(),
+            cache: Cache::new(),
             records: BTreeMap::new(),
             far_ahead: BTreeMap::new(),
             total_holes: 0,
@@ -1027,7 +1240,7 @@ impl<P: PeerId> State<P> {
 
     /// Messages in the payload cache.
     pub fn cache_len(&self) -> usize {
-        self.cache.len()
+        self.cache.len
     }
 
     /// Origins in the received-id record.
@@ -1514,22 +1727,16 @@ impl<P: PeerId> State<P> {
             return;
         }
         let lower = match d.after {
-            Some(a) => Bound::Excluded(MessageId {
-                origin: a,
-                seq: u64::MAX,
-            }),
+            Some(a) => Bound::Excluded(a),
             None => Bound::Unbounded,
         };
         let upper = match d.until {
-            Some(u) => Bound::Included(MessageId {
-                origin: u,
-                seq: u64::MAX,
-            }),
+            Some(u) => Bound::Included(u),
             None => Bound::Unbounded,
         };
         // Walk the cache one origin at a time, seeking straight to what the digest lacks: the
         // holes, then everything above its high mark (everything, for an origin it does not
-        // list). Cost: a few lookups per cached origin, plus one entry per cached message the
+        // list). Cost: a few lookups per cached origin, one pass over the ring above the mark, plus one entry per cached message the
         // digest lacks (at most `cache_capacity`), sorted partially to pick the reply.
         let cap = self.config.max_catchup_reply;
         let min_age = millis(self.config.catchup_min_age);
@@ -1547,13 +1754,7 @@ impl<P: PeerId> State<P> {
             }
         };
         let mut entries = d.entries.iter().peekable();
-        let mut cursor = lower;
-        while let Some((&first, _)) = cache.range((cursor, upper)).next() {
-            let origin = first.origin;
-            cursor = Bound::Excluded(MessageId {
-                origin,
-                seq: u64::MAX,
-            });
+        for (&origin, ring) in cache.rings.range((lower, upper)) {
             if origin == from {
                 continue;
             }
@@ -1561,7 +1762,7 @@ impl<P: PeerId> State<P> {
             let above = match entries.peek() {
                 Some(e) if e.origin == origin => {
                     for &seq in &e.holes {
-                        if let Some(c) = cache.get(&MessageId { origin, seq }) {
+                        if let Some(c) = ring.get(seq) {
                             consider(MessageId { origin, seq }, c);
                         }
                     }
@@ -1572,12 +1773,8 @@ impl<P: PeerId> State<P> {
                 }
                 _ => 0,
             };
-            let range = MessageId { origin, seq: above }..=MessageId {
-                origin,
-                seq: u64::MAX,
-            };
-            for (&id, c) in cache.range(range) {
-                consider(id, c);
+            for (seq, c) in ring.from(above) {
+                consider(MessageId { origin, seq }, c);
             }
         }
         if lacking.len() > cap {
@@ -1887,30 +2084,15 @@ impl<P: PeerId> State<P> {
         if self.config.cache_capacity == 0 {
             return;
         }
-        let now = self.stamp(now);
-        while self.cache.len() >= self.config.cache_capacity {
-            let Some((_, old)) = self.cache_order.pop_front() else {
-                break;
-            };
-            self.cache.remove(&old);
-        }
-        // One order entry per cached id, so evicting by the order removes the right entry.
-        if self
-            .cache
-            .insert(
-                id,
-                Cached {
-                    kind,
-                    payload,
-                    hops,
-                    from,
-                    at: now,
-                },
-            )
-            .is_none()
-        {
-            self.cache_order.push_back((now, id));
-        }
+        let at = self.stamp(now);
+        let c = Cached {
+            kind,
+            payload,
+            hops,
+            from,
+            at,
+        };
+        self.cache.insert(id, c, self.config.cache_capacity);
     }
 
     fn stamp(&mut self, now: Instant) -> Stamp {
@@ -2085,14 +2267,7 @@ impl<P: PeerId> State<P> {
 
     fn evict(&mut self, now: Instant) {
         let now = self.stamp(now);
-        let retention = millis(self.config.cache_retention);
-        while let Some(&(at, id)) = self.cache_order.front() {
-            if now.saturating_sub(at) < retention {
-                break;
-            }
-            self.cache_order.pop_front();
-            self.cache.remove(&id);
-        }
+        self.cache.expire(now, millis(self.config.cache_retention));
         let retention = millis(self.config.record_retention);
         while let Some(&(at, origin)) = self.record_order.front() {
             if now.saturating_sub(at) < retention {

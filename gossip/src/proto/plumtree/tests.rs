@@ -2003,3 +2003,89 @@ proptest! {
         }
     }
 }
+
+/// The ring cache holds exactly what one ordered map evicted in insertion order would, and its
+/// rings stay within their span limit (at most 10 slots per entry), whatever the order of the
+/// numbers: reordered, sparse, far jumps, stragglers far below.
+#[test]
+fn cache_rings_hold_what_an_ordered_map_would() {
+    fn cached(at: Stamp, seq: u64) -> Cached<u32> {
+        Cached {
+            kind: PayloadKind::User,
+            payload: Bytes::new(),
+            hops: seq as u16,
+            from: 0,
+            at,
+        }
+    }
+    let mut spilled = 0;
+    for seed in 0..40u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let capacity = [1, 7, 64, 300][seed as usize % 4];
+        let mut cache = Cache::<u32>::new();
+        let mut model: BTreeMap<Id, Stamp> = BTreeMap::new();
+        let mut order: VecDeque<(Stamp, Id)> = VecDeque::new();
+        let mut high = [0u64; 4];
+        for step in 0..3000u64 {
+            let at = step / 3;
+            let origin = rng.random_range(0..4u32);
+            let h = &mut high[origin as usize];
+            let seq = match rng.random_range(0..10) {
+                0..=4 => *h + 1,
+                5 | 6 => h.saturating_sub(rng.random_range(0..80)).max(1),
+                7 => *h + rng.random_range(2..40),
+                8 => *h + rng.random_range(100..10_000),
+                _ => rng.random_range(1..u64::MAX / 2),
+            };
+            if rng.random_range(0..100) == 0 {
+                let retention = rng.random_range(0..50);
+                cache.expire(at, retention);
+                while let Some(&(t, id)) = order.front() {
+                    if at.saturating_sub(t) < retention {
+                        break;
+                    }
+                    order.pop_front();
+                    model.remove(&id);
+                }
+            }
+            *h = (*h).max(seq).min(u64::MAX / 4);
+            let key = id(origin, seq);
+            cache.insert(key, cached(at, seq), capacity);
+            if let Some(t) = model.get_mut(&key) {
+                *t = at;
+            } else {
+                while model.len() >= capacity {
+                    let (_, old) = order.pop_front().unwrap();
+                    model.remove(&old);
+                }
+                model.insert(key, at);
+                order.push_back((at, key));
+            }
+            assert_eq!(cache.len, model.len(), "seed {seed} step {step}");
+            let mut slots = 0;
+            for (o, ring) in &cache.rings {
+                assert!(ring.count > 0 && ring.slots.len() <= Ring::<u32>::limit(ring.count));
+                assert!(
+                    ring.slots.front().unwrap().is_some() && ring.slots.back().unwrap().is_some()
+                );
+                assert_eq!(ring.count, ring.slots.iter().flatten().count());
+                for (seq, c) in ring.from(0) {
+                    assert_eq!(
+                        model.get(&id(*o, seq)),
+                        Some(&c.at),
+                        "seed {seed} step {step}"
+                    );
+                }
+                slots += ring.slots.len();
+            }
+            assert!(slots <= 10 * cache.len);
+            spilled += cache.sparse.len();
+            for (k, &t) in &model {
+                let c = cache.get(k).expect("cached");
+                assert_eq!((c.at, c.hops), (t, k.seq as u16));
+            }
+        }
+    }
+    // The sparse side was exercised, not only the rings.
+    assert!(spilled > 0);
+}
