@@ -110,7 +110,8 @@ pub enum OutEvent<P: PeerId> {
     Disconnect(P),
 }
 
-/// Capacity an output queue keeps once drained; bursts beyond it are given back.
+/// Capacity an output queue keeps once drained; bursts beyond it are given back (the output
+/// queue keeps up to four times its latest drain, see [`State::poll`]).
 const QUEUE_KEEP: usize = 64;
 
 /// Work passed between layers while one input is processed.
@@ -132,6 +133,8 @@ pub struct State<P: PeerId, R: Rng> {
     detector: detector::State<P>,
     directory: directory::State<P>,
     out: VecDeque<OutEvent<P>>,
+    /// Most outputs queued at once since the output queue was last empty.
+    out_peak: usize,
     hpv_out: VecDeque<hyparview::OutEvent<P>>,
     plum_out: VecDeque<plumtree::OutEvent<P>>,
     det_out: VecDeque<detector::OutEvent<P>>,
@@ -151,6 +154,7 @@ impl<P: PeerId, R: Rng> State<P, R> {
             detector: detector::State::new(config.detector),
             directory: directory::State::new(me, config.directory, metadata),
             out: VecDeque::new(),
+            out_peak: 0,
             hpv_out: VecDeque::new(),
             plum_out: VecDeque::new(),
             det_out: VecDeque::new(),
@@ -189,8 +193,15 @@ impl<P: PeerId, R: Rng> State<P, R> {
                     Message::Membership(m) => {
                         work.push_back(Step::Membership(hyparview::InEvent::RecvMessage(from, m)))
                     }
+                    // Most inputs of a busy node: handled here rather than queued, so the
+                    // queue stays unallocated. The same order as through the queue: the
+                    // detector's outputs are collected first, and this step runs before any
+                    // step they queue.
                     Message::Broadcast(m) => {
-                        work.push_back(Step::Broadcast(plumtree::InEvent::RecvMessage(from, m)))
+                        self.collect(&mut work, now);
+                        let ev = plumtree::InEvent::RecvMessage(from, m);
+                        self.broadcast
+                            .handle(ev, now, &mut self.rng, &mut self.plum_out);
                     }
                     // Heartbeats and detector checks, most inputs of a quiet node, go straight to
                     // the detector: nothing else is queued, and the queue stays unallocated.
@@ -266,10 +277,18 @@ impl<P: PeerId, R: Rng> State<P, R> {
     #[must_use]
     pub fn poll(&mut self) -> Option<OutEvent<P>> {
         let event = self.out.pop_front();
-        if event.is_none() && self.out.capacity() > QUEUE_KEEP {
+        if event.is_some() {
+            self.out_peak = self.out_peak.max(self.out.len() + 1);
+        } else {
             // A burst (a directory batch yields one member event per fact) must not pin its
-            // capacity: 10,000 simulated nodes would keep ~1 GiB of empty queues.
-            self.out.shrink_to(QUEUE_KEEP);
+            // capacity: 10,000 simulated nodes would keep ~1 GiB of empty queues. A steady
+            // load (a runtime handling a batch of frames per drain) keeps what it uses:
+            // shrinking after every drain grew the queue again in steps each time.
+            let cap = self.out.capacity();
+            if cap > QUEUE_KEEP && cap > 4 * self.out_peak {
+                self.out.shrink_to(QUEUE_KEEP.max(self.out_peak));
+            }
+            self.out_peak = 0;
         }
         event
     }
