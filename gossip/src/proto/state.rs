@@ -218,8 +218,12 @@ impl<P: PeerId, R: Rng> State<P, R> {
                 Timer::Membership(t) => {
                     work.push_back(Step::Membership(hyparview::InEvent::TimerExpired(t)))
                 }
+                // Graft and dispatch timers of a busy node: handled here like broadcast
+                // messages (nothing is left to collect before them).
                 Timer::Broadcast(t) => {
-                    work.push_back(Step::Broadcast(plumtree::InEvent::TimerExpired(t)))
+                    let ev = plumtree::InEvent::TimerExpired(t);
+                    self.broadcast
+                        .handle(ev, now, &mut self.rng, &mut self.plum_out);
                 }
                 Timer::Detector(t) => {
                     let ev = detector::InEvent::TimerExpired(t);
