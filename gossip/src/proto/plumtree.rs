@@ -565,6 +565,9 @@ pub enum Timer<P: PeerId> {
     DispatchLazyPush,
     /// A message announced by IHAVE may still be missing: graft an announcer.
     SendGraft(MessageId<P>),
+    /// The messages announced together (one IHAVE) may still be missing: graft announcers
+    /// for those whose wait is over. One timer per batch instead of one per id.
+    SendGrafts,
     /// Sweep the cache and the record for expired entries (periodic).
     Evict,
     /// Send a digest to one random neighbour (periodic).
@@ -1036,6 +1039,10 @@ pub struct State<P: PeerId> {
     trees: BTreeMap<P, OriginTree<P>>,
     /// Reused buffer for [`Self::forward`] (at most one entry per neighbour).
     scratch: Vec<P>,
+    /// Announced ids waiting `graft_timeout_1` for their eager copy, with when the wait ends
+    /// ([`Self::micros`]), in that order: one [`Timer::SendGrafts`] per distinct end. At most
+    /// `max_missing`; beyond, an id gets a timer of its own.
+    graft_due: VecDeque<(u64, MessageId<P>)>,
     stats: Stats,
 }
 
@@ -1068,6 +1075,7 @@ impl<P: PeerId> State<P> {
             switched: Vec::new(),
             trees: BTreeMap::new(),
             scratch: Vec::new(),
+            graft_due: VecDeque::new(),
             stats: Stats::default(),
         }
     }
@@ -1120,6 +1128,16 @@ impl<P: PeerId> State<P> {
                     self.flush_lazy(out);
                 }
                 Timer::SendGraft(id) => self.on_graft_timer(id, now, out),
+                Timer::SendGrafts => {
+                    let now_us = self.micros(now);
+                    while let Some(&(due, id)) = self.graft_due.front() {
+                        if due > now_us {
+                            break;
+                        }
+                        self.graft_due.pop_front();
+                        self.on_graft_timer(id, now, out);
+                    }
+                }
                 Timer::Evict => {
                     self.evict(now);
                     out.push_back(OutEvent::ScheduleTimer(
@@ -1427,10 +1445,7 @@ impl<P: PeerId> State<P> {
                     // only stall it: graft now.
                     self.on_graft_timer(id, now, out);
                 } else {
-                    out.push_back(OutEvent::ScheduleTimer(
-                        self.config.graft_timeout_1,
-                        Timer::SendGraft(id),
-                    ));
+                    self.graft_later(id, now, out);
                 }
             } else {
                 // Full: catch-up will fetch it if the tree does not bring it.
@@ -2109,6 +2124,32 @@ impl<P: PeerId> State<P> {
     fn stamp(&mut self, now: Instant) -> Stamp {
         let epoch = *self.epoch.get_or_insert(now);
         millis(now.saturating_duration_since(epoch))
+    }
+
+    /// Microseconds since the state first saw the clock.
+    fn micros(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        now.saturating_duration_since(epoch)
+            .as_micros()
+            .min(u64::MAX as u128) as u64
+    }
+
+    /// Graft an announcer of `id` if it is still missing `graft_timeout_1` from now. The ids
+    /// of one IHAVE share their deadline and so one timer: a busy node took one timer per
+    /// announced id, each through the runtime's timer heap.
+    fn graft_later(&mut self, id: MessageId<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let wait = self.config.graft_timeout_1;
+        if self.graft_due.len() >= self.config.max_missing {
+            out.push_back(OutEvent::ScheduleTimer(wait, Timer::SendGraft(id)));
+            return;
+        }
+        let due = self
+            .micros(now)
+            .saturating_add(wait.as_micros().min(u64::MAX as u128) as u64);
+        if self.graft_due.back().is_none_or(|&(last, _)| last != due) {
+            out.push_back(OutEvent::ScheduleTimer(wait, Timer::SendGrafts));
+        }
+        self.graft_due.push_back((due, id));
     }
 
     /// Whether the record shows `id` as received.

@@ -196,10 +196,7 @@ fn ihave_grafts_after_timeout_then_the_next_announcer() {
             hops: 4,
         }]),
     );
-    assert_eq!(
-        out,
-        vec![OutEvent::ScheduleTimer(t1, Timer::SendGraft(id(9, 1)))]
-    );
+    assert_eq!(out, vec![OutEvent::ScheduleTimer(t1, Timer::SendGrafts)]);
     // A second announcer with a shorter path: no new timer, remembered.
     assert!(
         b.recv(
@@ -211,9 +208,13 @@ fn ihave_grafts_after_timeout_then_the_next_announcer() {
         )
         .is_empty()
     );
-    let out = b
-        .at(t1.as_millis() as u64)
-        .timer(Timer::SendGraft(id(9, 1)));
+    // Not before its time.
+    assert!(
+        b.at(t1.as_millis() as u64 - 1)
+            .timer(Timer::SendGrafts)
+            .is_empty()
+    );
+    let out = b.at(t1.as_millis() as u64).timer(Timer::SendGrafts);
     // The shortest announcer is grafted first and becomes eager.
     assert_eq!(
         out,
@@ -366,7 +367,7 @@ fn the_parent_of_an_origin_is_kept_while_its_messages_are_pipelined() {
     assert!(sends(&out).is_empty());
     assert!(out.contains(&OutEvent::ScheduleTimer(
         b.state.config().graft_timeout_1,
-        Timer::SendGraft(id(9, 4))
+        Timer::SendGrafts
     )));
     // A new message over a link that is lazy here: it is the parent now, graft it back at the
     // other end too.
@@ -627,7 +628,7 @@ fn an_ihave_that_overtook_the_payload_still_reshapes_the_tree() {
     assert!(out.contains(&OutEvent::SendMessage(1, Message::PruneOrigin(9))));
     assert_eq!(b.state.eager_peers(), &[3]);
     // And the stale graft timer does nothing.
-    assert!(b.timer(Timer::SendGraft(id(9, 1))).is_empty());
+    assert!(b.at(10_000).timer(Timer::SendGrafts).is_empty());
 }
 
 #[test]
@@ -956,7 +957,9 @@ fn hostile_oversized_ihave_is_capped_and_counted() {
         })
         .collect();
     let out = b.recv(1, Message::IHave(ids));
-    assert_eq!(out.len(), 16);
+    // One timer for the batch.
+    let t1 = b.state.config().graft_timeout_1;
+    assert_eq!(out, vec![OutEvent::ScheduleTimer(t1, Timer::SendGrafts)]);
     assert_eq!(b.state.missing_len(), 16);
     assert_eq!(b.state.stats().dropped_invalid, 1000 - 16);
 }
@@ -2088,4 +2091,46 @@ fn cache_rings_hold_what_an_ordered_map_would() {
     }
     // The sparse side was exercised, not only the rings.
     assert!(spilled > 0);
+}
+
+/// The ids of one IHAVE share one graft timer; a later IHAVE gets its own, and a timer grafts
+/// only the ids whose wait is over.
+#[test]
+fn one_graft_timer_per_ihave_batch() {
+    let config = Config::default();
+    let t1 = config.graft_timeout_1;
+    let mut b = Node::with_neighbors(2, config, &[1, 3]);
+    b.recv(3, Message::Prune);
+    let ihave = |seqs: &[u64]| {
+        Message::IHave(
+            seqs.iter()
+                .map(|&s| IHave {
+                    id: id(9, s),
+                    hops: 2,
+                })
+                .collect(),
+        )
+    };
+    let grafted = |out: &[OutEvent<u32>]| -> Vec<u64> {
+        sends(out)
+            .iter()
+            .filter_map(|(_, m)| match m {
+                Message::Graft(Some(i)) => Some(i.seq),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = b.at(0).recv(3, ihave(&[1, 2, 3]));
+    assert_eq!(out, vec![OutEvent::ScheduleTimer(t1, Timer::SendGrafts)]);
+    let out = b.at(100).recv(3, ihave(&[4, 5]));
+    assert_eq!(out, vec![OutEvent::ScheduleTimer(t1, Timer::SendGrafts)]);
+    // 2 arrives meanwhile.
+    b.at(200).recv(1, gossip(9, 2, 1));
+    let t = t1.as_millis() as u64;
+    assert_eq!(grafted(&b.at(t).timer(Timer::SendGrafts)), vec![1, 3]);
+    assert_eq!(
+        grafted(&b.at(t + 99).timer(Timer::SendGrafts)),
+        Vec::<u64>::new()
+    );
+    assert_eq!(grafted(&b.at(t + 100).timer(Timer::SendGrafts)), vec![4, 5]);
 }
