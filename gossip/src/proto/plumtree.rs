@@ -1039,6 +1039,10 @@ pub struct State<P: PeerId> {
     trees: BTreeMap<P, OriginTree<P>>,
     /// Reused buffer for [`Self::forward`] (at most one entry per neighbour).
     scratch: Vec<P>,
+    /// Announcer lists of missing messages that arrived, empty, for the next ones (at most
+    /// `SPARE_ANNOUNCERS`): under load most payloads are announced before they come, and the
+    /// list was an allocation and a free each.
+    spare_announcers: Vec<Vec<(P, u16)>>,
     /// Announced ids waiting `graft_timeout_1` for their eager copy, with when the wait ends
     /// ([`Self::micros`]), in that order: one [`Timer::SendGrafts`] per distinct end. At most
     /// `max_missing`; beyond, an id gets a timer of its own.
@@ -1048,6 +1052,8 @@ pub struct State<P: PeerId> {
 
 /// Cap on [`State::switched`].
 const SWITCHED_CAP: usize = 16;
+/// Cap on [`State::spare_announcers`].
+const SPARE_ANNOUNCERS: usize = 16;
 
 impl<P: PeerId> State<P> {
     /// A new broadcast layer for node `me`.
@@ -1075,6 +1081,7 @@ impl<P: PeerId> State<P> {
             switched: Vec::new(),
             trees: BTreeMap::new(),
             scratch: Vec::new(),
+            spare_announcers: Vec::new(),
             graft_due: VecDeque::new(),
             stats: Stats::default(),
         }
@@ -1346,11 +1353,14 @@ impl<P: PeerId> State<P> {
                 self.deliver(g, from, out);
                 // Announced earlier by a lazy link than the tree brought it: was that path
                 // shorter? (The optimisation for an IHAVE that overtook the payload.)
-                if let Some(m) = missing
-                    && let Some(&(best, best_hops)) = m.announcers.iter().min_by_key(|(_, h)| *h)
-                    && best_hops < hops
-                {
-                    self.better_path(best, id, best_hops, false, now, out);
+                if let Some(m) = missing {
+                    let best = m.announcers.iter().min_by_key(|(_, h)| *h).copied();
+                    self.recycle(m);
+                    if let Some((best, best_hops)) = best
+                        && best_hops < hops
+                    {
+                        self.better_path(best, id, best_hops, false, now, out);
+                    }
                 }
             }
         }
@@ -1384,7 +1394,9 @@ impl<P: PeerId> State<P> {
             Accept::OutOfWindow => {}
             Accept::Duplicate => self.stats.duplicates += 1,
             Accept::New => {
-                self.missing.remove(&g.id);
+                if let Some(m) = self.missing.remove(&g.id) {
+                    self.recycle(m);
+                }
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
                 // Neighbours may have missed it too: announce it to all of them, so those that
                 // lack it graft it through the usual path, and the others just ignore it.
@@ -1429,7 +1441,10 @@ impl<P: PeerId> State<P> {
                 }
             } else if self.missing.len() < self.config.max_missing {
                 // Room for the usual few announcers at once (the lazy links of one node).
-                let mut announcers = Vec::with_capacity(self.config.max_announcers.clamp(1, 4));
+                let mut announcers = self
+                    .spare_announcers
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(self.config.max_announcers.clamp(1, 4)));
                 announcers.push((from, hops));
                 self.missing.insert(id, Missing { announcers });
                 if self
@@ -1669,7 +1684,9 @@ impl<P: PeerId> State<P> {
 
     fn on_graft_timer(&mut self, id: MessageId<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         if self.has(&id) {
-            self.missing.remove(&id);
+            if let Some(m) = self.missing.remove(&id) {
+                self.recycle(m);
+            }
             return;
         }
         let Some(m) = self.missing.get_mut(&id) else {
@@ -1687,7 +1704,9 @@ impl<P: PeerId> State<P> {
             .min_by_key(|(_, (_, h))| *h)
             .map(|(i, _)| i)
         else {
-            self.missing.remove(&id);
+            if let Some(m) = self.missing.remove(&id) {
+                self.recycle(m);
+            }
             return;
         };
         let (peer, _) = m.announcers.remove(best);
@@ -1982,10 +2001,10 @@ impl<P: PeerId> State<P> {
 
     fn queue_ihave(&mut self, peer: P, ihave: IHave<P>, out: &mut VecDeque<OutEvent<P>>) {
         let full = self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE);
-        // Busy links fill a batch per dispatch: start it with room for what the latest
+        // Busy links fill a batch per dispatch: start it with room for twice what the latest
         // dispatch held (at least 64), so it rarely grows (growing in steps, each a copy, was
         // ~2% of the CPU per delivery with one sender flat out).
-        let cap = self.ihave_hint.max(64).min(full);
+        let cap = self.ihave_hint.saturating_mul(2).max(64).min(full);
         let i = match self.lazy_queue.iter().position(|(p, _)| *p == peer) {
             Some(i) => i,
             None => {
@@ -2124,6 +2143,15 @@ impl<P: PeerId> State<P> {
     fn stamp(&mut self, now: Instant) -> Stamp {
         let epoch = *self.epoch.get_or_insert(now);
         millis(now.saturating_duration_since(epoch))
+    }
+
+    /// Keep the announcer list of a missing message that is done with, for the next one.
+    fn recycle(&mut self, m: Missing<P>) {
+        let mut list = m.announcers;
+        if self.spare_announcers.len() < SPARE_ANNOUNCERS && list.capacity() <= 4 {
+            list.clear();
+            self.spare_announcers.push(list);
+        }
     }
 
     /// Microseconds since the state first saw the clock.
