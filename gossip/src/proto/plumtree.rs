@@ -96,7 +96,8 @@
 //! `catchup_interval` later: in the chaos runs, a node back from a partition or a restart
 //! lacked hundreds of messages, and at 64 per 2 s in (origin, sequence) order its user
 //! messages expired from every cache before their turn came. The window of catch-up is the
-//! cache: `cache_capacity` messages and `cache_retention` of age. A digest lists at most
+//! cache: `cache_capacity` messages, `cache_bytes` of payload and `cache_retention` of age,
+//! the oldest messages evicted first whichever bound is reached. A digest lists at most
 //! `max_digest_origins` origins and rotates through them; it states which range of origins it
 //! covers, so the receiver can tell "lacks every message of this origin" from "not listed".
 //! A node that catches a message up announces it to its neighbours with IHAVE, so a whole
@@ -199,6 +200,14 @@ pub struct Config {
     /// GRAFT arrives is lost to the node that asked. At 2048, one sender at 33,000 messages a
     /// second (in memory, 16 nodes) lost 0.3% of its messages that way.
     pub cache_capacity: usize,
+    /// How many payload bytes the payload cache keeps (default 64 MiB), counted on the
+    /// payloads' lengths; both this and `cache_capacity` hold, the oldest messages evicted first
+    /// whichever is reached. Without it, 8192 messages of 1 MiB could hold 8 GiB. At the
+    /// default, the cache holds all 8192 messages up to 8 KiB each, and 64 messages of 1 MiB:
+    /// keep it above the bytes the busiest senders broadcast within the GRAFT window (see
+    /// `cache_capacity`). A payload longer than this is not cached at all, so it cannot be
+    /// served to GRAFT or catch-up: keep it well above the largest message.
+    pub cache_bytes: usize,
     /// How long a message stays in the payload cache (default 30 s): the catch-up window.
     pub cache_retention: Duration,
     /// How many origins the received-id record tracks (default 65536).
@@ -276,6 +285,7 @@ impl Default for Config {
             graft_timeout_2: Duration::from_millis(100),
             optimization_threshold: 1,
             cache_capacity: 8192,
+            cache_bytes: 64 << 20,
             cache_retention: Duration::from_secs(30),
             max_origins: 65536,
             record_retention: Duration::from_secs(300),
@@ -704,6 +714,8 @@ struct Cache<P: PeerId> {
     sparse: BTreeMap<MessageId<P>, Cached<P>>,
     /// Entries over the rings and `sparse`.
     len: usize,
+    /// Payload bytes over the rings and `sparse`.
+    bytes: usize,
     /// Insertion order, one entry per cached id, with when it was inserted.
     order: VecDeque<(Stamp, MessageId<P>)>,
 }
@@ -738,16 +750,12 @@ impl<P> Ring<P> {
         self.slots[i].as_mut()
     }
 
-    fn remove(&mut self, seq: u64) -> bool {
-        let Some(i) = self.index(seq) else {
-            return false;
-        };
-        if self.slots[i].take().is_none() {
-            return false;
-        }
+    fn remove(&mut self, seq: u64) -> Option<Cached<P>> {
+        let i = self.index(seq)?;
+        let old = self.slots[i].take()?;
         self.count -= 1;
         self.trim();
-        true
+        Some(old)
     }
 
     /// Drop the empty slots at both ends.
@@ -778,6 +786,7 @@ impl<P: PeerId> Cache<P> {
             rings: BTreeMap::new(),
             sparse: BTreeMap::new(),
             len: 0,
+            bytes: 0,
             order: VecDeque::new(),
         }
     }
@@ -801,9 +810,10 @@ impl<P: PeerId> Cache<P> {
 
     fn remove(&mut self, id: &MessageId<P>) {
         if let Some(ring) = self.rings.get_mut(&id.origin)
-            && ring.remove(id.seq)
+            && let Some(old) = ring.remove(id.seq)
         {
             self.len -= 1;
+            self.bytes -= old.payload.len();
             if ring.count == 0 {
                 self.rings.remove(&id.origin);
             } else {
@@ -812,8 +822,9 @@ impl<P: PeerId> Cache<P> {
                     Self::spill_lowest(ring, id.origin, &mut self.sparse);
                 }
             }
-        } else if self.sparse.remove(id).is_some() {
+        } else if let Some(old) = self.sparse.remove(id) {
             self.len -= 1;
+            self.bytes -= old.payload.len();
         }
     }
 
@@ -828,9 +839,10 @@ impl<P: PeerId> Cache<P> {
         ring.trim();
     }
 
-    /// Evict the oldest insertions while there are more than `keep` entries.
-    fn evict_to(&mut self, keep: usize) {
-        while self.len > keep {
+    /// Evict the oldest insertions while there are more than `keep` entries or more than
+    /// `max_bytes` payload bytes.
+    fn evict_to(&mut self, keep: usize, max_bytes: usize) {
+        while self.len > keep || self.bytes > max_bytes {
             let Some((_, id)) = self.order.pop_front() else {
                 break;
             };
@@ -850,15 +862,26 @@ impl<P: PeerId> Cache<P> {
     }
 
     /// Insert `id`, or replace its entry (which keeps its place in the order); at most
-    /// `capacity` entries (at least 1) are kept.
-    fn insert(&mut self, id: MessageId<P>, c: Cached<P>, capacity: usize) {
-        if let Some(old) = self.get_mut(&id) {
-            *old = c;
+    /// `capacity` entries (at least 1) and `max_bytes` payload bytes are kept, the oldest
+    /// insertions evicted first. A payload longer than `max_bytes` is not cached (an entry it
+    /// would replace stays).
+    fn insert(&mut self, id: MessageId<P>, c: Cached<P>, capacity: usize, max_bytes: usize) {
+        let size = c.payload.len();
+        if size > max_bytes {
             return;
         }
-        self.evict_to(capacity.saturating_sub(1));
+        if let Some(old) = self.get_mut(&id) {
+            let was = old.payload.len();
+            *old = c;
+            self.bytes = self.bytes - was + size;
+            // A longer payload may push the oldest out (this entry too, if it is the oldest).
+            self.evict_to(self.len, max_bytes);
+            return;
+        }
+        self.evict_to(capacity.saturating_sub(1), max_bytes - size);
         self.order.push_back((c.at, id));
         self.len += 1;
+        self.bytes += size;
         let Some(ring) = self.rings.get_mut(&id.origin) else {
             let ring = Ring {
                 base: id.seq,
@@ -1269,6 +1292,11 @@ impl<P: PeerId> State<P> {
     /// Messages in the payload cache.
     pub fn cache_len(&self) -> usize {
         self.cache.len
+    }
+
+    /// Payload bytes in the payload cache (at most [`Config::cache_bytes`]).
+    pub fn cache_payload_bytes(&self) -> usize {
+        self.cache.bytes
     }
 
     /// Origins in the received-id record.
@@ -2137,7 +2165,8 @@ impl<P: PeerId> State<P> {
             from,
             at,
         };
-        self.cache.insert(id, c, self.config.cache_capacity);
+        self.cache
+            .insert(id, c, self.config.cache_capacity, self.config.cache_bytes);
     }
 
     fn stamp(&mut self, now: Instant) -> Stamp {

@@ -686,6 +686,116 @@ fn cache_expires_by_age_and_is_bounded_by_count() {
     );
 }
 
+/// A hostile stream of maximum-size payloads (1 MiB, the default frame limit) under many
+/// forged origins: the cache never holds more than `cache_bytes` of payload, and keeps the
+/// newest that fit, as the count bound would.
+#[test]
+fn cache_is_bounded_by_payload_bytes_under_a_stream_of_large_payloads() {
+    const MIB: usize = 1 << 20;
+    let config = Config::default();
+    assert_eq!(config.cache_bytes, 64 * MIB);
+    let budget = config.cache_bytes;
+    let mut b = Node::with_neighbors(2, config, &[1, 3]);
+    // One buffer shared by every message: the cache counts lengths, not allocations.
+    let big = Bytes::from(vec![7u8; MIB]);
+    let mut sent = Vec::new();
+    for i in 0..1000u64 {
+        let mid = id(100 + (i % 50) as u32, i / 50 + 1);
+        b.at(i).recv(
+            1,
+            Message::Gossip(Gossip {
+                id: mid,
+                kind: PayloadKind::User,
+                payload: big.clone(),
+                hops: 1,
+            }),
+        );
+        sent.push(mid);
+        assert!(b.state.cache_payload_bytes() <= budget, "after {i}");
+    }
+    assert_eq!(b.state.cache_len(), budget / MIB);
+    assert_eq!(b.state.cache_payload_bytes(), budget);
+    // The newest 64 are served to a GRAFT, the one before them is gone.
+    let keep = budget / MIB;
+    for (n, mid) in sent.iter().rev().enumerate().take(keep + 1) {
+        let out = b.recv(3, Message::Graft(Some(*mid)));
+        let served = sends(&out)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::Gossip(g) if g.id == *mid));
+        assert_eq!(served, n < keep, "{n}th newest");
+    }
+    // Small payloads after them push the large ones out oldest first, and are bounded by
+    // count as before.
+    for i in 0..9000u64 {
+        b.recv(1, gossip(7, i + 1, 1));
+    }
+    assert_eq!(b.state.cache_len(), 8192);
+    assert!(b.state.cache_payload_bytes() < MIB);
+    // A payload larger than the whole budget is delivered and relayed but not cached; what
+    // was cached stays.
+    let tiny = Config {
+        cache_bytes: 100,
+        ..Config::default()
+    };
+    let mut c = Node::with_neighbors(2, tiny, &[1, 3]);
+    c.recv(1, gossip(7, 1, 1));
+    let out = c.recv(
+        1,
+        Message::Gossip(Gossip {
+            id: id(7, 2),
+            kind: PayloadKind::User,
+            payload: Bytes::from(vec![0u8; 101]),
+            hops: 1,
+        }),
+    );
+    assert_eq!(deliveries(&out), vec![id(7, 2)]);
+    assert_eq!(c.state.cache_len(), 1);
+    assert!(c.recv(3, Message::Graft(Some(id(7, 2)))).is_empty());
+    assert_eq!(sends(&c.recv(3, Message::Graft(Some(id(7, 1))))).len(), 1);
+}
+
+/// Evicted by bytes or by count, the same messages leave the cache, so catch-up offers the
+/// same ones: a node that sends a digest lacking everything gets exactly the newest that fit.
+#[test]
+fn catchup_after_byte_eviction_is_as_after_count_eviction() {
+    let by_count = Config {
+        cache_capacity: 5,
+        ..Config::default()
+    };
+    // Payloads "9:1".."9:9" are 3 bytes long: 15 bytes hold 5 of them.
+    let by_bytes = Config {
+        cache_bytes: 15,
+        ..Config::default()
+    };
+    let mut offers = Vec::new();
+    for config in [by_count, by_bytes] {
+        let mut a = Node::with_neighbors(1, config, &[2, 5]);
+        for seq in 1..=9 {
+            a.at(seq).recv(5, gossip(9, seq, 1));
+        }
+        assert_eq!(a.state.cache_len(), 5);
+        let mut b = Node::with_neighbors(2, Config::default(), &[1]);
+        let digest = sends(&b.timer(Timer::CatchUp))[0].1.clone();
+        let out = a.at(60_000).recv(2, digest);
+        let offered: Vec<Id> = sends(&out)
+            .into_iter()
+            .map(|(_, m)| match m {
+                Message::CatchUp(g) => g.id,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        // B delivers them, and its next digest gets nothing more: the rest left every cache.
+        for (_, m) in sends(&out) {
+            assert_eq!(deliveries(&b.recv(1, m.clone())).len(), 1);
+        }
+        let digest = sends(&b.timer(Timer::CatchUp))[0].1.clone();
+        assert!(a.recv(2, digest).is_empty());
+        offers.push(offered);
+    }
+    assert_eq!(offers[0], (5..=9).map(|s| id(9, s)).collect::<Vec<_>>());
+    assert_eq!(offers[0], offers[1]);
+}
+
 #[test]
 fn received_record_expires_and_is_bounded_by_origins() {
     let config = Config {
@@ -1854,6 +1964,8 @@ proptest! {
         let config = Config {
             fifo,
             cache_capacity: 8,
+            // Payloads are 1 byte or empty: the byte bound binds before the count does.
+            cache_bytes: 6,
             // 4 honest origins and 8 forged ones: no record is evicted by count here, so a
             // replayed message must always be recognised.
             max_origins: 12,
@@ -1991,6 +2103,7 @@ proptest! {
             }
             for s in &nodes {
                 prop_assert!(s.cache_len() <= config.cache_capacity);
+                prop_assert!(s.cache_payload_bytes() <= config.cache_bytes);
                 prop_assert!(s.received_len() <= config.max_origins);
                 prop_assert!(s.missing_len() <= config.max_missing);
                 prop_assert!(s.fifo_held_len() <= config.fifo_max_held);
@@ -2007,26 +2120,32 @@ proptest! {
     }
 }
 
-/// The ring cache holds exactly what one ordered map evicted in insertion order would, and its
-/// rings stay within their span limit (at most 10 slots per entry), whatever the order of the
-/// numbers: reordered, sparse, far jumps, stragglers far below.
+/// The ring cache holds exactly what one ordered map evicted in insertion order would, by
+/// count and by payload bytes, and its rings stay within their span limit (at most 10 slots
+/// per entry), whatever the order of the numbers: reordered, sparse, far jumps, stragglers far
+/// below.
 #[test]
 fn cache_rings_hold_what_an_ordered_map_would() {
-    fn cached(at: Stamp, seq: u64) -> Cached<u32> {
+    fn cached(at: Stamp, seq: u64, size: usize) -> Cached<u32> {
         Cached {
             kind: PayloadKind::User,
-            payload: Bytes::new(),
+            payload: Bytes::from(vec![0; size]),
             hops: seq as u16,
             from: 0,
             at,
         }
     }
     let mut spilled = 0;
+    let mut by_bytes = 0;
     for seed in 0..40u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
         let capacity = [1, 7, 64, 300][seed as usize % 4];
+        // Unbounded, or a budget that binds before the count does (at most 40 bytes a payload).
+        let max_bytes = [usize::MAX, 1000, 300, 40, 0][seed as usize % 5];
         let mut cache = Cache::<u32>::new();
-        let mut model: BTreeMap<Id, Stamp> = BTreeMap::new();
+        // Per id: when inserted (or replaced) and the payload's length.
+        let mut model: BTreeMap<Id, (Stamp, usize)> = BTreeMap::new();
+        let mut model_bytes = 0;
         let mut order: VecDeque<(Stamp, Id)> = VecDeque::new();
         let mut high = [0u64; 4];
         for step in 0..3000u64 {
@@ -2048,23 +2167,35 @@ fn cache_rings_hold_what_an_ordered_map_would() {
                         break;
                     }
                     order.pop_front();
-                    model.remove(&id);
+                    model_bytes -= model.remove(&id).unwrap().1;
                 }
             }
             *h = (*h).max(seq).min(u64::MAX / 4);
             let key = id(origin, seq);
-            cache.insert(key, cached(at, seq), capacity);
-            if let Some(t) = model.get_mut(&key) {
-                *t = at;
-            } else {
-                while model.len() >= capacity {
+            let size = rng.random_range(0..=40);
+            cache.insert(key, cached(at, seq, size), capacity, max_bytes);
+            if size > max_bytes {
+                // Not cached.
+            } else if let Some(e) = model.get_mut(&key) {
+                model_bytes = model_bytes - e.1 + size;
+                *e = (at, size);
+                while model_bytes > max_bytes {
                     let (_, old) = order.pop_front().unwrap();
-                    model.remove(&old);
+                    model_bytes -= model.remove(&old).unwrap().1;
                 }
-                model.insert(key, at);
+            } else {
+                while model.len() >= capacity || model_bytes + size > max_bytes {
+                    by_bytes += usize::from(model.len() < capacity);
+                    let (_, old) = order.pop_front().unwrap();
+                    model_bytes -= model.remove(&old).unwrap().1;
+                }
+                model.insert(key, (at, size));
+                model_bytes += size;
                 order.push_back((at, key));
             }
             assert_eq!(cache.len, model.len(), "seed {seed} step {step}");
+            assert_eq!(cache.bytes, model_bytes, "seed {seed} step {step}");
+            assert!(cache.bytes <= max_bytes);
             let mut slots = 0;
             for (o, ring) in &cache.rings {
                 assert!(ring.count > 0 && ring.slots.len() <= Ring::<u32>::limit(ring.count));
@@ -2075,7 +2206,7 @@ fn cache_rings_hold_what_an_ordered_map_would() {
                 for (seq, c) in ring.from(0) {
                     assert_eq!(
                         model.get(&id(*o, seq)),
-                        Some(&c.at),
+                        Some(&(c.at, c.payload.len())),
                         "seed {seed} step {step}"
                     );
                 }
@@ -2083,14 +2214,15 @@ fn cache_rings_hold_what_an_ordered_map_would() {
             }
             assert!(slots <= 10 * cache.len);
             spilled += cache.sparse.len();
-            for (k, &t) in &model {
+            for (k, &(t, size)) in &model {
                 let c = cache.get(k).expect("cached");
-                assert_eq!((c.at, c.hops), (t, k.seq as u16));
+                assert_eq!((c.at, c.hops, c.payload.len()), (t, k.seq as u16, size));
             }
         }
     }
-    // The sparse side was exercised, not only the rings.
+    // The sparse side was exercised, not only the rings, and the byte budget evicted.
     assert!(spilled > 0);
+    assert!(by_bytes > 1000, "{by_bytes}");
 }
 
 /// The ids of one IHAVE share one graft timer; a later IHAVE gets its own, and a timer grafts
