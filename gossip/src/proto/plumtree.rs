@@ -983,6 +983,53 @@ struct OriginRecord {
     delivered: u64,
 }
 
+impl OriginRecord {
+    /// Note `seq` as received at `now`: new if above the highest (the numbers skipped become
+    /// holes, the nearest `window` within `budget` more over all records) or a hole, a
+    /// duplicate otherwise.
+    fn advance(
+        &mut self,
+        seq: u64,
+        now: Stamp,
+        window: u64,
+        budget: u64,
+        total_holes: &mut usize,
+        given_up: &mut u64,
+    ) -> Accept {
+        if seq > self.high {
+            // The numbers skipped become holes: the nearest `window`, within the global budget.
+            let skipped = seq - self.high - 1;
+            let kept = skipped.min(window).min(budget);
+            // A forged jump can skip almost 2^64 numbers.
+            *given_up = given_up.saturating_add(skipped - kept);
+            if kept > 0 {
+                self.holes.vec().extend((seq - kept..seq).map(|s| (s, now)));
+            }
+            *total_holes += kept as usize;
+            if self.holes.len() > window as usize {
+                let excess = self.holes.len() - window as usize;
+                self.holes.vec().drain(..excess);
+                *total_holes -= excess;
+                *given_up = given_up.saturating_add(excess as u64);
+            }
+            self.high = seq;
+            self.last = now;
+            Accept::New
+        } else {
+            match self.holes.find(seq) {
+                Ok(i) => {
+                    self.holes.vec().remove(i);
+                    self.holes.shrink();
+                    *total_holes -= 1;
+                    self.last = now;
+                    Accept::New
+                }
+                Err(_) => Accept::Duplicate,
+            }
+        }
+    }
+}
+
 enum Accept {
     New,
     Duplicate,
@@ -1358,21 +1405,31 @@ impl<P: PeerId> State<P> {
                 }
             }
             Accept::New => {
-                // A link that delivers a new message is part of the tree (paper, Alg. 1).
-                self.touch_tree(g.id.origin, now);
-                if self.is_neighbor(&from) && !self.eager_for(&g.id.origin, &from) {
+                // A link that delivers a new message is part of the tree (paper, Alg. 1): the
+                // origin's tree (made if it has none) is refreshed and its parent is `from`, in
+                // one lookup (hot path).
+                let neighbor = self.is_neighbor(&from);
+                let stamp = self.stamp(now);
+                let hops = g.hops;
+                let was_lazy = self.with_tree(g.id.origin, now, |t| {
+                    t.last = stamp;
+                    t.parent = Some(from);
+                    t.orphan = false;
+                    t.depth = hops;
+                    let lazy = neighbor && t.lazy.contains(&from);
+                    if lazy {
+                        t.lazy.retain(|p| *p != from);
+                    }
+                    lazy
+                });
+                if was_lazy.unwrap_or_else(|| neighbor && self.lazy.contains(&from)) {
                     // We pruned it (or it pruned us) while this copy was in flight; it is our
                     // parent now, so make the link eager at both ends.
-                    self.set_eager_for(g.id.origin, from, now);
+                    self.make_eager(from);
                     if self.config.max_origin_trees > 0 {
                         self.stats.graft_sent += 1;
                         out.push_back(OutEvent::SendMessage(from, self.graft_message(g.id.origin)));
                     }
-                }
-                if let Some(t) = self.trees.get_mut(&g.id.origin) {
-                    t.parent = Some(from);
-                    t.orphan = false;
-                    t.depth = g.hops;
                 }
                 let missing = self.missing.remove(&g.id);
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
@@ -1933,6 +1990,20 @@ impl<P: PeerId> State<P> {
         self.trees.get_mut(&origin)
     }
 
+    /// `f` applied to the tree of `origin` as [`Self::tree_mut`] gives it, with one lookup
+    /// when the tree exists.
+    fn with_tree<R>(
+        &mut self,
+        origin: P,
+        now: Instant,
+        f: impl FnOnce(&mut OriginTree<P>) -> R,
+    ) -> Option<R> {
+        if let Some(t) = self.trees.get_mut(&origin) {
+            return Some(f(t));
+        }
+        self.tree_mut(origin, now).map(f)
+    }
+
     /// A message of `origin` arrived: give it a tree, or refresh the one it has.
     fn touch_tree(&mut self, origin: P, now: Instant) {
         let stamp = self.stamp(now);
@@ -2233,8 +2304,25 @@ impl<P: PeerId> State<P> {
                 Accept::Duplicate
             };
         }
+        // The common case, a known origin within the window, with one lookup.
+        let stamp = self.stamp(now);
+        let window = self.config.max_holes_per_origin as u64;
+        let budget = self.config.max_holes_total.saturating_sub(self.total_holes) as u64;
+        let jump = self.config.max_seq_jump.max(1);
+        if let Some(r) = self.records.get_mut(&id.origin)
+            && id.seq <= r.high.saturating_add(jump)
+        {
+            return r.advance(
+                id.seq,
+                stamp,
+                window,
+                budget,
+                &mut self.total_holes,
+                &mut self.stats.holes_given_up,
+            );
+        }
         let base = self.records.get(&id.origin).map_or(0, |r| r.high);
-        let far = id.seq > base.saturating_add(self.config.max_seq_jump.max(1));
+        let far = id.seq > base.saturating_add(jump);
         if far && !self.far_jump_confirmed(id, base) {
             self.stats.seq_out_of_window += 1;
             return Accept::OutOfWindow;
@@ -2339,39 +2427,14 @@ impl<P: PeerId> State<P> {
             self.record_order.push_back((now, id.origin));
             return Accept::New;
         };
-        if id.seq > r.high {
-            // The numbers skipped become holes: the nearest `window`, within the global budget.
-            let skipped = id.seq - r.high - 1;
-            let kept = skipped.min(window).min(budget);
-            // A forged jump can skip almost 2^64 numbers.
-            self.stats.holes_given_up = self.stats.holes_given_up.saturating_add(skipped - kept);
-            if kept > 0 {
-                r.holes
-                    .vec()
-                    .extend((id.seq - kept..id.seq).map(|s| (s, now)));
-            }
-            self.total_holes += kept as usize;
-            if r.holes.len() > window as usize {
-                let excess = r.holes.len() - window as usize;
-                r.holes.vec().drain(..excess);
-                self.total_holes -= excess;
-                self.stats.holes_given_up = self.stats.holes_given_up.saturating_add(excess as u64);
-            }
-            r.high = id.seq;
-            r.last = now;
-            Accept::New
-        } else {
-            match r.holes.find(id.seq) {
-                Ok(i) => {
-                    r.holes.vec().remove(i);
-                    r.holes.shrink();
-                    self.total_holes -= 1;
-                    r.last = now;
-                    Accept::New
-                }
-                Err(_) => Accept::Duplicate,
-            }
-        }
+        r.advance(
+            id.seq,
+            now,
+            window,
+            budget,
+            &mut self.total_holes,
+            &mut self.stats.holes_given_up,
+        )
     }
 
     fn evict(&mut self, now: Instant) {
