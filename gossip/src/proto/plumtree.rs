@@ -206,7 +206,8 @@ pub struct Config {
     /// default, the cache holds all 8192 messages up to 8 KiB each, and 64 messages of 1 MiB:
     /// keep it above the bytes the busiest senders broadcast within the GRAFT window (see
     /// `cache_capacity`). A payload longer than this is not cached at all, so it cannot be
-    /// served to GRAFT or catch-up: keep it well above the largest message.
+    /// served to GRAFT or catch-up ([`Stats::too_large_to_cache`]): keep it well above the
+    /// largest message.
     pub cache_bytes: usize,
     /// How long a message stays in the payload cache (default 30 s): the catch-up window.
     pub cache_retention: Duration,
@@ -670,6 +671,9 @@ pub struct Stats {
     /// their origin's record (forged, or the first of a far jump, fetched again once
     /// confirmed).
     pub seq_out_of_window: u64,
+    /// Payloads longer than [`Config::cache_bytes`]: delivered and relayed, but not cached, so
+    /// not served to GRAFT or catch-up.
+    pub too_large_to_cache: u64,
     /// FIFO gaps skipped on timeout or overflow.
     pub fifo_gaps_skipped: u64,
     /// FIFO: messages that arrived after their gap was skipped, not delivered.
@@ -864,11 +868,17 @@ impl<P: PeerId> Cache<P> {
     /// Insert `id`, or replace its entry (which keeps its place in the order); at most
     /// `capacity` entries (at least 1) and `max_bytes` payload bytes are kept, the oldest
     /// insertions evicted first. A payload longer than `max_bytes` is not cached (an entry it
-    /// would replace stays).
-    fn insert(&mut self, id: MessageId<P>, c: Cached<P>, capacity: usize, max_bytes: usize) {
+    /// would replace stays): returns false.
+    fn insert(
+        &mut self,
+        id: MessageId<P>,
+        c: Cached<P>,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> bool {
         let size = c.payload.len();
         if size > max_bytes {
-            return;
+            return false;
         }
         if let Some(old) = self.get_mut(&id) {
             let was = old.payload.len();
@@ -876,7 +886,7 @@ impl<P: PeerId> Cache<P> {
             self.bytes = self.bytes - was + size;
             // A longer payload may push the oldest out (this entry too, if it is the oldest).
             self.evict_to(self.len, max_bytes);
-            return;
+            return true;
         }
         self.evict_to(capacity.saturating_sub(1), max_bytes - size);
         self.order.push_back((c.at, id));
@@ -889,14 +899,14 @@ impl<P: PeerId> Cache<P> {
                 count: 1,
             };
             self.rings.insert(id.origin, ring);
-            return;
+            return true;
         };
         let end = ring.base + ring.slots.len() as u64;
         if id.seq < ring.base {
             // Below the lowest: in the ring only if it stays within its span.
             if end - id.seq > Ring::<P>::limit(ring.count + 1) as u64 {
                 self.sparse.insert(id, c);
-                return;
+                return true;
             }
             for _ in id.seq + 1..ring.base {
                 ring.slots.push_front(None);
@@ -921,6 +931,7 @@ impl<P: PeerId> Cache<P> {
             ring.slots[(id.seq - ring.base) as usize] = Some(c);
         }
         ring.count += 1;
+        true
     }
 }
 
@@ -2236,8 +2247,12 @@ impl<P: PeerId> State<P> {
             from,
             at,
         };
-        self.cache
-            .insert(id, c, self.config.cache_capacity, self.config.cache_bytes);
+        if !self
+            .cache
+            .insert(id, c, self.config.cache_capacity, self.config.cache_bytes)
+        {
+            self.stats.too_large_to_cache += 1;
+        }
     }
 
     fn stamp(&mut self, now: Instant) -> Stamp {

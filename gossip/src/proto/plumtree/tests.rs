@@ -715,6 +715,7 @@ fn cache_is_bounded_by_payload_bytes_under_a_stream_of_large_payloads() {
     }
     assert_eq!(b.state.cache_len(), budget / MIB);
     assert_eq!(b.state.cache_payload_bytes(), budget);
+    assert_eq!(b.state.stats().too_large_to_cache, 0);
     // The newest 64 are served to a GRAFT, the one before them is gone.
     let keep = budget / MIB;
     for (n, mid) in sent.iter().rev().enumerate().take(keep + 1) {
@@ -750,6 +751,7 @@ fn cache_is_bounded_by_payload_bytes_under_a_stream_of_large_payloads() {
     );
     assert_eq!(deliveries(&out), vec![id(7, 2)]);
     assert_eq!(c.state.cache_len(), 1);
+    assert_eq!(c.state.stats().too_large_to_cache, 1);
     assert!(c.recv(3, Message::Graft(Some(id(7, 2)))).is_empty());
     assert_eq!(sends(&c.recv(3, Message::Graft(Some(id(7, 1))))).len(), 1);
 }
@@ -2173,7 +2175,8 @@ fn cache_rings_hold_what_an_ordered_map_would() {
             *h = (*h).max(seq).min(u64::MAX / 4);
             let key = id(origin, seq);
             let size = rng.random_range(0..=40);
-            cache.insert(key, cached(at, seq, size), capacity, max_bytes);
+            let kept = cache.insert(key, cached(at, seq, size), capacity, max_bytes);
+            assert_eq!(kept, size <= max_bytes);
             if size > max_bytes {
                 // Not cached.
             } else if let Some(e) = model.get_mut(&key) {
