@@ -58,7 +58,9 @@
 //! buffer as a slice (no copy); the frames of one read reach the node as one event (at most 256
 //! frames per event). The writer takes what is queued for its peer (at most 64 frames or about
 //! 256 KiB) and writes it with one vectored write, after yielding once so that frames the node
-//! queues in the same turn join the batch. One timer per connection checks the read and idle
+//! queues in the same turn join the batch. A frame given as a head and a body
+//! ([`Transport::send_parts`], as the node sends payloads) is written from both parts, so a
+//! payload going to several peers is shared by their queues, never copied. One timer per connection checks the read and idle
 //! timeouts, rather than one armed per read.
 //!
 //! Memory per connection is bounded by its read buffer (one wire body of at most
@@ -257,7 +259,35 @@ fn add(c: &AtomicU64, n: u64) {
 
 type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
-type Queue = mpsc::Receiver<Bytes>;
+type Queue = mpsc::Receiver<Out>;
+
+/// A queued frame: its head (empty for most frames) and its body, written one after the other
+/// so that a payload going to several peers is shared, not copied (see
+/// [`Transport::send_parts`]). The head is kept inline: queueing a frame allocates nothing.
+struct Out {
+    head_len: u8,
+    head: [u8; wire::MAX_FRAME_HEAD],
+    body: Bytes,
+}
+
+impl Out {
+    fn whole(body: Bytes) -> Self {
+        Self {
+            head_len: 0,
+            head: [0; wire::MAX_FRAME_HEAD],
+            body,
+        }
+    }
+
+    fn head(&self) -> &[u8] {
+        &self.head[..self.head_len as usize]
+    }
+
+    /// The frame's length on the wire, without its length prefix.
+    fn len(&self) -> usize {
+        self.head_len as usize + self.body.len()
+    }
+}
 /// Where a connection that must stop writing sends its queue: straight to the connection that
 /// replaces it, so the handover needs no round trip through the transport.
 type Handover = oneshot::Sender<Option<Queue>>;
@@ -394,7 +424,7 @@ pub struct TcpTransport {
 }
 
 struct Peer {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Out>,
     /// The connection that holds (or is dialing with) the queue.
     conn: u64,
     dialed: bool,
@@ -544,7 +574,7 @@ impl TcpTransport {
         }
     }
 
-    fn dial(&mut self, to: NodeId, frame: Bytes) {
+    fn dial(&mut self, to: NodeId, frame: Out) {
         let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
         let _ = tx.try_send(frame);
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
@@ -699,7 +729,7 @@ impl TcpTransport {
         }
     }
 
-    fn dial_or_fail(&mut self, to: NodeId, frame: Bytes) {
+    fn dial_or_fail(&mut self, to: NodeId, frame: Out) {
         if self
             .backoff
             .get(&to)
@@ -710,6 +740,44 @@ impl TcpTransport {
             return;
         }
         self.dial(to, frame);
+    }
+
+    /// Queue `frame` for `to` (see [`Transport::send`]).
+    fn queue(&mut self, to: NodeId, frame: Out) {
+        let c = &self.shared.counters;
+        add(&c.frames_sent, 1);
+        if frame.len() > self.shared.cfg.max_frame_size {
+            add(&c.dropped_oversized, 1);
+            warn!(
+                peer = %to,
+                len = frame.len(),
+                max = self.shared.cfg.max_frame_size,
+                "frame over max_frame_size dropped: send smaller messages or raise max_frame_size on every node"
+            );
+            return;
+        }
+        if to == self.shared.local {
+            add(&c.dropped_unreachable, 1);
+            debug!("frame to self dropped");
+            return;
+        }
+        let Some(p) = self.peers.get(&to) else {
+            return self.dial_or_fail(to, frame);
+        };
+        let frame = match p.tx.try_send(frame) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                add(&c.dropped_overflow, 1);
+                return;
+            }
+            // The connection holding the queue is gone (a handover that found it dead):
+            // forget it and dial again.
+            Err(mpsc::error::TrySendError::Closed(frame)) => {
+                self.peers.remove(&to);
+                frame
+            }
+        };
+        self.dial_or_fail(to, frame);
     }
 
     fn set_backoff(&mut self, peer: NodeId) {
@@ -746,40 +814,21 @@ impl Transport for TcpTransport {
     }
 
     fn send(&mut self, to: NodeId, frame: Bytes) {
-        let c = &self.shared.counters;
-        add(&c.frames_sent, 1);
-        if frame.len() > self.shared.cfg.max_frame_size {
-            add(&c.dropped_oversized, 1);
-            warn!(
-                peer = %to,
-                len = frame.len(),
-                max = self.shared.cfg.max_frame_size,
-                "frame over max_frame_size dropped: send smaller messages or raise max_frame_size on every node"
-            );
-            return;
+        self.queue(to, Out::whole(frame));
+    }
+
+    fn send_parts(&mut self, to: NodeId, head: &[u8], body: Bytes) {
+        if head.len() > wire::MAX_FRAME_HEAD {
+            // Longer than any head this crate writes: join the parts.
+            let mut frame = BytesMut::with_capacity(head.len() + body.len());
+            frame.extend_from_slice(head);
+            frame.extend_from_slice(&body);
+            return self.send(to, frame.freeze());
         }
-        if to == self.shared.local {
-            add(&c.dropped_unreachable, 1);
-            debug!("frame to self dropped");
-            return;
-        }
-        let Some(p) = self.peers.get(&to) else {
-            return self.dial_or_fail(to, frame);
-        };
-        let frame = match p.tx.try_send(frame) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                add(&c.dropped_overflow, 1);
-                return;
-            }
-            // The connection holding the queue is gone (a handover that found it dead):
-            // forget it and dial again.
-            Err(mpsc::error::TrySendError::Closed(frame)) => {
-                self.peers.remove(&to);
-                frame
-            }
-        };
-        self.dial_or_fail(to, frame);
+        let mut out = Out::whole(body);
+        out.head[..head.len()].copy_from_slice(head);
+        out.head_len = head.len() as u8;
+        self.queue(to, out);
     }
 
     fn disconnect(&mut self, peer: NodeId) {
@@ -1239,6 +1288,12 @@ async fn run_conn(
                 match frame {
                     Some(frame) => {
                         let q = queue.as_mut().expect("guarded");
+                        if q.is_empty() {
+                            // The node usually queues several frames per turn: let it finish
+                            // the turn, so they leave in one system call instead of one each.
+                            // Outside the timeout: a batch written at once then arms no timer.
+                            tokio::task::yield_now().await;
+                        }
                         let r = timeout(
                             shared.cfg.write_timeout,
                             write_batch(
@@ -1301,18 +1356,17 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
 async fn write_batch(
     shared: &Shared,
     w: &mut Writer,
-    first: Bytes,
+    first: Out,
     queue: &mut Queue,
     session: Option<&Session>,
     counter: &mut u64,
-    plain: &mut Vec<Bytes>,
+    plain: &mut Vec<Out>,
 ) -> Result<(), ConnError> {
     let mut item = Some(first);
     let mut n = 0;
     let mut bytes = 0u64;
     let cap = shared.cfg.max_frame_size + 4;
     let mut record = BytesMut::new();
-    let mut yielded = false;
     // Empty unless an earlier batch was cut short (timeout, error): those frames are gone.
     plain.clear();
     while let Some(frame) = item {
@@ -1330,23 +1384,14 @@ async fn write_batch(
                     record.clear();
                 }
                 record.put_u32(frame.len() as u32);
-                record.extend_from_slice(&frame);
+                record.extend_from_slice(frame.head());
+                record.extend_from_slice(&frame.body);
             }
         }
         n += 1;
         let queued_bytes = bytes + record.len() as u64;
         item = if n < MAX_BATCH && queued_bytes < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(frame) => Some(frame),
-                Err(_) if !yielded => {
-                    // The node usually queues several frames per turn: let it finish the turn
-                    // once, so they leave in one system call instead of one each.
-                    yielded = true;
-                    tokio::task::yield_now().await;
-                    queue.try_recv().ok()
-                }
-                Err(_) => None,
-            }
+            queue.try_recv().ok()
         } else {
             None
         };
@@ -1362,7 +1407,7 @@ async fn write_batch(
     SinkExt::<Bytes>::flush(w).await?;
     if !plain.is_empty() {
         // The codec's buffer is empty after a flush: write the frames straight from their own
-        // buffers, lengths and bodies in one writev, instead of copying them into it first.
+        // buffers, lengths, heads and bodies in one writev, instead of copying them into it.
         write_frames(w.get_mut(), plain).await?;
         // Drop the frames now: a kept frame would pin its payload's read buffer.
         plain.clear();
@@ -1371,27 +1416,28 @@ async fn write_batch(
     Ok(())
 }
 
-/// Writes each frame as its 4-byte big-endian length and its body, with vectored writes.
-async fn write_frames(io: &mut OwnedWriteHalf, frames: &[Bytes]) -> std::io::Result<()> {
+/// Writes each frame as its 4-byte big-endian length, its head and its body, with vectored
+/// writes.
+async fn write_frames(io: &mut OwnedWriteHalf, frames: &[Out]) -> std::io::Result<()> {
     use std::io::IoSlice;
     use tokio::io::AsyncWriteExt;
     // A batch holds at most MAX_BATCH frames: the lengths and slices live on the stack.
     for frames in frames.chunks(MAX_BATCH) {
-        let mut heads = [[0u8; 4]; MAX_BATCH];
-        for (head, frame) in heads.iter_mut().zip(frames) {
-            *head = (frame.len() as u32).to_be_bytes();
+        let mut lens = [[0u8; 4]; MAX_BATCH];
+        for (len, frame) in lens.iter_mut().zip(frames) {
+            *len = (frame.len() as u32).to_be_bytes();
         }
-        let mut slices = [IoSlice::new(&[]); 2 * MAX_BATCH];
-        let mut len = 0;
-        for (head, frame) in heads.iter().zip(frames) {
-            slices[len] = IoSlice::new(head);
-            len += 1;
-            if !frame.is_empty() {
-                slices[len] = IoSlice::new(frame);
-                len += 1;
+        let mut slices = [IoSlice::new(&[]); 3 * MAX_BATCH];
+        let mut n = 0;
+        for (len, frame) in lens.iter().zip(frames) {
+            for part in [&len[..], frame.head(), &frame.body[..]] {
+                if !part.is_empty() {
+                    slices[n] = IoSlice::new(part);
+                    n += 1;
+                }
             }
         }
-        let mut bufs = &mut slices[..len];
+        let mut bufs = &mut slices[..n];
         while !bufs.is_empty() {
             let n = io.write_vectored(bufs).await?;
             if n == 0 {
