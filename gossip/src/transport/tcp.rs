@@ -263,10 +263,12 @@ type Queue = mpsc::Receiver<Out>;
 
 /// A queued frame: its head (empty for most frames) and its body, written one after the other
 /// so that a payload going to several peers is shared, not copied (see
-/// [`Transport::send_parts`]). The head is kept inline: queueing a frame allocates nothing.
+/// [`Transport::send_parts`]). The head is kept inline, after room for the frame's length
+/// prefix: queueing a frame allocates nothing, and the writer sends prefix and head as one piece.
 struct Out {
     head_len: u8,
-    head: [u8; wire::MAX_FRAME_HEAD],
+    /// The length prefix (written by the writer), then the head.
+    prefix: [u8; 4 + wire::MAX_FRAME_HEAD],
     body: Bytes,
 }
 
@@ -274,13 +276,23 @@ impl Out {
     fn whole(body: Bytes) -> Self {
         Self {
             head_len: 0,
-            head: [0; wire::MAX_FRAME_HEAD],
+            prefix: [0; 4 + wire::MAX_FRAME_HEAD],
             body,
         }
     }
 
     fn head(&self) -> &[u8] {
-        &self.head[..self.head_len as usize]
+        &self.prefix[4..4 + self.head_len as usize]
+    }
+
+    /// The length prefix (set by [`Out::set_prefix`]) and the head, ready to write.
+    fn prefixed_head(&self) -> &[u8] {
+        &self.prefix[..4 + self.head_len as usize]
+    }
+
+    fn set_prefix(&mut self) {
+        let len = (self.len() as u32).to_be_bytes();
+        self.prefix[..4].copy_from_slice(&len);
     }
 
     /// The frame's length on the wire, without its length prefix.
@@ -826,7 +838,7 @@ impl Transport for TcpTransport {
             return self.send(to, frame.freeze());
         }
         let mut out = Out::whole(body);
-        out.head[..head.len()].copy_from_slice(head);
+        out.prefix[4..4 + head.len()].copy_from_slice(head);
         out.head_len = head.len() as u8;
         self.queue(to, out);
     }
@@ -1417,24 +1429,21 @@ async fn write_batch(
 }
 
 /// Writes each frame as its 4-byte big-endian length, its head and its body, with vectored
-/// writes.
-async fn write_frames(io: &mut OwnedWriteHalf, frames: &[Out]) -> std::io::Result<()> {
+/// writes (two slices per frame: length and head, then body).
+async fn write_frames(io: &mut OwnedWriteHalf, frames: &mut [Out]) -> std::io::Result<()> {
     use std::io::IoSlice;
     use tokio::io::AsyncWriteExt;
-    // A batch holds at most MAX_BATCH frames: the lengths and slices live on the stack.
-    for frames in frames.chunks(MAX_BATCH) {
-        let mut lens = [[0u8; 4]; MAX_BATCH];
-        for (len, frame) in lens.iter_mut().zip(frames) {
-            *len = (frame.len() as u32).to_be_bytes();
-        }
-        let mut slices = [IoSlice::new(&[]); 3 * MAX_BATCH];
+    // A batch holds at most MAX_BATCH frames: the slices live on the stack.
+    for frames in frames.chunks_mut(MAX_BATCH) {
+        frames.iter_mut().for_each(Out::set_prefix);
+        let mut slices = [IoSlice::new(&[]); 2 * MAX_BATCH];
         let mut n = 0;
-        for (len, frame) in lens.iter().zip(frames) {
-            for part in [&len[..], frame.head(), &frame.body[..]] {
-                if !part.is_empty() {
-                    slices[n] = IoSlice::new(part);
-                    n += 1;
-                }
+        for frame in frames.iter() {
+            slices[n] = IoSlice::new(frame.prefixed_head());
+            n += 1;
+            if !frame.body.is_empty() {
+                slices[n] = IoSlice::new(&frame.body);
+                n += 1;
             }
         }
         let mut bufs = &mut slices[..n];
@@ -1489,13 +1498,25 @@ fn cut_bodies(
         }
         if buf.len() < 4 + len {
             // Room for the rest of this body (bounded by `max`), so it arrives in one piece.
-            buf.reserve(4 + len - buf.len());
+            make_room(buf, 4 + len - buf.len());
             break;
         }
         buf.advance(4);
         out.push(buf.split_to(len));
     }
     Ok(())
+}
+
+/// Makes room in the read buffer for `need` more bytes: in place when every frame cut from it
+/// is gone, else in a fresh buffer that takes only the bytes not cut yet. Never by growing the
+/// buffer in place, which copies it whole (frames already cut included).
+fn make_room(buf: &mut BytesMut, need: usize) {
+    if buf.capacity() - buf.len() >= need || buf.try_reclaim(need) {
+        return;
+    }
+    let mut fresh = BytesMut::with_capacity(buf.len() + need.max(READ_CHUNK));
+    fresh.extend_from_slice(buf);
+    *buf = fresh;
 }
 
 async fn read_loop(
@@ -1568,7 +1589,7 @@ async fn read_loop(
             }
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+            make_room(&mut buf, READ_CHUNK);
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
