@@ -651,6 +651,24 @@ fn maddr(port: u16) -> SocketAddr {
 }
 
 #[tokio::test(start_paused = true)]
+async fn memory_parts_arrive_joined_at_every_peer() {
+    let net = MemoryNetwork::new(7);
+    let mut a = net.bind(maddr(1), 1).unwrap();
+    let mut b = net.bind(maddr(2), 2).unwrap();
+    let mut c = net.bind(maddr(3), 3).unwrap();
+    let body = Bytes::from_static(b"payload");
+    // The same parts to two peers (joined once, shared), then other parts with the same body.
+    a.send_parts(b.local_id(), b"h1", body.clone());
+    a.send_parts(c.local_id(), b"h1", body.clone());
+    a.send_parts(b.local_id(), b"h2", body.clone());
+    a.send_parts(c.local_id(), b"", body.slice(..3));
+    assert_eq!(&next_frame(&mut b).await.1[..], b"h1payload");
+    assert_eq!(&next_frame(&mut b).await.1[..], b"h2payload");
+    assert_eq!(&next_frame(&mut c).await.1[..], b"h1payload");
+    assert_eq!(&next_frame(&mut c).await.1[..], b"pay");
+}
+
+#[tokio::test(start_paused = true)]
 async fn memory_loss_drops_about_the_configured_share() {
     let net = MemoryNetwork::new(42);
     let mut a = net.bind(maddr(1), 1).unwrap();

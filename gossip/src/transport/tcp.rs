@@ -1282,8 +1282,8 @@ async fn run_conn(
     };
     let mut writer = Some(writer);
     let mut counter = 0u64;
-    // The frames of a plaintext batch, kept between batches so a batch allocates nothing.
-    let mut plain = Vec::with_capacity(MAX_BATCH);
+    // The frames of a batch, kept between batches so a batch allocates nothing.
+    let mut batch = Vec::with_capacity(MAX_BATCH);
     let end = loop {
         tokio::select! {
             end = &mut read_task.0 => break end.unwrap_or(ReadEnd::Shutdown),
@@ -1303,23 +1303,11 @@ async fn run_conn(
                 match frame {
                     Some(frame) => {
                         let q = queue.as_mut().expect("guarded");
-                        if q.is_empty() {
-                            // The node usually queues several frames per turn: let it finish
-                            // the turn, so they leave in one system call instead of one each.
-                            // Outside the timeout: a batch written at once then arms no timer.
-                            tokio::task::yield_now().await;
-                        }
+                        // Outside the write timeout: a batch written at once arms no timer.
+                        collect_batch(frame, q, &mut batch).await;
                         let r = timeout(
                             shared.cfg.write_timeout,
-                            write_batch(
-                                &shared,
-                                w,
-                                frame,
-                                q,
-                                session.as_ref(),
-                                &mut counter,
-                                &mut plain,
-                            ),
+                            write_batch(&shared, w, &mut batch, session.as_ref(), &mut counter),
                         )
                         .await;
                         last_write.store(shared.now_ms(), Ordering::Relaxed);
@@ -1363,34 +1351,60 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
     let _ = timeout(shared.cfg.write_timeout, SinkExt::<Bytes>::close(w)).await;
 }
 
-/// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
-/// [`MAX_BATCH_BYTES`]), then flushes.
-/// Encrypted, the frames are packed into records of at most `max_frame_size + 4` bytes
-/// (`u32` length and body per frame), each sealed once.
-/// `plain` is scratch space for the frames of a plaintext batch; it is left empty.
+/// Takes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
+/// [`MAX_BATCH_BYTES`]) into `batch`. When the queue runs dry the first time, yields once: the
+/// node usually queues several frames per turn, and letting it finish the turn makes them leave
+/// in one system call instead of one each.
+async fn collect_batch(first: Out, queue: &mut Queue, batch: &mut Vec<Out>) {
+    // Empty unless an earlier batch was cut short (timeout, error): those frames are gone.
+    batch.clear();
+    let mut item = Some(first);
+    let mut bytes = 0u64;
+    let mut yielded = false;
+    while let Some(frame) = item {
+        bytes += frame.len() as u64 + 4;
+        batch.push(frame);
+        item = if batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match queue.try_recv() {
+                Ok(frame) => Some(frame),
+                Err(_) if !yielded => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    queue.try_recv().ok()
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+    }
+}
+
+/// Writes the frames of `batch`, then flushes, and leaves `batch` empty.
+/// Plaintext, they leave straight from their own buffers (see [`write_frames`]). Encrypted,
+/// they are packed into records of at most `max_frame_size + 4` bytes (`u32` length and body
+/// per frame), each sealed once.
 async fn write_batch(
     shared: &Shared,
     w: &mut Writer,
-    first: Out,
-    queue: &mut Queue,
+    batch: &mut Vec<Out>,
     session: Option<&Session>,
     counter: &mut u64,
-    plain: &mut Vec<Out>,
 ) -> Result<(), ConnError> {
-    let mut item = Some(first);
-    let mut n = 0;
     let mut bytes = 0u64;
-    let cap = shared.cfg.max_frame_size + 4;
-    let mut record = BytesMut::new();
-    // Empty unless an earlier batch was cut short (timeout, error): those frames are gone.
-    plain.clear();
-    while let Some(frame) = item {
-        match session {
-            None => {
-                bytes += frame.len() as u64 + 4;
-                plain.push(frame);
-            }
-            Some(s) => {
+    match session {
+        None => {
+            bytes = batch.iter().map(|f| f.len() as u64 + 4).sum();
+            // With the codec's buffer flushed (it holds nothing after the handshake), write the
+            // frames straight from their own buffers, lengths, heads and bodies in one writev,
+            // instead of copying them into it first.
+            SinkExt::<Bytes>::flush(w).await?;
+            write_frames(w.get_mut(), batch).await?;
+        }
+        Some(s) => {
+            let cap = shared.cfg.max_frame_size + 4;
+            let mut record = BytesMut::new();
+            for frame in batch.iter() {
                 if !record.is_empty() && record.len() + 4 + frame.len() > cap {
                     let sealed = s.seal(*counter, &record);
                     *counter += 1;
@@ -1402,31 +1416,17 @@ async fn write_batch(
                 record.extend_from_slice(frame.head());
                 record.extend_from_slice(&frame.body);
             }
+            if !record.is_empty() {
+                let sealed = s.seal(*counter, &record);
+                *counter += 1;
+                bytes += sealed.len() as u64 + 4;
+                w.feed(sealed).await?;
+            }
+            SinkExt::<Bytes>::flush(w).await?;
         }
-        n += 1;
-        let queued_bytes = bytes + record.len() as u64;
-        item = if n < MAX_BATCH && queued_bytes < MAX_BATCH_BYTES {
-            queue.try_recv().ok()
-        } else {
-            None
-        };
     }
-    if let Some(s) = session
-        && !record.is_empty()
-    {
-        let sealed = s.seal(*counter, &record);
-        *counter += 1;
-        bytes += sealed.len() as u64 + 4;
-        w.feed(sealed).await?;
-    }
-    SinkExt::<Bytes>::flush(w).await?;
-    if !plain.is_empty() {
-        // The codec's buffer is empty after a flush: write the frames straight from their own
-        // buffers, lengths, heads and bodies in one writev, instead of copying them into it.
-        write_frames(w.get_mut(), plain).await?;
-        // Drop the frames now: a kept frame would pin its payload's read buffer.
-        plain.clear();
-    }
+    // Drop the frames now: a kept frame would pin its payload's read buffer.
+    batch.clear();
     add(&shared.counters.bytes_sent, bytes);
     Ok(())
 }
