@@ -1358,25 +1358,38 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
 async fn collect_batch(first: Out, queue: &mut Queue, batch: &mut Vec<Out>) {
     // Empty unless an earlier batch was cut short (timeout, error): those frames are gone.
     batch.clear();
-    let mut item = Some(first);
-    let mut bytes = 0u64;
+    let mut bytes = first.len() as u64 + 4;
+    batch.push(first);
     let mut yielded = false;
-    while let Some(frame) = item {
-        bytes += frame.len() as u64 + 4;
-        batch.push(frame);
-        item = if batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(frame) => Some(frame),
-                Err(_) if !yielded => {
-                    yielded = true;
-                    tokio::task::yield_now().await;
-                    queue.try_recv().ok()
-                }
-                Err(_) => None,
-            }
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        // Small frames are taken in runs: the queue then frees their slots at once rather
+        // than one by one (each is a lock the node's sends contend with). Large frames are
+        // taken one at a time, so a batch stays close to MAX_BATCH_BYTES.
+        let run = if bytes / batch.len() as u64 <= 4096 {
+            16.min(MAX_BATCH - batch.len())
         } else {
-            None
+            1
         };
+        let before = batch.len();
+        let polled = {
+            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+            queue.poll_recv_many(&mut cx, batch, run)
+        };
+        match polled {
+            Poll::Ready(n) if n > 0 => {
+                bytes += batch[before..]
+                    .iter()
+                    .map(|f| f.len() as u64 + 4)
+                    .sum::<u64>();
+            }
+            // Closed: the next receive reports it.
+            Poll::Ready(_) => break,
+            Poll::Pending if !yielded => {
+                yielded = true;
+                tokio::task::yield_now().await;
+            }
+            Poll::Pending => break,
+        }
     }
 }
 
