@@ -1572,8 +1572,11 @@ async fn read_loop(
                 break;
             }
             partial_since = None;
+            // One update of the node-wide counter per read, not per frame: every connection's
+            // reader shares it.
+            let received = bodies.iter().map(|b| b.len() as u64 + 4).sum();
+            add(&shared.counters.bytes_received, received);
             for body in bodies.drain(..) {
-                add(&shared.counters.bytes_received, body.len() as u64 + 4);
                 match &session {
                     Some(s) => {
                         let record = match s.open(counter, body) {
