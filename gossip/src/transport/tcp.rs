@@ -54,18 +54,18 @@
 //!
 //! # Batching
 //!
-//! A connection reads up to 64 KiB per system call, 120 KiB while reads keep filling half of
-//! that, and cuts every complete frame out of the buffer as a slice (no copy); the frames of
-//! one read reach the node as one event (at most 256 frames per event). The writer takes what
-//! is queued for its peer (at most 256 frames or about 256 KiB) and writes it with one vectored
-//! write, after yielding once so that frames the node queues in the same turn join the batch.
+//! A connection reads up to 64 KiB per system call and cuts every complete frame out of the
+//! buffer as a slice (no copy); the frames of one read reach the node as one event (at most
+//! 256 frames per event). The writer takes what is queued for its peer (at most 256 frames or
+//! about 256 KiB) and writes it with one vectored write, after yielding once so that frames the
+//! node queues in the same turn join the batch.
 //! A frame given as a head and a body ([`Transport::send_parts`], as the node sends payloads)
 //! is written from both parts, so a payload going to several peers is shared by their queues,
 //! never copied. One timer per connection checks the read and idle timeouts, rather than one
 //! armed per read.
 //!
 //! Memory per connection is bounded by its read buffer (one wire body of at most
-//! `max_frame_size + 32` bytes, or 120 KiB if more) plus its queue (`outbound_queue` frames);
+//! `max_frame_size + 32` bytes, or 64 KiB if more) plus its queue (`outbound_queue` frames);
 //! before the handshake completes, by 512 bytes. Received frames pass through one bounded
 //! channel ([`TcpConfig::event_queue`] events, each at most one read buffer's worth of frames);
 //! when the node reads slowly, reading from sockets pauses and TCP pushes back on senders.
@@ -1495,10 +1495,6 @@ fn split_record(mut record: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(
 
 /// Bytes asked of the socket per read: a busy link hands over dozens of frames per system call.
 const READ_CHUNK: usize = 64 * 1024;
-/// Bytes asked per read once a read filled half of [`READ_CHUNK`]: a link that busy hands over
-/// more per call (a fifth fewer reads at full speed), and quiet links keep small buffers. Below
-/// 128 KiB, where allocators commonly switch to a fresh mapping (page faults) per buffer.
-const BUSY_READ_CHUNK: usize = 120 * 1024;
 /// Frames passed to the node per event, at most (bounds one event's memory with `READ_CHUNK`).
 const FRAMES_PER_EVENT: usize = 256;
 
@@ -1558,7 +1554,6 @@ async fn read_loop(
     let mut io = reader.into_inner();
     let mut bodies = Vec::with_capacity(FRAMES_PER_EVENT);
     let mut frames = Vec::with_capacity(FRAMES_PER_EVENT);
-    let mut chunk = READ_CHUNK;
     // One timer for the connection, checked every read timeout, instead of one armed per read.
     let tick = tokio::time::sleep(cfg.read_timeout);
     tokio::pin!(tick);
@@ -1612,8 +1607,8 @@ async fn read_loop(
                 return ReadEnd::Shutdown;
             }
         }
-        if buf.capacity() - buf.len() < chunk / 4 {
-            make_room(&mut buf, chunk);
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            make_room(&mut buf, READ_CHUNK);
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
@@ -1631,14 +1626,7 @@ async fn read_loop(
                         ReadEnd::Eof
                     };
                 }
-                Ok(n) => {
-                    last_read = shared.now_ms();
-                    if n >= READ_CHUNK / 2 {
-                        chunk = BUSY_READ_CHUNK;
-                    } else if n < READ_CHUNK / 8 {
-                        chunk = READ_CHUNK;
-                    }
-                }
+                Ok(_) => last_read = shared.now_ms(),
                 Err(e) => return ReadEnd::Error(ConnError::Io(e)),
             },
             _ = &mut tick => {
