@@ -46,8 +46,9 @@
 //! - read: a frame whose first bytes arrived must be complete within one to two
 //!   [`TcpConfig::read_timeout`] periods (slowloris writers are closed); a connection with no
 //!   traffic in either direction for [`TcpConfig::idle_timeout`] is closed quietly;
-//! - write: a batch of frames (at most 256 frames or about 256 KiB, or one larger frame) must be
-//!   written within [`TcpConfig::write_timeout`];
+//! - write: a batch of frames (at most 256 frames or about 256 KiB; frames are taken in runs of
+//!   up to 16 while they average under 4 KiB, so a batch may end with a few larger ones) must
+//!   be written within [`TcpConfig::write_timeout`];
 //! - at most [`TcpConfig::max_inbound_connections`] accepted connections and
 //!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
 //!   at once.
@@ -1363,8 +1364,9 @@ async fn collect_batch(first: Out, queue: &mut Queue, batch: &mut Vec<Out>) {
     let mut yielded = false;
     while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
         // Small frames are taken in runs: the queue then frees their slots at once rather
-        // than one by one (each is a lock the node's sends contend with). Large frames are
-        // taken one at a time, so a batch stays close to MAX_BATCH_BYTES.
+        // than one by one (each is a lock the node's sends contend with). Once the frames
+        // average over 4 KiB they are taken one at a time, so a batch stays close to
+        // MAX_BATCH_BYTES (a run may pass it by at most 15 frames).
         let run = if bytes / batch.len() as u64 <= 4096 {
             16.min(MAX_BATCH - batch.len())
         } else {
