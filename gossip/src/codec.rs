@@ -52,8 +52,22 @@ fn config() -> Configuration {
 /// [`EncodeError::TooLarge`] when the envelope would exceed `limit` (nothing larger than
 /// `limit` is ever buffered), [`EncodeError::Serialize`] when the value's `Serialize` fails.
 pub fn encode<T: Tag>(msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
-    // Most messages are small: one allocation for them, doubling for the others.
-    let mut buf = Vec::with_capacity((HEADER_LEN + 118).min(limit));
+    // Measure first, then write into a buffer of the exact size: growing it from small
+    // copied a 1 KiB payload four times. A message over the limit is refused without buffering.
+    let mut size = SizeWriter::default();
+    let size = match bincode::serde::encode_into_writer(msg, &mut size, config()) {
+        Ok(()) => HEADER_LEN + size.bytes_written,
+        Err(source) => {
+            return Err(EncodeError::Serialize {
+                tag: T::NAME,
+                source: CodecError::encode(source),
+            });
+        }
+    };
+    if size > limit {
+        return Err(EncodeError::TooLarge { size, limit });
+    }
+    let mut buf = Vec::with_capacity(size);
     buf.push(FORMAT_VERSION);
     buf.push(CODEC_BINCODE);
     buf.extend_from_slice(&T::ID.to_le_bytes());

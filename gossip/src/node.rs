@@ -643,36 +643,31 @@ impl<T: Transport> Actor<T> {
 
     /// Act on every output of the core.
     fn drain(&mut self) {
-        // A payload goes to every eager neighbour in a row as the same GOSSIP: encode it once
-        // and share the frame, instead of one allocation and payload copy per neighbour. The
-        // last send of such a row is held back until the next output: then it takes the frame
-        // itself (sharing a `Bytes` made from a vector allocates, so a row of one does not
-        // share). Sends to one peer keep their order: the held one leaves before any other.
-        let mut held: Option<(NodeId, MessageId, u16, *const u8, Bytes)> = None;
+        // A payload goes to every eager neighbour in a row as the same GOSSIP: its frame's head
+        // is encoded once for the row, and every send shares the payload itself (the transport
+        // writes head and payload one after the other), so no send copies or allocates.
+        let mut head: Option<(MessageId, u16, *const u8, crate::wire::FrameHead)> = None;
         while let Some(out) = self.state.poll() {
             if let OutEvent::SendMessage(to, message) = &out
                 && let proto::Message::Broadcast(proto::plumtree::Message::Gossip(g)) = message
             {
-                let to = *to;
-                match &mut held {
-                    Some((peer, id, hops, ptr, frame))
-                        if *id == g.id && *hops == g.hops && *ptr == g.payload.as_ptr() =>
-                    {
-                        let previous = std::mem::replace(peer, to);
-                        self.transport.send(previous, frame.clone());
-                    }
-                    _ => {
-                        if let Some((peer, .., frame)) = held.take() {
-                            self.transport.send(peer, frame);
-                        }
-                        let (id, hops, ptr) = (g.id, g.hops, g.payload.as_ptr());
-                        held = Some((to, id, hops, ptr, crate::wire::encode_frame(message)));
-                    }
+                let row = (g.id, g.hops, g.payload.as_ptr());
+                let cached = head
+                    .as_ref()
+                    .filter(|(id, hops, ptr, _)| (*id, *hops, *ptr) == row)
+                    .map(|(.., h)| *h);
+                let encoded = cached.or_else(|| {
+                    let (h, _) = crate::wire::encode_frame_head(message)?;
+                    head = Some((row.0, row.1, row.2, h));
+                    Some(h)
+                });
+                match encoded {
+                    Some(h) => self
+                        .transport
+                        .send_parts(*to, h.as_bytes(), g.payload.clone()),
+                    None => self.transport.send(*to, crate::wire::encode_frame(message)),
                 }
                 continue;
-            }
-            if let Some((peer, .., frame)) = held.take() {
-                self.transport.send(peer, frame);
             }
             match out {
                 OutEvent::SendMessage(to, message) => {
@@ -715,9 +710,6 @@ impl<T: Transport> Actor<T> {
                 }
                 OutEvent::Disconnect(peer) => self.transport.disconnect(peer),
             }
-        }
-        if let Some((peer, .., frame)) = held.take() {
-            self.transport.send(peer, frame);
         }
         // The user's task wakes once per turn, not once per message.
         self.inbox.push_all(&mut self.delivered);

@@ -194,6 +194,69 @@ pub fn encode_frame<P: PeerId>(message: &proto::Message<P>) -> Bytes {
     Bytes::from(out.0)
 }
 
+/// The longest head [`encode_frame_head`] returns. A payload frame's head (kind byte, message
+/// id, payload kind, hop count) takes at most 43 bytes with a [`NodeId`] of either IP version.
+pub const MAX_FRAME_HEAD: usize = 64;
+
+/// The bytes of a payload frame before its payload (see [`encode_frame_head`]), kept inline.
+#[derive(Clone, Copy)]
+pub struct FrameHead {
+    len: u8,
+    bytes: [u8; MAX_FRAME_HEAD],
+}
+
+impl FrameHead {
+    /// The head's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for FrameHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("FrameHead").field(&self.as_bytes()).finish()
+    }
+}
+
+/// Writes into a [`FrameHead`], failing once it is full.
+struct HeadWriter(FrameHead);
+
+impl bincode::enc::write::Writer for HeadWriter {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        let start = self.0.len as usize;
+        let end = start + bytes.len();
+        let room = self
+            .0
+            .bytes
+            .get_mut(start..end)
+            .ok_or(bincode::error::EncodeError::UnexpectedEnd)?;
+        room.copy_from_slice(bytes);
+        self.0.len = end as u8;
+        Ok(())
+    }
+}
+
+/// For a message that carries a payload (GOSSIP, CATCH-UP): the head of its node frame and the
+/// payload, such that the head followed by the payload is byte for byte the frame
+/// [`encode_frame`] writes. A transport writes the two parts one after the other, so the payload
+/// is shared by every neighbour it goes to and never copied. `None` for the other messages, and
+/// for a head longer than [`MAX_FRAME_HEAD`] bytes (a peer id with a large encoding): use
+/// [`encode_frame`] for them.
+pub fn encode_frame_head<P: PeerId>(message: &proto::Message<P>) -> Option<(FrameHead, &Bytes)> {
+    let (kind, g) = match message {
+        proto::Message::Broadcast(plumtree::Message::Gossip(g)) => (FRAME_GOSSIP, g),
+        proto::Message::Broadcast(plumtree::Message::CatchUp(g)) => (FRAME_CATCHUP, g),
+        _ => return None,
+    };
+    let mut out = HeadWriter(FrameHead {
+        len: 1,
+        bytes: [0; MAX_FRAME_HEAD],
+    });
+    out.0.bytes[0] = kind;
+    bincode::serde::encode_into_writer((&g.id, g.kind, g.hops), &mut out, config()).ok()?;
+    Some((out.0, &g.payload))
+}
+
 /// Decodes a node frame written by [`encode_frame`] (or a message written by [`encode`]),
 /// refusing frames longer than `limit`. A payload is returned as a slice of `frame`, not a copy.
 pub fn decode_frame<P: PeerId>(
@@ -652,6 +715,42 @@ mod tests {
             Err(WireError::TooLarge { .. })
         ));
         assert!(decode_frame::<NodeId>(&frame.slice(..3), 1024).is_err());
+    }
+
+    #[test]
+    fn a_frame_head_and_its_payload_are_the_whole_frame() {
+        let v6 = NodeId::new("[2001:db8::1:2]:65535".parse().unwrap(), u64::MAX);
+        let big = proto::MessageId {
+            origin: v6,
+            seq: u64::MAX,
+        };
+        for (id, hops) in [
+            (gossip(plumtree::PayloadKind::User, b"").id, 0),
+            (big, u16::MAX),
+        ] {
+            for message in [
+                plumtree::Message::Gossip(plumtree::Gossip {
+                    id,
+                    hops,
+                    ..gossip(plumtree::PayloadKind::User, b"payload")
+                }),
+                plumtree::Message::CatchUp(plumtree::Gossip {
+                    id,
+                    hops,
+                    ..gossip(plumtree::PayloadKind::System, b"")
+                }),
+            ] {
+                let message = proto::Message::Broadcast(message);
+                let (head, payload) = encode_frame_head(&message).expect("a payload message");
+                assert!(head.as_bytes().len() <= 44, "{head:?}");
+                let joined = [head.as_bytes(), &payload[..]].concat();
+                assert_eq!(joined, &encode_frame(&message)[..]);
+            }
+        }
+        assert!(
+            encode_frame_head::<NodeId>(&proto::Message::Broadcast(plumtree::Message::Prune))
+                .is_none()
+        );
     }
 
     #[test]

@@ -155,6 +155,62 @@ async fn ten_thousand_frames_arrive_in_order_over_one_connection() {
     still_works(&mut b, &mut a, b"back").await;
 }
 
+/// Frames given as a head and a body arrive as one frame, joined, in order with whole frames;
+/// frames larger than a read (64 KiB) arrive whole; plaintext and encrypted alike.
+#[tokio::test]
+async fn parts_and_large_frames_arrive_whole_and_in_order() {
+    for keyring in [None, Some(Keyring::new([9; 32]))] {
+        let config = TcpConfig {
+            max_frame_size: 300 * 1024,
+            keyring,
+            ..cfg()
+        };
+        let mut a = bind(config.clone(), 1).await;
+        let mut b = bind(config, 2).await;
+        let b_id = b.local_id();
+        // Sizes around the read size and the batch limits, a head of every length up to 64.
+        let sizes = [
+            0usize,
+            1,
+            1000,
+            65_000,
+            65_536,
+            70_000,
+            3,
+            299 * 1024,
+            1024,
+            0,
+        ];
+        let mut expected = Vec::new();
+        for round in 0..13usize {
+            for (i, &size) in sizes.iter().enumerate() {
+                let fill = (round * 16 + i) as u8;
+                let body = Bytes::from(vec![fill; size]);
+                if (round + i) % 3 == 0 {
+                    a.send(b_id, body.clone());
+                    expected.push(body);
+                } else {
+                    let head: Vec<u8> = (0..(round * 10 + i) % 65).map(|k| k as u8).collect();
+                    a.send_parts(b_id, &head, body.clone());
+                    expected.push(Bytes::from([&head[..], &body[..]].concat()));
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        for (n, want) in expected.iter().enumerate() {
+            let (_, frame) = next_frame(&mut b).await;
+            assert!(
+                frame == *want,
+                "frame {n}: {} bytes, want {}",
+                frame.len(),
+                want.len()
+            );
+        }
+        assert_eq!(a.stats().dropped_overflow, 0);
+        assert_eq!(b.stats().frames_received, expected.len() as u64);
+    }
+}
+
 #[tokio::test]
 async fn overflowing_the_queue_drops_the_newest_and_counts_it() {
     let mut a = bind(
@@ -592,6 +648,24 @@ async fn disconnect_flushes_then_the_peer_sees_the_link_go() {
 
 fn maddr(port: u16) -> SocketAddr {
     ([10, 0, 0, 1], port).into()
+}
+
+#[tokio::test(start_paused = true)]
+async fn memory_parts_arrive_joined_at_every_peer() {
+    let net = MemoryNetwork::new(7);
+    let mut a = net.bind(maddr(1), 1).unwrap();
+    let mut b = net.bind(maddr(2), 2).unwrap();
+    let mut c = net.bind(maddr(3), 3).unwrap();
+    let body = Bytes::from_static(b"payload");
+    // The same parts to two peers (joined once, shared), then other parts with the same body.
+    a.send_parts(b.local_id(), b"h1", body.clone());
+    a.send_parts(c.local_id(), b"h1", body.clone());
+    a.send_parts(b.local_id(), b"h2", body.clone());
+    a.send_parts(c.local_id(), b"", body.slice(..3));
+    assert_eq!(&next_frame(&mut b).await.1[..], b"h1payload");
+    assert_eq!(&next_frame(&mut b).await.1[..], b"h2payload");
+    assert_eq!(&next_frame(&mut c).await.1[..], b"h1payload");
+    assert_eq!(&next_frame(&mut c).await.1[..], b"pay");
 }
 
 #[tokio::test(start_paused = true)]

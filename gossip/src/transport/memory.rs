@@ -192,6 +192,8 @@ impl MemoryNetwork {
             failed_pending: HashSet::new(),
             waker: None,
             stats: TransportStats::default(),
+            joined_head: Vec::new(),
+            joined: None,
         })
     }
 
@@ -343,6 +345,11 @@ pub struct MemoryTransport {
     failed_pending: HashSet<NodeId>,
     waker: Option<Waker>,
     stats: TransportStats,
+    /// The head of the last frame joined by `send_parts`, and its body and the joined frame:
+    /// the same parts sent on to further peers (a payload to every eager neighbour) are joined
+    /// once and shared.
+    joined_head: Vec<u8>,
+    joined: Option<(Bytes, Bytes)>,
 }
 
 impl std::fmt::Debug for MemoryTransport {
@@ -395,6 +402,29 @@ impl Transport for MemoryTransport {
             self.stats.dropped_unreachable += 1;
             self.link_failed(to);
         }
+    }
+
+    fn send_parts(&mut self, to: NodeId, head: &[u8], body: Bytes) {
+        let frame = match &self.joined {
+            Some((b, frame))
+                if b.as_ptr() == body.as_ptr()
+                    && b.len() == body.len()
+                    && self.joined_head == head =>
+            {
+                frame.clone()
+            }
+            _ => {
+                let mut frame = bytes::BytesMut::with_capacity(head.len() + body.len());
+                frame.extend_from_slice(head);
+                frame.extend_from_slice(&body);
+                let frame = frame.freeze();
+                self.joined_head.clear();
+                self.joined_head.extend_from_slice(head);
+                self.joined = Some((body, frame.clone()));
+                frame
+            }
+        };
+        self.send(to, frame)
     }
 
     /// There are no connections in memory: nothing to close.

@@ -78,6 +78,16 @@ pub trait Transport: Send + 'static {
     /// Queue `frame` for `to`, connecting first if there is no link. Never blocks: when the
     /// peer's bounded queue is full the frame is dropped and counted.
     fn send(&mut self, to: NodeId, frame: Bytes);
+    /// Queue one frame made of `head` followed by `body` (`head.len() + body.len()` bytes on the
+    /// wire, exactly as if they had been joined and passed to [`send`](Transport::send)). A
+    /// transport that writes frames to a socket writes the two parts one after the other, so a
+    /// payload sent to several peers is shared, not copied for each. The default joins them.
+    fn send_parts(&mut self, to: NodeId, head: &[u8], body: Bytes) {
+        let mut frame = bytes::BytesMut::with_capacity(head.len() + body.len());
+        frame.extend_from_slice(head);
+        frame.extend_from_slice(&body);
+        self.send(to, frame.freeze())
+    }
     /// Close the link to `peer`, if any, once queued frames are flushed.
     fn disconnect(&mut self, peer: NodeId);
     /// The next event. `Poll::Ready(None)` means the transport has shut down.
@@ -94,6 +104,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn send(&mut self, to: NodeId, frame: Bytes) {
         (**self).send(to, frame)
+    }
+    fn send_parts(&mut self, to: NodeId, head: &[u8], body: Bytes) {
+        (**self).send_parts(to, head, body)
     }
     fn disconnect(&mut self, peer: NodeId) {
         (**self).disconnect(peer)
