@@ -48,9 +48,10 @@
 //!   traffic in either direction for [`TcpConfig::idle_timeout`] is closed quietly;
 //! - write: a batch of frames (at most 64 frames or about 256 KiB, or one larger frame) must be
 //!   written within [`TcpConfig::write_timeout`];
-//! - at most [`TcpConfig::max_inbound_connections`] accepted connections and
-//!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
-//!   at once.
+//! - at most [`TcpConfig::max_inbound_connections`] accepted connections (extra connections
+//!   are closed at once) and [`TcpConfig::max_pending_handshakes`] handshakes in progress (extra
+//!   connections wait in the kernel's accept queue, of up to 1024 connections, until
+//!   one finishes).
 //!
 //! # Batching
 //!
@@ -139,7 +140,7 @@ pub struct TcpConfig {
     pub outbound_queue: usize,
     /// Accepted connections open at once; more are closed at once. Default 256.
     pub max_inbound_connections: usize,
-    /// Inbound handshakes in progress at once; more are closed at once. Default 64.
+    /// Inbound handshakes in progress at once; more wait in the listen backlog. Default 64.
     pub max_pending_handshakes: usize,
     /// First delay before redialing a peer whose dial failed. Default 100 ms.
     pub backoff_min: Duration,
@@ -276,6 +277,7 @@ enum Internal {
         peer: NodeId,
         conn: u64,
         reason: Option<RejectReason>,
+        cause: &'static str,
     },
     Inbound {
         peer: NodeId,
@@ -287,6 +289,7 @@ enum Internal {
         peer: NodeId,
         conn: u64,
         failed: bool,
+        cause: &'static str,
     },
 }
 
@@ -454,9 +457,7 @@ impl TcpTransport {
         if config.max_frame_size > (u32::MAX as usize) - 4 - keyring::OVERHEAD {
             return Err(TcpError::Config("max_frame_size must fit a 32-bit length"));
         }
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| TcpError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| TcpError::Bind { addr, source })?;
         let bound = listener
             .local_addr()
             .map_err(|source| TcpError::Bind { addr, source })?;
@@ -590,7 +591,12 @@ impl TcpTransport {
                     self.peers.insert(actual, p);
                 }
             }
-            Internal::DialFailed { peer, conn, reason } => {
+            Internal::DialFailed {
+                peer,
+                conn,
+                reason,
+                cause,
+            } => {
                 self.set_backoff(peer);
                 if let Some(reason) = reason.filter(RejectReason::needs_user_action) {
                     self.push(TransportEvent::Rejected {
@@ -602,6 +608,7 @@ impl TcpTransport {
                     // Frames queued for the dial are lost either way; the peer's own
                     // connection, if it opened one, carries what comes next.
                     self.promote_spare(peer);
+                    debug!(%peer, conn, cause, "link failed: the dial failed");
                     self.push(TransportEvent::LinkFailed(peer));
                 }
             }
@@ -611,14 +618,21 @@ impl TcpTransport {
                 give,
                 stop,
             } => self.on_inbound(peer, conn, give, stop),
-            Internal::Closed { peer, conn, failed } => {
+            Internal::Closed {
+                peer,
+                conn,
+                failed,
+                cause,
+            } => {
                 // Connections that no longer hold the queue (replaced, read-only) end quietly.
                 let p = self.peers.get_mut(&peer)?;
                 if p.spare.as_ref().is_some_and(|s| s.conn == conn) {
                     p.spare = None;
                 } else if p.conn == conn {
+                    let dialed = p.dialed;
                     self.promote_spare(peer);
                     if failed {
+                        debug!(%peer, conn, cause, dialed, "link failed: the connection closed");
                         self.push(TransportEvent::LinkFailed(peer));
                     }
                 }
@@ -645,6 +659,7 @@ impl TcpTransport {
                 }
             }
             Some(p) => {
+                debug!(%peer, old = p.conn, new = conn, old_dialed = p.dialed, "an inbound connection replaces the current one");
                 // The new connection takes over: the current one hands it the queue directly.
                 // If that connection is already gone, so is its queue: start a fresh one.
                 let handed = match p.stop.take() {
@@ -706,6 +721,7 @@ impl TcpTransport {
             .is_some_and(|b| b.until > Instant::now())
         {
             add(&self.shared.counters.dropped_unreachable, 1);
+            debug!(peer = %to, "link failed: the peer is backed off after a failed dial");
             self.push(TransportEvent::LinkFailed(to));
             return;
         }
@@ -829,8 +845,34 @@ impl Transport for TcpTransport {
     }
 }
 
+/// Connections the kernel completes and queues for `accept` (capped by the OS, e.g. Linux's
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listening socket with a backlog of [`LISTEN_BACKLOG`]. The standard library's 128 is too
+/// small for a cluster joining through one node: with 200 nodes dialing it at once the kernel's
+/// accept queue overflowed, dropped the handshakes' last packets, and the dialers waited for
+/// TCP's 1 s retransmission before their first frame got through.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As the standard library and mio do: rebind a port at once after a restart.
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
+        // Beyond the pending-handshake limit, connections wait in the kernel's accept queue
+        // (bounded by the backlog) until a handshake finishes. Refusing them instead cost a
+        // join storm dozens of resets: dialers that are merely early, backed off and retried.
+        let Ok(hs_permit) = shared.handshake_permits.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -840,15 +882,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let permits = shared
-            .inbound_permits
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .zip(shared.handshake_permits.clone().try_acquire_owned().ok());
-        let Some((conn_permit, hs_permit)) = permits else {
+        let Ok(conn_permit) = shared.inbound_permits.clone().try_acquire_owned() else {
             add(&shared.counters.rejected_connections, 1);
-            warn!(%addr, "connection refused: too many inbound connections or pending handshakes");
+            warn!(%addr, "connection refused: too many inbound connections");
             continue;
         };
         let s = shared.clone();
@@ -1067,6 +1103,18 @@ async fn dial_task(
     };
     match result {
         Err(e) => {
+            let cause = match &e {
+                ConnError::Io(io) => match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "refused",
+                    std::io::ErrorKind::ConnectionReset => "reset",
+                    std::io::ErrorKind::TimedOut => "connect timeout",
+                    _ => "io",
+                },
+                ConnError::HandshakeTimeout => "handshake timeout",
+                ConnError::ClosedInHandshake => "closed in handshake",
+                ConnError::Handshake(_) => "handshake refused",
+                _ => "other",
+            };
             let reason = match e {
                 ConnError::Handshake(reason) => {
                     if reason.needs_user_action() {
@@ -1083,7 +1131,12 @@ async fn dial_task(
             };
             let _ = shared
                 .events
-                .send(Internal::DialFailed { peer, conn, reason })
+                .send(Internal::DialFailed {
+                    peer,
+                    conn,
+                    reason,
+                    cause,
+                })
                 .await;
         }
         Ok((r, w, session, actual)) => {
@@ -1270,6 +1323,13 @@ async fn run_conn(
             }
         }
     };
+    let cause = match &end {
+        ReadEnd::Eof => "eof",
+        ReadEnd::Idle => "idle",
+        ReadEnd::Shutdown => "shutdown",
+        ReadEnd::Error(ConnError::Io(_)) => "io",
+        ReadEnd::Error(_) => "error",
+    };
     let failed = match end {
         ReadEnd::Eof => true,
         ReadEnd::Idle | ReadEnd::Shutdown => false,
@@ -1285,7 +1345,12 @@ async fn run_conn(
     };
     let _ = shared
         .events
-        .send(Internal::Closed { peer, conn, failed })
+        .send(Internal::Closed {
+            peer,
+            conn,
+            failed,
+            cause,
+        })
         .await;
 }
 
