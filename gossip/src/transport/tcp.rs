@@ -16,12 +16,18 @@
 //! on its own and both close it once drained. Frames already written on the losing connection
 //! are still read, so nothing is lost, though frames of the two connections may interleave. A
 //! new connection from a peer that already has one replaces it (the peer must have lost the old
-//! one).
+//! one). A send to an address alone (generation 0, as when joining) goes over the open
+//! connection to the node at that address, if there is one, rather than dialing a second.
 //!
 //! [`TransportEvent::LinkFailed`] is reported when a dial or handshake fails, when the
-//! connection holding a peer's queue breaks, and when the peer closes it; not when a connection
-//! closes for idleness, after [`disconnect`](Transport::disconnect), or when a redundant
-//! connection from a simultaneous dial is retired.
+//! connection holding a peer's queue breaks, and when the peer closes it without a goodbye; not
+//! when a connection closes for idleness, after [`disconnect`](Transport::disconnect), or when a
+//! redundant connection from a simultaneous dial is retired. A side that closes a connection on
+//! purpose (disconnect, retired or replaced connection, idleness, [`TcpTransport::close`]) sends
+//! a *goodbye*, an empty frame, before its end of stream, and the peer closes its side quietly
+//! too (unless frames it had queued there are lost). A peer that crashed or was dropped closes
+//! without one. Taking a goodbye for a failure made HyParView drop live peers from its passive
+//! view: every rejected `NEIGHBOR` request and every `DISCONNECT` did so at the other end.
 //!
 //! Connection bookkeeping (which connection holds a peer's queue, failures, backoff) happens in
 //! [`poll_recv`](Transport::poll_recv): the node must keep polling it, as its actor loop does.
@@ -325,6 +331,9 @@ impl Shared {
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
             tokio::select! {
+                // Cancellation first: a dropped transport is a crash, so its connections must
+                // not get to say goodbye (dropping the queues would otherwise let them).
+                biased;
                 _ = cancel.cancelled() => {}
                 _ = fut => {}
             }
@@ -779,6 +788,18 @@ impl Transport for TcpTransport {
             debug!("frame to self dropped");
             return;
         }
+        // Generation 0 means whoever listens at the address: a connection to the node there
+        // serves. A second dial would replace that connection at the peer, closing the first
+        // under frames in flight (join retries did so during join storms).
+        let to = match to.generation {
+            0 if !self.peers.contains_key(&to) => self
+                .peers
+                .keys()
+                .copied()
+                .find(|id| id.addr == to.addr)
+                .unwrap_or(to),
+            _ => to,
+        };
         let Some(p) = self.peers.get(&to) else {
             return self.dial_or_fail(to, frame);
         };
@@ -1226,6 +1247,8 @@ enum QueueSource {
 
 enum ReadEnd {
     Eof,
+    /// End of stream after the peer's goodbye: it closed the connection on purpose.
+    Goodbye,
     Idle,
     Error(ConnError),
     Shutdown,
@@ -1323,8 +1346,15 @@ async fn run_conn(
             }
         }
     };
+    if matches!(end, ReadEnd::Idle)
+        && let Some(mut w) = writer.take()
+    {
+        // Say goodbye, so the peer does not take the close for a failure.
+        close_writer(&shared, &mut w).await;
+    }
     let cause = match &end {
         ReadEnd::Eof => "eof",
+        ReadEnd::Goodbye => "goodbye",
         ReadEnd::Idle => "idle",
         ReadEnd::Shutdown => "shutdown",
         ReadEnd::Error(ConnError::Io(_)) => "io",
@@ -1332,6 +1362,8 @@ async fn run_conn(
     };
     let failed = match end {
         ReadEnd::Eof => true,
+        // Frames still queued here are lost: say so, as for a failure.
+        ReadEnd::Goodbye => queue.as_ref().is_some_and(|q| !q.is_empty()),
         ReadEnd::Idle | ReadEnd::Shutdown => false,
         ReadEnd::Error(e) => {
             if e.is_bad_input() {
@@ -1354,8 +1386,17 @@ async fn run_conn(
         .await;
 }
 
+/// Closes this side of a connection on purpose: an empty frame (a goodbye: no protocol frame
+/// is empty, and no sealed record is) and then the end of the stream. The peer reads the
+/// goodbye and does not report the close as [`TransportEvent::LinkFailed`]; a peer that
+/// crashed closes without one.
 async fn close_writer(shared: &Shared, w: &mut Writer) {
-    let _ = timeout(shared.cfg.write_timeout, SinkExt::<Bytes>::close(w)).await;
+    let _ = timeout(shared.cfg.write_timeout, async {
+        w.send(Bytes::new()).await?;
+        add(&shared.counters.bytes_sent, 4);
+        SinkExt::<Bytes>::close(w).await
+    })
+    .await;
 }
 
 /// Writes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
@@ -1530,6 +1571,7 @@ async fn read_loop(
     let mut counter = 0u64;
     let mut last_read = shared.now_ms();
     let mut partial_since: Option<u64> = None;
+    let mut goodbye = false;
     // Whatever the handshake reader already buffered past the handshake belongs to us.
     let mut reader = reader;
     let mut buf = std::mem::take(reader.read_buffer_mut());
@@ -1551,6 +1593,11 @@ async fn read_loop(
             partial_since = None;
             for body in bodies.drain(..) {
                 add(&shared.counters.bytes_received, body.len() as u64 + 4);
+                if body.is_empty() {
+                    // The peer's goodbye (see `close_writer`): the end of stream is on purpose.
+                    goodbye = true;
+                    continue;
+                }
                 match &session {
                     Some(s) => {
                         let record = match s.open(counter, body) {
@@ -1591,6 +1638,7 @@ async fn read_loop(
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
+                Ok(0) if goodbye => return ReadEnd::Goodbye,
                 Ok(0) => {
                     // The peer closes an idle connection at its own check, which may run up to
                     // one check period before ours: an end of stream that close to the idle
