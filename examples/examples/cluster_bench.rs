@@ -205,11 +205,35 @@ async fn main() {
             &join_times[join_times.len().saturating_sub(3)..]
         );
     }
+    let joined_at: std::collections::HashMap<NodeId, Duration> =
+        join_times.iter().map(|(t, id)| (*id, *t)).collect();
     let join_times: Vec<Duration> = join_times.into_iter().map(|(t, _)| t).collect();
     let joined = join_times.last().copied().unwrap_or_default();
     let mut converged = Vec::new();
     for w in watchers {
         converged.push(w.await.unwrap());
+    }
+    if args.diag {
+        // Which nodes got there last, and when their own join had returned.
+        let mut order: Vec<(Option<Duration>, NodeId)> = converged
+            .iter()
+            .zip(&nodes)
+            .map(|(t, n)| (*t, n.id()))
+            .collect();
+        order.sort_by_key(|(t, _)| t.unwrap_or(Duration::MAX));
+        let at = |q: f64| order[((order.len() - 1) as f64 * q) as usize].0;
+        println!(
+            "each node listing all: p50 {:?} p90 {:?} max {:?}",
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        );
+        for (t, id) in &order[order.len().saturating_sub(5)..] {
+            println!(
+                "  {id} listed all at {t:?}, its join returned at {:?}",
+                joined_at.get(id)
+            );
+        }
     }
     let converge = converged
         .iter()
