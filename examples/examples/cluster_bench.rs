@@ -34,9 +34,13 @@ struct Args {
     kill: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Print what the nodes still lacking members lack, 1.19 s after the joins started.
+    /// Print what the nodes still lacking members lack, `--diag-at` seconds after the joins
+    /// started, and which nodes converged last.
     #[arg(long)]
     diag: bool,
+    /// When `--diag` looks at the lagging nodes, in seconds after the joins started.
+    #[arg(long, default_value_t = 1.19)]
+    diag_at: f64,
 }
 
 /// For every node that does not list all members alive yet: what it lacks.
@@ -177,9 +181,9 @@ async fn main() {
         })
         .collect();
     if args.diag {
-        let (nodes, all) = (nodes.clone(), all.clone());
+        let (nodes, all, at) = (nodes.clone(), all.clone(), args.diag_at);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(1.19)).await;
+            tokio::time::sleep(Duration::from_secs_f64(at)).await;
             lagging_report(&nodes, &all, join_start).await;
         });
     }
