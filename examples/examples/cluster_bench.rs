@@ -34,9 +34,13 @@ struct Args {
     kill: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Print what the nodes still lacking members lack, 1.19 s after the joins started.
+    /// Print what the nodes still lacking members lack, `--diag-at` seconds after the joins
+    /// started, and which nodes converged last.
     #[arg(long)]
     diag: bool,
+    /// When `--diag` looks at the lagging nodes, in seconds after the joins started.
+    #[arg(long, default_value_t = 1.19)]
+    diag_at: f64,
 }
 
 /// For every node that does not list all members alive yet: what it lacks.
@@ -177,9 +181,9 @@ async fn main() {
         })
         .collect();
     if args.diag {
-        let (nodes, all) = (nodes.clone(), all.clone());
+        let (nodes, all, at) = (nodes.clone(), all.clone(), args.diag_at);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs_f64(1.19)).await;
+            tokio::time::sleep(Duration::from_secs_f64(at)).await;
             lagging_report(&nodes, &all, join_start).await;
         });
     }
@@ -205,11 +209,35 @@ async fn main() {
             &join_times[join_times.len().saturating_sub(3)..]
         );
     }
+    let joined_at: std::collections::HashMap<NodeId, Duration> =
+        join_times.iter().map(|(t, id)| (*id, *t)).collect();
     let join_times: Vec<Duration> = join_times.into_iter().map(|(t, _)| t).collect();
     let joined = join_times.last().copied().unwrap_or_default();
     let mut converged = Vec::new();
     for w in watchers {
         converged.push(w.await.unwrap());
+    }
+    if args.diag {
+        // Which nodes got there last, and when their own join had returned.
+        let mut order: Vec<(Option<Duration>, NodeId)> = converged
+            .iter()
+            .zip(&nodes)
+            .map(|(t, n)| (*t, n.id()))
+            .collect();
+        order.sort_by_key(|(t, _)| t.unwrap_or(Duration::MAX));
+        let at = |q: f64| order[((order.len() - 1) as f64 * q) as usize].0;
+        println!(
+            "each node listing all: p50 {:?} p90 {:?} max {:?}",
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        );
+        for (t, id) in &order[order.len().saturating_sub(5)..] {
+            println!(
+                "  {id} listed all at {t:?}, its join returned at {:?}",
+                joined_at.get(id)
+            );
+        }
     }
     let converge = converged
         .iter()

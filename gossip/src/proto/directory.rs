@@ -30,7 +30,10 @@
 //! [`Config::forward_delay`] and are then forwarded in one [`Message::Announce`] to the
 //! *collector*: the smallest id this node believes `Alive` (often itself). The collector merges
 //! them as its own first-hand news and flushes its outbox as one system broadcast every
-//! [`Config::flush_interval`] (or at once when it holds [`Config::max_batch_entries`] facts). So
+//! [`Config::flush_interval`] (or at once when it holds [`Config::max_batch_entries`] facts).
+//! Whoever receives an announcement acts as its collector: it broadcasts the facts even if it
+//! believes in another collector (views differ during a join storm, and forwarding again made
+//! chains) and even if it knew them already (from a snapshot, say, which nobody else heard). So
 //! a join storm or a mass crash, where thousands of nodes each learn a little, costs a few large
 //! broadcasts instead of one per node: in the simulator, 1,000 nodes losing half of them sent
 //! 17 system broadcasts instead of about 1,700.
@@ -582,6 +585,8 @@ enum Source {
     Snapshot,
     /// Anti-entropy or healing exchange: others may lack it too.
     Exchange,
+    /// Forwarded to this node as the collector (an [`Message::Announce`]): broadcast it.
+    Announced,
 }
 
 /// A `Dead` or `Left` entry and when it became so, in seconds of the directory's clock.
@@ -598,6 +603,8 @@ struct Pending<P: PeerId> {
     fact: Fact<P>,
     /// Forwarded to the collector: broadcast it ourselves if still uncovered at this time.
     deadline: Option<Instant>,
+    /// Announced to this node: broadcast it at the next flush, never forward it again.
+    collect: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1181,9 +1188,25 @@ impl<P: PeerId> State<P> {
         if source == Source::Broadcast {
             self.drop_covered_outbox(&fact, incarnation);
         }
-        if changed && matches!(source, Source::FirstHand | Source::Exchange) {
+        let relay = match source {
+            Source::FirstHand | Source::Exchange => changed,
+            // The forwarder waits for a broadcast of it, and this node may know it only from
+            // a snapshot or an exchange, which nobody else heard: relay it even if it is no
+            // news here. Dropping such facts made a join storm wait for the forwarders' grace
+            // period (1 s on a LAN). A newer fact held here came from somewhere else, and
+            // covers the forwarder's once it is broadcast.
+            Source::Announced => {
+                changed
+                    || self.entries.get(&id).is_some_and(|e| {
+                        (e.incarnation() as u64, e.state().rank())
+                            == (fact.incarnation, fact.state.rank())
+                    })
+            }
+            Source::Broadcast | Source::Snapshot => false,
+        };
+        if relay {
             let f = self.fact_of(id, self.entries[&id]);
-            self.push_outbox(f, now, out);
+            self.push_outbox_as(f, source == Source::Announced, now, out);
         }
         changed
     }
@@ -1297,19 +1320,34 @@ impl<P: PeerId> State<P> {
     }
 
     fn push_outbox(&mut self, fact: Fact<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        self.push_outbox_as(fact, false, now, out);
+    }
+
+    /// `collect`: the fact was announced to this node, which broadcasts it itself rather than
+    /// forward it to the collector it believes in. Views differ during a join storm, and
+    /// announcements went along chains of three collectors, a forward delay and a turn each.
+    fn push_outbox_as(
+        &mut self,
+        fact: Fact<P>,
+        collect: bool,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         let id = fact.id;
+        let collect = collect || self.outbox.get(&id).is_some_and(|p| p.collect);
         self.outbox.insert(
             id,
             Pending {
                 fact,
                 deadline: None,
+                collect,
             },
         );
         self.fresh.push(id);
         if self.fresh.len() >= self.config.max_batch_entries {
             self.process_outbox(now, out);
         } else {
-            let delay = if self.collector() == self.me {
+            let delay = if collect || self.collector() == self.me {
                 self.config.flush_interval
             } else {
                 self.config.forward_delay
@@ -1359,7 +1397,7 @@ impl<P: PeerId> State<P> {
                 if p.deadline.is_some() {
                     continue; // a repeated id, already handled
                 }
-                if collector == self.me {
+                if collector == self.me || p.collect {
                     broadcast.push(self.outbox.remove(&id).expect("checked").fact);
                 } else {
                     p.deadline = Some(deadline);
@@ -1781,7 +1819,7 @@ impl<P: PeerId> State<P> {
                     let source = if fact.id == from {
                         Source::Snapshot
                     } else {
-                        Source::FirstHand
+                        Source::Announced
                     };
                     self.merge(fact, source, now, out);
                 }

@@ -342,6 +342,9 @@ pub struct State<P: PeerId> {
     join_attempts: u32,
     /// No new join before this instant (backoff after a failed one).
     next_join_at: Option<Instant>,
+    /// A full contact rejected our join: its walks are due before this instant, and a join
+    /// the driver retries meanwhile is not sent (it would only start more walks).
+    walks_due: Option<Instant>,
     /// Repair rounds in a row this node was stranded (see `rejoin_if_stranded`).
     stranded_rounds: u32,
     /// When a full node last forced a link on a reach.
@@ -366,6 +369,7 @@ impl<P: PeerId> State<P> {
             next_contact: 0,
             join_attempts: 0,
             next_join_at: None,
+            walks_due: None,
             stranded_rounds: 0,
             last_forced_reach: None,
             shuffle_sent: None,
@@ -613,6 +617,7 @@ impl<P: PeerId> State<P> {
             // failure, so no backoff; if the walks bring no link, join again soon.
             self.join_attempts = self.join_attempts.saturating_sub(1);
             self.next_join_at = Some(now + self.config.join_timeout);
+            self.walks_due = self.next_join_at;
             out.push_back(OutEvent::ScheduleTimer(
                 self.config.join_timeout,
                 Timer::Rejoin,
@@ -916,7 +921,12 @@ impl<P: PeerId> State<P> {
         // Already linked, the contact stays a fallback for a rejoin. It is not reached: a
         // contact known by address only answers from another id, so a request to it could
         // not be matched. The directory heals through seeds instead.
-        if self.active.is_empty() && !self.pending.iter().any(|p| p.join) {
+        // After a full contact's rejection, the walks it started are on their way: asking
+        // again would only start as many more, loading the contact in a join storm (the
+        // runtime retries every 100 ms and more); the rejoin timer asks again if they bring
+        // nothing.
+        let walks_on_their_way = self.walks_due.is_some_and(|t| now < t);
+        if self.active.is_empty() && !self.pending.iter().any(|p| p.join) && !walks_on_their_way {
             // One join at a time: the other contacts are fallbacks for the retry.
             self.next_contact = self.contacts.len();
             self.send_join(contact, now, out);
@@ -1597,6 +1607,13 @@ mod tests {
             hints: vec![],
         };
         early.recv(100, rejected, at(20));
+        // The runtime retrying the join meanwhile does not start more walks...
+        assert!(early.handle(InEvent::RequestJoin(100), at(120)).is_empty());
+        assert!(
+            early
+                .handle(InEvent::RequestJoin(100), at(1_010))
+                .is_empty()
+        );
         let out = early.handle(InEvent::TimerExpired(Timer::Rejoin), at(1_020));
         assert_eq!(
             out,
@@ -1605,6 +1622,16 @@ mod tests {
                 OutEvent::ScheduleTimer(Duration::from_secs(1), Timer::PendingExpired(100)),
             ]
         );
+        // ...but once they are overdue, a retry joins again at once.
+        let mut late = Node::new(52);
+        late.handle(InEvent::RequestJoin(100), at(0));
+        let rejected = Message::NeighborReply {
+            accepted: false,
+            hints: vec![],
+        };
+        late.recv(100, rejected, at(20));
+        let out = late.handle(InEvent::RequestJoin(100), at(1_020));
+        assert!(out.contains(&OutEvent::SendMessage(100, Message::Join)));
         // With the paper's behaviour the contact makes room instead.
         let mut c = full_node();
         c.state.config.contact_evicts = true;

@@ -16,12 +16,18 @@
 //! on its own and both close it once drained. Frames already written on the losing connection
 //! are still read, so nothing is lost, though frames of the two connections may interleave. A
 //! new connection from a peer that already has one replaces it (the peer must have lost the old
-//! one).
+//! one). A send to an address alone (generation 0, as when joining) goes over the open
+//! connection to the node at that address, if there is one, rather than dialing a second.
 //!
 //! [`TransportEvent::LinkFailed`] is reported when a dial or handshake fails, when the
-//! connection holding a peer's queue breaks, and when the peer closes it; not when a connection
-//! closes for idleness, after [`disconnect`](Transport::disconnect), or when a redundant
-//! connection from a simultaneous dial is retired.
+//! connection holding a peer's queue breaks, and when the peer closes it without a goodbye; not
+//! when a connection closes for idleness, after [`disconnect`](Transport::disconnect), or when a
+//! redundant connection from a simultaneous dial is retired. A side that closes a connection on
+//! purpose (disconnect, retired or replaced connection, idleness, [`TcpTransport::close`]) sends
+//! a *goodbye*, an empty frame, before its end of stream, and the peer closes its side quietly
+//! too (unless frames it had queued there are lost). A peer that crashed or was dropped closes
+//! without one. Taking a goodbye for a failure made HyParView drop live peers from its passive
+//! view: every rejected `NEIGHBOR` request and every `DISCONNECT` did so at the other end.
 //!
 //! Connection bookkeeping (which connection holds a peer's queue, failures, backoff) happens in
 //! [`poll_recv`](Transport::poll_recv): the node must keep polling it, as its actor loop does.
@@ -49,9 +55,10 @@
 //! - write: a batch of frames (at most 256 frames or about 256 KiB; frames are taken in runs of
 //!   up to 16 while they average under 4 KiB, so a batch may end with a few larger ones) must
 //!   be written within [`TcpConfig::write_timeout`];
-//! - at most [`TcpConfig::max_inbound_connections`] accepted connections and
-//!   [`TcpConfig::max_pending_handshakes`] handshakes in progress; extra connections are closed
-//!   at once.
+//! - at most [`TcpConfig::max_inbound_connections`] accepted connections (extra connections
+//!   are closed at once) and [`TcpConfig::max_pending_handshakes`] handshakes in progress (extra
+//!   connections wait in the kernel's accept queue, of up to 1024 connections, until
+//!   one finishes).
 //!
 //! # Batching
 //!
@@ -143,7 +150,7 @@ pub struct TcpConfig {
     pub outbound_queue: usize,
     /// Accepted connections open at once; more are closed at once. Default 256.
     pub max_inbound_connections: usize,
-    /// Inbound handshakes in progress at once; more are closed at once. Default 64.
+    /// Inbound handshakes in progress at once; more wait in the listen backlog. Default 64.
     pub max_pending_handshakes: usize,
     /// First delay before redialing a peer whose dial failed. Default 100 ms.
     pub backoff_min: Duration,
@@ -320,6 +327,7 @@ enum Internal {
         peer: NodeId,
         conn: u64,
         reason: Option<RejectReason>,
+        cause: &'static str,
     },
     Inbound {
         peer: NodeId,
@@ -331,6 +339,7 @@ enum Internal {
         peer: NodeId,
         conn: u64,
         failed: bool,
+        cause: &'static str,
     },
 }
 
@@ -366,6 +375,9 @@ impl Shared {
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
             tokio::select! {
+                // Cancellation first: a dropped transport is a crash, so its connections must
+                // not get to say goodbye (dropping the queues would otherwise let them).
+                biased;
                 _ = cancel.cancelled() => {}
                 _ = fut => {}
             }
@@ -500,9 +512,7 @@ impl TcpTransport {
         if config.max_frame_size > (u32::MAX as usize) - 4 - keyring::OVERHEAD {
             return Err(TcpError::Config("max_frame_size must fit a 32-bit length"));
         }
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| TcpError::Bind { addr, source })?;
+        let listener = listen(addr).map_err(|source| TcpError::Bind { addr, source })?;
         let bound = listener
             .local_addr()
             .map_err(|source| TcpError::Bind { addr, source })?;
@@ -636,7 +646,12 @@ impl TcpTransport {
                     self.peers.insert(actual, p);
                 }
             }
-            Internal::DialFailed { peer, conn, reason } => {
+            Internal::DialFailed {
+                peer,
+                conn,
+                reason,
+                cause,
+            } => {
                 self.set_backoff(peer);
                 if let Some(reason) = reason.filter(RejectReason::needs_user_action) {
                     self.push(TransportEvent::Rejected {
@@ -648,6 +663,7 @@ impl TcpTransport {
                     // Frames queued for the dial are lost either way; the peer's own
                     // connection, if it opened one, carries what comes next.
                     self.promote_spare(peer);
+                    debug!(%peer, conn, cause, "link failed: the dial failed");
                     self.push(TransportEvent::LinkFailed(peer));
                 }
             }
@@ -657,14 +673,21 @@ impl TcpTransport {
                 give,
                 stop,
             } => self.on_inbound(peer, conn, give, stop),
-            Internal::Closed { peer, conn, failed } => {
+            Internal::Closed {
+                peer,
+                conn,
+                failed,
+                cause,
+            } => {
                 // Connections that no longer hold the queue (replaced, read-only) end quietly.
                 let p = self.peers.get_mut(&peer)?;
                 if p.spare.as_ref().is_some_and(|s| s.conn == conn) {
                     p.spare = None;
                 } else if p.conn == conn {
+                    let dialed = p.dialed;
                     self.promote_spare(peer);
                     if failed {
+                        debug!(%peer, conn, cause, dialed, "link failed: the connection closed");
                         self.push(TransportEvent::LinkFailed(peer));
                     }
                 }
@@ -691,6 +714,7 @@ impl TcpTransport {
                 }
             }
             Some(p) => {
+                debug!(%peer, old = p.conn, new = conn, old_dialed = p.dialed, "an inbound connection replaces the current one");
                 // The new connection takes over: the current one hands it the queue directly.
                 // If that connection is already gone, so is its queue: start a fresh one.
                 let handed = match p.stop.take() {
@@ -752,6 +776,7 @@ impl TcpTransport {
             .is_some_and(|b| b.until > Instant::now())
         {
             add(&self.shared.counters.dropped_unreachable, 1);
+            debug!(peer = %to, "link failed: the peer is backed off after a failed dial");
             self.push(TransportEvent::LinkFailed(to));
             return;
         }
@@ -777,6 +802,18 @@ impl TcpTransport {
             debug!("frame to self dropped");
             return;
         }
+        // Generation 0 means whoever listens at the address: a connection to the node there
+        // serves. A second dial would replace that connection at the peer, closing the first
+        // under frames in flight (join retries did so during join storms).
+        let to = match to.generation {
+            0 if !self.peers.contains_key(&to) => self
+                .peers
+                .keys()
+                .copied()
+                .find(|id| id.addr == to.addr)
+                .unwrap_or(to),
+            _ => to,
+        };
         let Some(p) = self.peers.get(&to) else {
             return self.dial_or_fail(to, frame);
         };
@@ -894,8 +931,34 @@ impl Transport for TcpTransport {
     }
 }
 
+/// Connections the kernel completes and queues for `accept` (capped by the OS, e.g. Linux's
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listening socket with a backlog of [`LISTEN_BACKLOG`]. The standard library's 128 is too
+/// small for a cluster joining through one node: with 200 nodes dialing it at once the kernel's
+/// accept queue overflowed, dropped the handshakes' last packets, and the dialers waited for
+/// TCP's 1 s retransmission before their first frame got through.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As the standard library and mio do: rebind a port at once after a restart.
+    #[cfg(not(windows))]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
+        // Beyond the pending-handshake limit, connections wait in the kernel's accept queue
+        // (bounded by the backlog) until a handshake finishes. Refusing them instead cost a
+        // join storm dozens of resets: dialers that are merely early, backed off and retried.
+        let Ok(hs_permit) = shared.handshake_permits.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
             Err(e) => {
@@ -905,15 +968,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let permits = shared
-            .inbound_permits
-            .clone()
-            .try_acquire_owned()
-            .ok()
-            .zip(shared.handshake_permits.clone().try_acquire_owned().ok());
-        let Some((conn_permit, hs_permit)) = permits else {
+        let Ok(conn_permit) = shared.inbound_permits.clone().try_acquire_owned() else {
             add(&shared.counters.rejected_connections, 1);
-            warn!(%addr, "connection refused: too many inbound connections or pending handshakes");
+            warn!(%addr, "connection refused: too many inbound connections");
             continue;
         };
         let s = shared.clone();
@@ -1132,6 +1189,18 @@ async fn dial_task(
     };
     match result {
         Err(e) => {
+            let cause = match &e {
+                ConnError::Io(io) => match io.kind() {
+                    std::io::ErrorKind::ConnectionRefused => "refused",
+                    std::io::ErrorKind::ConnectionReset => "reset",
+                    std::io::ErrorKind::TimedOut => "connect timeout",
+                    _ => "io",
+                },
+                ConnError::HandshakeTimeout => "handshake timeout",
+                ConnError::ClosedInHandshake => "closed in handshake",
+                ConnError::Handshake(_) => "handshake refused",
+                _ => "other",
+            };
             let reason = match e {
                 ConnError::Handshake(reason) => {
                     if reason.needs_user_action() {
@@ -1148,7 +1217,12 @@ async fn dial_task(
             };
             let _ = shared
                 .events
-                .send(Internal::DialFailed { peer, conn, reason })
+                .send(Internal::DialFailed {
+                    peer,
+                    conn,
+                    reason,
+                    cause,
+                })
                 .await;
         }
         Ok((r, w, session, actual)) => {
@@ -1238,6 +1312,8 @@ enum QueueSource {
 
 enum ReadEnd {
     Eof,
+    /// End of stream after the peer's goodbye: it closed the connection on purpose.
+    Goodbye,
     Idle,
     Error(ConnError),
     Shutdown,
@@ -1329,8 +1405,24 @@ async fn run_conn(
             }
         }
     };
+    if matches!(end, ReadEnd::Idle)
+        && let Some(mut w) = writer.take()
+    {
+        // Say goodbye, so the peer does not take the close for a failure.
+        close_writer(&shared, &mut w).await;
+    }
+    let cause = match &end {
+        ReadEnd::Eof => "eof",
+        ReadEnd::Goodbye => "goodbye",
+        ReadEnd::Idle => "idle",
+        ReadEnd::Shutdown => "shutdown",
+        ReadEnd::Error(ConnError::Io(_)) => "io",
+        ReadEnd::Error(_) => "error",
+    };
     let failed = match end {
         ReadEnd::Eof => true,
+        // Frames still queued here are lost: say so, as for a failure.
+        ReadEnd::Goodbye => queue.as_ref().is_some_and(|q| !q.is_empty()),
         ReadEnd::Idle | ReadEnd::Shutdown => false,
         ReadEnd::Error(e) => {
             if e.is_bad_input() {
@@ -1344,12 +1436,26 @@ async fn run_conn(
     };
     let _ = shared
         .events
-        .send(Internal::Closed { peer, conn, failed })
+        .send(Internal::Closed {
+            peer,
+            conn,
+            failed,
+            cause,
+        })
         .await;
 }
 
+/// Closes this side of a connection on purpose: an empty frame (a goodbye: no protocol frame
+/// is empty, and no sealed record is) and then the end of the stream. The peer reads the
+/// goodbye and does not report the close as [`TransportEvent::LinkFailed`]; a peer that
+/// crashed closes without one.
 async fn close_writer(shared: &Shared, w: &mut Writer) {
-    let _ = timeout(shared.cfg.write_timeout, SinkExt::<Bytes>::close(w)).await;
+    let _ = timeout(shared.cfg.write_timeout, async {
+        w.send(Bytes::new()).await?;
+        add(&shared.counters.bytes_sent, 4);
+        SinkExt::<Bytes>::close(w).await
+    })
+    .await;
 }
 
 /// Takes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
@@ -1550,6 +1656,7 @@ async fn read_loop(
     let mut counter = 0u64;
     let mut last_read = shared.now_ms();
     let mut partial_since: Option<u64> = None;
+    let mut goodbye = false;
     // Whatever the handshake reader already buffered past the handshake belongs to us.
     let mut reader = reader;
     let mut buf = std::mem::take(reader.read_buffer_mut());
@@ -1574,6 +1681,11 @@ async fn read_loop(
             let received = bodies.iter().map(|b| b.len() as u64 + 4).sum();
             add(&shared.counters.bytes_received, received);
             for body in bodies.drain(..) {
+                if body.is_empty() {
+                    // The peer's goodbye (see `close_writer`): the end of stream is on purpose.
+                    goodbye = true;
+                    continue;
+                }
                 match &session {
                     Some(s) => {
                         let record = match s.open(counter, body) {
@@ -1614,6 +1726,7 @@ async fn read_loop(
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
+                Ok(0) if goodbye => return ReadEnd::Goodbye,
                 Ok(0) => {
                     // The peer closes an idle connection at its own check, which may run up to
                     // one check period before ours: an end of stream that close to the idle

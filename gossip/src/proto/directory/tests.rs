@@ -320,6 +320,50 @@ fn first_hand_facts_go_to_the_collector_which_broadcasts_them() {
 }
 
 #[test]
+fn announced_facts_are_broadcast_by_their_receiver_even_if_it_knew_them() {
+    let c = Config::default();
+    // Node 3 learned member 7 from its join snapshot, which nobody else heard: an announcement
+    // of 7 must still go out, or the forwarder waits its grace period for a broadcast.
+    let mut t = T::new(3);
+    t.recv(
+        9,
+        Message::Sync {
+            facts: vec![alive(1, 0), alive(7, 0), alive(9, 0)],
+            announce: false,
+            last: true,
+            reply: None,
+        },
+    );
+    let o = t.recv(
+        9,
+        Message::Announce {
+            facts: vec![alive(7, 0)],
+            seq: 4,
+        },
+    );
+    assert_eq!(sends(&o), [(9, Message::Ack { seq: 4 })]);
+    assert!(timers(&o).contains(&(c.flush_interval, Timer::Flush)));
+    // It believes 1 is the collector, yet broadcasts the announced fact itself instead of
+    // forwarding it along a chain of collectors.
+    t.now += c.flush_interval;
+    let o = t.timer(Timer::Flush);
+    assert!(sends(&o).is_empty(), "{:?}", sends(&o));
+    assert_eq!(broadcasts(&o), vec![vec![alive(7, 0)]]);
+    // An announced fact older than what it holds is not relayed: the newer one covers it.
+    t.update(1, &[alive(1, 1)]);
+    let o = t.recv(
+        9,
+        Message::Announce {
+            facts: vec![alive(1, 0)],
+            seq: 6,
+        },
+    );
+    assert!(timers(&o).is_empty(), "{:?}", timers(&o));
+    t.now += c.flush_interval;
+    assert!(broadcasts(&t.timer(Timer::Flush)).is_empty());
+}
+
+#[test]
 fn forwarded_facts_nobody_broadcast_go_out_after_the_grace_period() {
     let c = Config::default();
     let mut t = T::new(5);
