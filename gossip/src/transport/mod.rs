@@ -76,7 +76,8 @@ pub trait Transport: Send + 'static {
     /// The address this transport listens on (what other nodes dial).
     fn local_addr(&self) -> SocketAddr;
     /// Queue `frame` for `to`, connecting first if there is no link. Never blocks: when the
-    /// peer's bounded queue is full the frame is dropped and counted.
+    /// peer's bounded queue is full the frame is dropped and counted. An empty frame carries
+    /// nothing: TCP drops it (on the wire it is the goodbye that ends a connection on purpose).
     fn send(&mut self, to: NodeId, frame: Bytes);
     /// Queue one frame made of `head` followed by `body` (`head.len() + body.len()` bytes on the
     /// wire, exactly as if they had been joined and passed to [`send`](Transport::send)). A

@@ -797,6 +797,11 @@ impl TcpTransport {
             );
             return;
         }
+        if frame.len() == 0 {
+            // An empty frame is the goodbye (see `close_writer`) and no node frame is empty.
+            debug!(peer = %to, "empty frame dropped: it would read as a goodbye");
+            return;
+        }
         if to == self.shared.local {
             add(&c.dropped_unreachable, 1);
             debug!("frame to self dropped");
