@@ -1613,9 +1613,11 @@ const FRAMES_PER_EVENT: usize = 256;
 
 /// Cuts the complete wire bodies (`u32` big-endian length, then the body) off the front of
 /// `buf`, at most `limit` of them; the bodies are slices of the read buffer, not copies.
-/// A length over `max` is refused before anything is allocated for it.
+/// A length over `max` is refused before anything is allocated for it. `alloc` is the size of
+/// the allocation `buf` is in, updated when room for a large body takes a fresh one.
 fn cut_bodies(
     buf: &mut BytesMut,
+    alloc: &mut usize,
     max: usize,
     limit: usize,
     out: &mut Vec<BytesMut>,
@@ -1627,7 +1629,7 @@ fn cut_bodies(
         }
         if buf.len() < 4 + len {
             // Room for the rest of this body (bounded by `max`), so it arrives in one piece.
-            make_room(buf, 4 + len - buf.len());
+            make_room(buf, alloc, 4 + len - buf.len());
             break;
         }
         buf.advance(4);
@@ -1638,14 +1640,28 @@ fn cut_bodies(
 
 /// Makes room in the read buffer for `need` more bytes: in place when every frame cut from it
 /// is gone, else in a fresh buffer that takes only the bytes not cut yet. Never by growing the
-/// buffer in place, which copies it whole (frames already cut included).
-fn make_room(buf: &mut BytesMut, need: usize) {
+/// buffer in place, which copies it whole (frames already cut included). A fresh buffer is
+/// `READ_CHUNK` unless a large frame needs more; `alloc` becomes its size.
+fn make_room(buf: &mut BytesMut, alloc: &mut usize, need: usize) {
     if buf.capacity() - buf.len() >= need || buf.try_reclaim(need) {
         return;
     }
-    let mut fresh = BytesMut::with_capacity(buf.len() + need.max(READ_CHUNK));
+    let mut fresh = BytesMut::with_capacity((buf.len() + need).max(READ_CHUNK));
     fresh.extend_from_slice(buf);
+    *alloc = fresh.capacity();
     *buf = fresh;
+}
+
+/// A frame the node may keep (a cached broadcast payload is a slice of it) pins the whole
+/// allocation it was read into. An allocation larger than `READ_CHUNK` exists only for a large
+/// frame, so a frame under an eighth of it is copied out: a kept frame then pins at most
+/// `READ_CHUNK` or eight times its own size (SECURITY.md, "Pinned read buffers").
+fn detach_small(frame: Bytes, alloc: usize) -> Bytes {
+    if alloc > READ_CHUNK && frame.len().saturating_mul(8) < alloc {
+        Bytes::copy_from_slice(&frame)
+    } else {
+        frame
+    }
 }
 
 async fn read_loop(
@@ -1665,6 +1681,8 @@ async fn read_loop(
     // Whatever the handshake reader already buffered past the handshake belongs to us.
     let mut reader = reader;
     let mut buf = std::mem::take(reader.read_buffer_mut());
+    // At least the size of the allocation `buf` is in (exact once `make_room` replaces it).
+    let mut alloc = buf.capacity() + buf.len();
     let mut io = reader.into_inner();
     let mut bodies = Vec::with_capacity(FRAMES_PER_EVENT);
     let mut frames = Vec::with_capacity(FRAMES_PER_EVENT);
@@ -1674,7 +1692,13 @@ async fn read_loop(
     loop {
         // Hand over every complete frame already buffered, in events of bounded size.
         loop {
-            if let Err(e) = cut_bodies(&mut buf, wire_max, FRAMES_PER_EVENT, &mut bodies) {
+            if let Err(e) = cut_bodies(
+                &mut buf,
+                &mut alloc,
+                wire_max,
+                FRAMES_PER_EVENT,
+                &mut bodies,
+            ) {
                 return ReadEnd::Error(e);
             }
             if bodies.is_empty() {
@@ -1698,8 +1722,13 @@ async fn read_loop(
                             Err(e) => return ReadEnd::Error(e.into()),
                         };
                         counter += 1;
+                        // The record is opened in place: its frames are in the read buffer.
+                        let first = frames.len();
                         if let Err(e) = split_record(record, cfg.max_frame_size, &mut frames) {
                             return ReadEnd::Error(e);
+                        }
+                        for f in &mut frames[first..] {
+                            *f = detach_small(std::mem::take(f), alloc);
                         }
                     }
                     None if body.len() > cfg.max_frame_size => {
@@ -1707,7 +1736,7 @@ async fn read_loop(
                             max: cfg.max_frame_size,
                         });
                     }
-                    None => frames.push(body.freeze()),
+                    None => frames.push(detach_small(body.freeze(), alloc)),
                 }
             }
             add(&shared.counters.frames_received, frames.len() as u64);
@@ -1727,7 +1756,7 @@ async fn read_loop(
             }
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            make_room(&mut buf, READ_CHUNK);
+            make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
@@ -1812,6 +1841,62 @@ mod tests {
         let mut huge = BytesMut::new();
         huge.put_u32(u32::MAX);
         assert!(split_record(huge.freeze(), 1 << 20, &mut out).is_err());
+    }
+
+    /// Where a frame's bytes live: inside the allocation `(start, len)` or not.
+    fn inside(frame: &[u8], (start, len): (usize, usize)) -> bool {
+        let f = frame.as_ptr() as usize;
+        f >= start && f + frame.len() <= start + len
+    }
+
+    #[test]
+    fn a_small_frame_behind_a_large_one_does_not_pin_the_large_buffer() {
+        // A 1 KiB frame arrives on a fresh 64 KiB buffer: it stays a slice (no copy).
+        let mut buf = BytesMut::new();
+        let mut alloc = 0;
+        make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+        assert_eq!(alloc, READ_CHUNK, "an ordinary read buffer is READ_CHUNK");
+        buf.put_u32(1024);
+        buf.extend_from_slice(&[1; 1024]);
+        let region = (buf.as_ptr() as usize, alloc);
+        let mut bodies = Vec::new();
+        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        let small = detach_small(bodies.pop().unwrap().freeze(), alloc);
+        assert!(
+            inside(&small, region),
+            "a frame in an ordinary buffer is not copied"
+        );
+
+        // A 600 KiB frame needs a larger buffer; a 100-byte frame read behind it into the same
+        // buffer is copied out, so keeping it does not keep the 600 KiB alive.
+        let mut buf = BytesMut::new();
+        let mut alloc = 0;
+        make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+        buf.put_u32(600 * 1024);
+        buf.extend_from_slice(&[2; 1000]);
+        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        assert!(bodies.is_empty(), "the large frame is not complete yet");
+        assert!(
+            alloc >= 600 * 1024,
+            "room was made for the whole frame: {alloc}"
+        );
+        buf.extend_from_slice(&vec![2; 600 * 1024 - 1000]);
+        buf.put_u32(100);
+        buf.extend_from_slice(&[3; 100]);
+        let region = (buf.as_ptr() as usize, alloc);
+        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        let mut kept: Vec<Bytes> = bodies
+            .drain(..)
+            .map(|b| detach_small(b.freeze(), alloc))
+            .collect();
+        let small = kept.pop().unwrap();
+        let large = kept.pop().unwrap();
+        assert_eq!((large.len(), &small[..]), (600 * 1024, &[3u8; 100][..]));
+        assert!(
+            inside(&large, region),
+            "the large frame itself is not copied"
+        );
+        assert!(!inside(&small, region), "the small frame was copied out");
     }
 
     #[test]
