@@ -228,6 +228,7 @@ impl Node {
             joins: Vec::new(),
             stats: NodeStats::default(),
             max_frame: config.max_frame_size,
+            origins: Default::default(),
             join_timeout: config.join_timeout,
             leave_linger: config.leave_linger,
         };
@@ -447,6 +448,8 @@ struct Actor<T: Transport> {
     joins: Vec<PendingJoin>,
     stats: NodeStats,
     max_frame: usize,
+    /// The origin of the latest payload frame, so runs from one origin decode it once.
+    origins: crate::wire::OriginCache<NodeId>,
     join_timeout: Duration,
     leave_linger: Duration,
 }
@@ -609,7 +612,7 @@ impl<T: Transport> Actor<T> {
     fn on_transport(&mut self, event: TransportEvent, now: std::time::Instant) {
         match event {
             TransportEvent::Frame { from, frame } => {
-                match crate::wire::decode_frame::<NodeId>(&frame, self.max_frame) {
+                match crate::wire::decode_frame_with(&frame, self.max_frame, &mut self.origins) {
                     Ok(message) => self.state.handle(InEvent::RecvMessage(from, message), now),
                     Err(error) => {
                         self.stats.bad_frames += 1;

@@ -263,6 +263,45 @@ pub fn decode_frame<P: PeerId>(
     frame: &Bytes,
     limit: usize,
 ) -> Result<proto::Message<P>, WireError> {
+    decode_frame_with(frame, limit, &mut OriginCache::default())
+}
+
+/// The origin of the latest payload frame [`decode_frame_with`] decoded, and its encoding.
+/// Payload frames come in runs from the same origin (one busy sender, or a link forwarding its
+/// tree), and a frame whose head starts with the same bytes has the same origin: decoding is
+/// deterministic and reads no byte past the value, so the origin is not decoded again.
+pub struct OriginCache<P> {
+    len: u8,
+    bytes: [u8; MAX_FRAME_HEAD],
+    origin: Option<P>,
+}
+
+impl<P> Default for OriginCache<P> {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; MAX_FRAME_HEAD],
+            origin: None,
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for OriginCache<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginCache")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`decode_frame`], reusing the origin of the previous payload frame when this one starts
+/// with the same bytes (see [`OriginCache`]); the same result as [`decode_frame`] for every
+/// input.
+pub fn decode_frame_with<P: PeerId>(
+    frame: &Bytes,
+    limit: usize,
+    cache: &mut OriginCache<P>,
+) -> Result<proto::Message<P>, WireError> {
     if frame.len() > limit {
         return Err(WireError::TooLarge {
             len: frame.len(),
@@ -276,12 +315,29 @@ pub fn decode_frame<P: PeerId>(
     let header = &frame[1..];
     let header = &header[..header.len().min(MAX_GOSSIP_HEADER)];
     let cfg = config().with_limit::<MAX_GOSSIP_HEADER>();
-    let ((id, payload_kind, hops), used): (
-        (proto::MessageId<P>, plumtree::PayloadKind, u16),
-        usize,
-    ) = bincode::serde::decode_from_slice(header, cfg).map_err(decode_error)?;
+    // The head is the message id (origin, then sequence number), the payload kind and the hop
+    // count, one after the other: the origin decodes on its own.
+    let cached = cache
+        .origin
+        .filter(|_| header.starts_with(&cache.bytes[..cache.len as usize]));
+    let (origin, at) = match cached {
+        Some(origin) => (origin, cache.len as usize),
+        None => {
+            let (origin, used): (P, usize) =
+                bincode::serde::decode_from_slice(header, cfg).map_err(decode_error)?;
+            if used <= MAX_FRAME_HEAD {
+                cache.bytes[..used].copy_from_slice(&header[..used]);
+                cache.len = used as u8;
+                cache.origin = Some(origin);
+            }
+            (origin, used)
+        }
+    };
+    let ((seq, payload_kind, hops), used): ((u64, plumtree::PayloadKind, u16), usize) =
+        bincode::serde::decode_from_slice(&header[at..], cfg).map_err(decode_error)?;
+    let used = at + used;
     let g = plumtree::Gossip {
-        id,
+        id: proto::MessageId { origin, seq },
         kind: payload_kind,
         payload: frame.slice(1 + used..),
         hops,
@@ -715,6 +771,41 @@ mod tests {
             Err(WireError::TooLarge { .. })
         ));
         assert!(decode_frame::<NodeId>(&frame.slice(..3), 1024).is_err());
+    }
+
+    #[test]
+    fn a_cached_origin_decodes_as_without_the_cache() {
+        let from = |port, seq| {
+            let mut g = gossip(plumtree::PayloadKind::User, b"payload");
+            g.id = proto::MessageId {
+                origin: id(port, 3),
+                seq,
+            };
+            encode_frame(&proto::Message::Broadcast(plumtree::Message::Gossip(g)))
+        };
+        let mut frames = vec![from(7000, 1), from(7000, 300), from(7001, 2), from(7000, 4)];
+        // Same origin bytes, then a cut or garbled rest: the same error as without the cache.
+        let good = from(7000, 5);
+        frames.push(good.slice(..good.len() - 8));
+        frames.push(good.slice(..14));
+        let mut garbled = good.to_vec();
+        garbled[10..13].fill(0xFF);
+        frames.push(Bytes::from(garbled));
+        frames.push(good);
+        let mut cache = OriginCache::default();
+        let mut hits = 0;
+        for frame in &frames {
+            let before = cache.origin;
+            let with = decode_frame_with::<NodeId>(frame, 1024, &mut cache);
+            assert_eq!(with, decode_frame::<NodeId>(frame, 1024), "frame {frame:?}");
+            if let Ok(proto::Message::Broadcast(plumtree::Message::Gossip(g))) = &with {
+                hits += usize::from(before == Some(g.id.origin));
+            }
+        }
+        assert!(
+            hits >= 3,
+            "the cache served runs of the same origin ({hits} hits)"
+        );
     }
 
     #[test]
