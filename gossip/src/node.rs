@@ -228,6 +228,7 @@ impl Node {
             joins: Vec::new(),
             stats: NodeStats::default(),
             max_frame: config.max_frame_size,
+            origins: Default::default(),
             join_timeout: config.join_timeout,
             leave_linger: config.leave_linger,
         };
@@ -447,6 +448,8 @@ struct Actor<T: Transport> {
     joins: Vec<PendingJoin>,
     stats: NodeStats,
     max_frame: usize,
+    /// The origin of the latest payload frame, so runs from one origin decode it once.
+    origins: crate::wire::OriginCache<NodeId>,
     join_timeout: Duration,
     leave_linger: Duration,
 }
@@ -498,6 +501,11 @@ impl<T: Transport> Actor<T> {
                         let now = self.now();
                         self.on_transport(event, now);
                         for _ in 1..FRAMES_PER_TURN {
+                            // The outputs of each frame leave before the next frame is handled:
+                            // the core's output queue then holds one frame's worth (a few
+                            // events, hot in cache) instead of a whole turn's (hundreds of
+                            // events copied into a queue that regrew into fresh pages).
+                            self.send_outputs();
                             match futures::poll!(futures::future::poll_fn(|cx| self.transport.poll_recv(cx))) {
                                 Poll::Ready(Some(event)) => self.on_transport(event, now),
                                 _ => break,
@@ -604,7 +612,7 @@ impl<T: Transport> Actor<T> {
     fn on_transport(&mut self, event: TransportEvent, now: std::time::Instant) {
         match event {
             TransportEvent::Frame { from, frame } => {
-                match crate::wire::decode_frame::<NodeId>(&frame, self.max_frame) {
+                match crate::wire::decode_frame_with(&frame, self.max_frame, &mut self.origins) {
                     Ok(message) => self.state.handle(InEvent::RecvMessage(from, message), now),
                     Err(error) => {
                         self.stats.bad_frames += 1;
@@ -641,8 +649,18 @@ impl<T: Transport> Actor<T> {
         }
     }
 
-    /// Act on every output of the core.
+    /// Act on every output of the core, then hand the turn's deliveries to the inbox.
     fn drain(&mut self) {
+        self.send_outputs();
+        // The user's task wakes once per turn, not once per message.
+        self.inbox.push_all(&mut self.delivered);
+        if !self.joins.is_empty() && self.joined() {
+            self.check_joins();
+        }
+    }
+
+    /// Act on every output of the core; deliveries are kept for the end of the turn.
+    fn send_outputs(&mut self) {
         // A payload goes to every eager neighbour in a row as the same GOSSIP: its frame's head
         // is encoded once for the row, and every send shares the payload itself (the transport
         // writes head and payload one after the other), so no send copies or allocates.
@@ -710,11 +728,6 @@ impl<T: Transport> Actor<T> {
                 }
                 OutEvent::Disconnect(peer) => self.transport.disconnect(peer),
             }
-        }
-        // The user's task wakes once per turn, not once per message.
-        self.inbox.push_all(&mut self.delivered);
-        if !self.joins.is_empty() && self.joined() {
-            self.check_joins();
         }
     }
 

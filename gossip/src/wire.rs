@@ -263,6 +263,45 @@ pub fn decode_frame<P: PeerId>(
     frame: &Bytes,
     limit: usize,
 ) -> Result<proto::Message<P>, WireError> {
+    decode_frame_with(frame, limit, &mut OriginCache::default())
+}
+
+/// The origin of the latest payload frame [`decode_frame_with`] decoded, and its encoding.
+/// Payload frames come in runs from the same origin (one busy sender, or a link forwarding its
+/// tree), and a frame whose head starts with the same bytes has the same origin: decoding is
+/// deterministic and reads no byte past the value, so the origin is not decoded again.
+pub struct OriginCache<P> {
+    len: u8,
+    bytes: [u8; MAX_FRAME_HEAD],
+    origin: Option<P>,
+}
+
+impl<P> Default for OriginCache<P> {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            bytes: [0; MAX_FRAME_HEAD],
+            origin: None,
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for OriginCache<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginCache")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`decode_frame`], reusing the origin of the previous payload frame when this one starts
+/// with the same bytes (see [`OriginCache`]); the same result as [`decode_frame`] for every
+/// input.
+pub fn decode_frame_with<P: PeerId>(
+    frame: &Bytes,
+    limit: usize,
+    cache: &mut OriginCache<P>,
+) -> Result<proto::Message<P>, WireError> {
     if frame.len() > limit {
         return Err(WireError::TooLarge {
             len: frame.len(),
@@ -276,12 +315,29 @@ pub fn decode_frame<P: PeerId>(
     let header = &frame[1..];
     let header = &header[..header.len().min(MAX_GOSSIP_HEADER)];
     let cfg = config().with_limit::<MAX_GOSSIP_HEADER>();
-    let ((id, payload_kind, hops), used): (
-        (proto::MessageId<P>, plumtree::PayloadKind, u16),
-        usize,
-    ) = bincode::serde::decode_from_slice(header, cfg).map_err(decode_error)?;
+    // The head is the message id (origin, then sequence number), the payload kind and the hop
+    // count, one after the other: the origin decodes on its own.
+    let cached = cache
+        .origin
+        .filter(|_| header.starts_with(&cache.bytes[..cache.len as usize]));
+    let (origin, at) = match cached {
+        Some(origin) => (origin, cache.len as usize),
+        None => {
+            let (origin, used): (P, usize) =
+                bincode::serde::decode_from_slice(header, cfg).map_err(decode_error)?;
+            if used <= MAX_FRAME_HEAD {
+                cache.bytes[..used].copy_from_slice(&header[..used]);
+                cache.len = used as u8;
+                cache.origin = Some(origin);
+            }
+            (origin, used)
+        }
+    };
+    let ((seq, payload_kind, hops), used): ((u64, plumtree::PayloadKind, u16), usize) =
+        bincode::serde::decode_from_slice(&header[at..], cfg).map_err(decode_error)?;
+    let used = at + used;
     let g = plumtree::Gossip {
-        id,
+        id: proto::MessageId { origin, seq },
         kind: payload_kind,
         payload: frame.slice(1 + used..),
         hops,
@@ -718,6 +774,41 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_origin_decodes_as_without_the_cache() {
+        let from = |port, seq| {
+            let mut g = gossip(plumtree::PayloadKind::User, b"payload");
+            g.id = proto::MessageId {
+                origin: id(port, 3),
+                seq,
+            };
+            encode_frame(&proto::Message::Broadcast(plumtree::Message::Gossip(g)))
+        };
+        let mut frames = vec![from(7000, 1), from(7000, 300), from(7001, 2), from(7000, 4)];
+        // Same origin bytes, then a cut or garbled rest: the same error as without the cache.
+        let good = from(7000, 5);
+        frames.push(good.slice(..good.len() - 8));
+        frames.push(good.slice(..14));
+        let mut garbled = good.to_vec();
+        garbled[10..13].fill(0xFF);
+        frames.push(Bytes::from(garbled));
+        frames.push(good);
+        let mut cache = OriginCache::default();
+        let mut hits = 0;
+        for frame in &frames {
+            let before = cache.origin;
+            let with = decode_frame_with::<NodeId>(frame, 1024, &mut cache);
+            assert_eq!(with, decode_frame::<NodeId>(frame, 1024), "frame {frame:?}");
+            if let Ok(proto::Message::Broadcast(plumtree::Message::Gossip(g))) = &with {
+                hits += usize::from(before == Some(g.id.origin));
+            }
+        }
+        assert!(
+            hits >= 3,
+            "the cache served runs of the same origin ({hits} hits)"
+        );
+    }
+
+    #[test]
     fn a_frame_head_and_its_payload_are_the_whole_frame() {
         let v6 = NodeId::new("[2001:db8::1:2]:65535".parse().unwrap(), u64::MAX);
         let big = proto::MessageId {
@@ -787,6 +878,26 @@ mod tests {
 
         /// Any bytes after a payload-frame kind byte: an error or a payload no longer than the
         /// frame, never a panic.
+        /// Frames that start like payload frames from a few origins, cut anywhere and followed
+        /// by any bytes, decoded in any order with one origin cache: each gives what it gives
+        /// without the cache.
+        #[test]
+        fn the_origin_cache_never_changes_a_result(frames in proptest::collection::vec((0u16..3, 0usize..24, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)), 1..16)) {
+            let mut cache = OriginCache::default();
+            for (origin, cut, tail) in frames {
+                let mut g = gossip(plumtree::PayloadKind::User, b"payload");
+                g.id.origin = id(7000 + origin * 300, u64::from(origin));
+                let full = encode_frame(&proto::Message::Broadcast(plumtree::Message::Gossip(g)));
+                let mut f = full[..cut.min(full.len())].to_vec();
+                f.extend_from_slice(&tail);
+                let f = Bytes::from(f);
+                proptest::prop_assert_eq!(
+                    decode_frame_with::<NodeId>(&f, 300, &mut cache),
+                    decode_frame::<NodeId>(&f, 300)
+                );
+            }
+        }
+
         #[test]
         fn any_payload_frame_never_panics(kind in 0xF0u8..0xF3, body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let mut f = vec![kind];
