@@ -41,9 +41,10 @@ struct Args {
     #[arg(long, default_value_t = 4000)]
     window: u64,
     /// Broadcasts sent flat out, unmeasured, before each cluster's first phase: with 8,192 or
-    /// more, the measured phases see full message caches (steady state) instead of paying for
-    /// filling them (first-touch page faults). Default 0: the figures include the fill.
-    #[arg(long, default_value_t = 0)]
+    /// more, the measured phases see full message caches (steady state, as a long-running
+    /// node does) instead of paying for filling them (first-touch page faults). `--warmup 0`
+    /// measures a fresh cluster, fill included.
+    #[arg(long, default_value_t = 10_000)]
     warmup: usize,
 }
 
