@@ -877,9 +877,12 @@ mod tests {
         assert!(decode::<plumtree::Message<u32>>(&encode(&many), 1 << 20).is_err());
     }
 
-    /// The bytes of an IHAVE of `u32` peers with these runs of `(first, count, hops)` ranges,
-    /// written by hand as a hostile peer would.
-    fn ihave_ranges(runs: &[(u32, &[(u64, u32, u16)])]) -> Vec<u8> {
+    /// One IHAVE run on the wire: an origin and its `(first, count, hops)` ranges.
+    type WireRun<'a> = (u32, &'a [(u64, u32, u16)]);
+
+    /// The bytes of an IHAVE of `u32` peers with these runs, written by hand as a hostile peer
+    /// would.
+    fn ihave_ranges(runs: &[WireRun]) -> Vec<u8> {
         let m = encode(&plumtree::Message::<u32>::IHave(Vec::new()));
         // The variant tag, then the runs as bincode writes them (lengths as varints).
         let mut out = m[..m.len() - 1].to_vec();
@@ -921,7 +924,7 @@ mod tests {
     #[test]
     fn hostile_ihave_ranges_are_refused_without_expanding() {
         let max = plumtree::MAX_IHAVE_WIRE as u32;
-        let refused = |runs: &[(u32, &[(u64, u32, u16)])]| {
+        let refused = |runs: &[WireRun]| {
             decode::<plumtree::Message<u32>>(&ihave_ranges(runs), 1 << 16).is_err()
         };
         // Exactly the cap, split over ranges and runs, decodes.
