@@ -13,8 +13,9 @@
 //! A node frames its messages with [`encode_frame`] and [`decode_frame`]: the plain encoding,
 //! except for the one message that carries a payload, whose payload goes raw at the end of the
 //! frame so that it is written once for every eager neighbour and read as a slice of the frame
-//! (see [`FRAME_GOSSIP`]). An IHAVE names each origin once per run of its ids
-//! ([`plumtree::MAX_IHAVE_WIRE`] ids at most).
+//! (see [`FRAME_GOSSIP`]). An IHAVE names each origin once per run of its ids, and writes
+//! consecutive sequence numbers at one hop count as one range `(first, count, hops)`; the
+//! ranges expand to [`plumtree::MAX_IHAVE_WIRE`] ids at most, checked before expanding.
 //!
 //! # Handshake
 //!
