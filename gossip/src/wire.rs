@@ -13,8 +13,9 @@
 //! A node frames its messages with [`encode_frame`] and [`decode_frame`]: the plain encoding,
 //! except for the one message that carries a payload, whose payload goes raw at the end of the
 //! frame so that it is written once for every eager neighbour and read as a slice of the frame
-//! (see [`FRAME_GOSSIP`]). An IHAVE names each origin once per run of its ids
-//! ([`plumtree::MAX_IHAVE_WIRE`] ids at most).
+//! (see [`FRAME_GOSSIP`]). An IHAVE names each origin once per run of its ids, and writes
+//! consecutive sequence numbers at one hop count as one range `(first, count, hops)`; the
+//! ranges expand to [`plumtree::MAX_IHAVE_WIRE`] ids at most, checked before expanding.
 //!
 //! # Handshake
 //!
@@ -857,10 +858,14 @@ mod tests {
             decode::<plumtree::Message<NodeId>>(&bytes, 4096).unwrap(),
             m
         );
-        // 100 ids of one origin: the origin is written once, each id costs its seq and hops.
+        // 100 consecutive ids of one origin at one hop count: the origin and one range.
         let one = plumtree::Message::IHave((1..=100).map(|s| ihave(a, s)).collect());
         let len = encode(&one).len();
-        assert!(len < 100 * 4 + encode(&a).len() + 8, "{len} bytes");
+        assert!(len <= encode(&a).len() + 8, "{len} bytes");
+        assert_eq!(
+            decode::<plumtree::Message<NodeId>>(&encode(&one), 4096).unwrap(),
+            one
+        );
         // More ids than the wire cap do not decode.
         let many = plumtree::Message::<u32>::IHave(
             (0..=plumtree::MAX_IHAVE_WIRE as u64)
@@ -873,8 +878,92 @@ mod tests {
         assert!(decode::<plumtree::Message<u32>>(&encode(&many), 1 << 20).is_err());
     }
 
+    /// One IHAVE run on the wire: an origin and its `(first, count, hops)` ranges.
+    type WireRun<'a> = (u32, &'a [(u64, u32, u16)]);
+
+    /// The bytes of an IHAVE of `u32` peers with these runs, written by hand as a hostile peer
+    /// would.
+    fn ihave_ranges(runs: &[WireRun]) -> Vec<u8> {
+        let m = encode(&plumtree::Message::<u32>::IHave(Vec::new()));
+        // The variant tag, then the runs as bincode writes them (lengths as varints).
+        let mut out = m[..m.len() - 1].to_vec();
+        out.extend_from_slice(&encode(&runs.len()));
+        for (origin, ranges) in runs {
+            out.extend_from_slice(&encode(origin));
+            out.extend_from_slice(&encode(&ranges.to_vec()));
+        }
+        out
+    }
+
+    #[test]
+    fn ihave_ranges_keep_gaps_hops_and_order() {
+        let ihave = |origin: u32, seq: u64, hops: u16| plumtree::IHave {
+            id: proto::MessageId { origin, seq },
+            hops,
+        };
+        let ids = vec![
+            ihave(1, 5, 2),
+            ihave(1, 6, 2),
+            ihave(1, 7, 3),
+            ihave(1, 9, 3),
+            ihave(1, 8, 3),
+            ihave(2, u64::MAX - 1, 1),
+            ihave(2, u64::MAX, 1),
+            ihave(1, 10, 3),
+        ];
+        let m = plumtree::Message::IHave(ids);
+        let bytes = encode(&m);
+        assert_eq!(bytes.to_vec(), {
+            let r1: &[(u64, u32, u16)] = &[(5, 2, 2), (7, 1, 3), (9, 1, 3), (8, 1, 3)];
+            let r2: &[(u64, u32, u16)] = &[(u64::MAX - 1, 2, 1)];
+            let r3: &[(u64, u32, u16)] = &[(10, 1, 3)];
+            ihave_ranges(&[(1, r1), (2, r2), (1, r3)])
+        });
+        assert_eq!(decode::<plumtree::Message<u32>>(&bytes, 4096).unwrap(), m);
+    }
+
+    #[test]
+    fn hostile_ihave_ranges_are_refused_without_expanding() {
+        let max = plumtree::MAX_IHAVE_WIRE as u32;
+        let refused = |runs: &[WireRun]| {
+            decode::<plumtree::Message<u32>>(&ihave_ranges(runs), 1 << 16).is_err()
+        };
+        // Exactly the cap, split over ranges and runs, decodes.
+        let ok = ihave_ranges(&[(1, &[(1, max - 10, 1)]), (2, &[(7, 6, 1), (100, 4, 2)])]);
+        match decode::<plumtree::Message<u32>>(&ok, 1 << 16).unwrap() {
+            plumtree::Message::IHave(ids) => assert_eq!(ids.len(), max as usize),
+            other => panic!("{other:?}"),
+        }
+        // One id over the cap, in one range or summed over ranges and runs.
+        assert!(refused(&[(1, &[(1, max + 1, 1)])]));
+        assert!(refused(&[(1, &[(1, max, 1)]), (2, &[(1, 1, 1)])]));
+        // A count that would take seconds and gigabytes to expand, with a few bytes.
+        assert!(refused(&[(1, &[(1, u32::MAX, 1)])]));
+        assert!(refused(&[(1, &[(1, 1, 1), (1, u32::MAX, 1)])]));
+        // An empty range, and ranges past the last sequence number.
+        assert!(refused(&[(1, &[(3, 0, 1)])]));
+        assert!(refused(&[(1, &[(u64::MAX, 2, 1)])]));
+        assert!(refused(&[(1, &[(u64::MAX - 5, 7, 1)])]));
+        // Ending exactly on the last sequence number is fine.
+        assert!(!refused(&[(1, &[(u64::MAX - 5, 6, 1)])]));
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Any IHAVE, sorted or not, with any hop counts, decodes as it was encoded.
+        #[test]
+        fn any_ihave_round_trips(ids in proptest::collection::vec((0u32..3, 0u64..12, 1u16..3), 0..64), high in proptest::prelude::any::<bool>()) {
+            let ids: Vec<_> = ids
+                .into_iter()
+                .map(|(origin, seq, hops)| plumtree::IHave {
+                    id: proto::MessageId { origin, seq: if high { u64::MAX - seq } else { seq } },
+                    hops,
+                })
+                .collect();
+            let m = plumtree::Message::IHave(ids);
+            proptest::prop_assert_eq!(decode::<plumtree::Message<u32>>(&encode(&m), 1 << 16).unwrap(), m);
+        }
 
         /// Any bytes after a payload-frame kind byte: an error or a payload no longer than the
         /// frame, never a panic.

@@ -395,7 +395,15 @@ pub struct Digest<P: PeerId> {
 pub const MAX_IHAVE_WIRE: usize = 4096;
 
 /// The wire form of an IHAVE: the announcements grouped in runs of one origin, so an origin
-/// (a full node id) is written once per run rather than once per id. Order is kept exactly.
+/// (a full node id) is written once per run rather than once per id, and within a run the
+/// announcements grouped in ranges of consecutive sequence numbers with one hop count, written
+/// `(first seq, count, hops)`: under one busy sender an IHAVE batch to a lazy peer is a run of
+/// consecutive ids of one origin, a few bytes on the wire. Order is kept exactly.
+///
+/// Decoding is bounded by the ids the ranges expand to, not by the bytes: the sum of the counts
+/// is capped at [`MAX_IHAVE_WIRE`] (checked before expanding a range), a count of zero or a
+/// range past `u64::MAX` is refused, so a hostile range neither allocates nor loops beyond the
+/// cap.
 mod ihave_wire {
     use std::marker::PhantomData;
 
@@ -405,6 +413,11 @@ mod ihave_wire {
 
     use super::{IHave, MAX_IHAVE_WIRE};
     use crate::proto::{MessageId, PeerId};
+
+    /// Whether `b` continues the range that ends with `a`.
+    fn consecutive<P: PeerId>(a: &IHave<P>, b: &IHave<P>) -> bool {
+        a.hops == b.hops && a.id.seq.checked_add(1) == Some(b.id.seq)
+    }
 
     pub fn serialize<P: PeerId, S: Serializer>(ids: &[IHave<P>], s: S) -> Result<S::Ok, S::Error> {
         let runs = ids.chunk_by(|a, b| a.id.origin == b.id.origin);
@@ -421,18 +434,21 @@ mod ihave_wire {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut t = s.serialize_tuple(2)?;
             t.serialize_element(&self.0[0].id.origin)?;
-            t.serialize_element(&Entries(self.0))?;
+            t.serialize_element(&Ranges(self.0))?;
             t.end()
         }
     }
 
-    struct Entries<'a, P: PeerId>(&'a [IHave<P>]);
+    struct Ranges<'a, P: PeerId>(&'a [IHave<P>]);
 
-    impl<P: PeerId> Serialize for Entries<'_, P> {
+    impl<P: PeerId> Serialize for Ranges<'_, P> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let mut seq = s.serialize_seq(Some(self.0.len()))?;
-            for i in self.0 {
-                seq.serialize_element(&(i.id.seq, i.hops))?;
+            let ranges = self.0.chunk_by(consecutive);
+            let mut seq = s.serialize_seq(Some(ranges.clone().count()))?;
+            for r in ranges {
+                // A range is at most the whole batch, so its length fits a u32 (wire cap 4096).
+                let count = u32::try_from(r.len()).unwrap_or(u32::MAX);
+                seq.serialize_element(&(r[0].id.seq, count, r[0].hops))?;
             }
             seq.end()
         }
@@ -477,46 +493,47 @@ mod ihave_wire {
             let origin: P = seq
                 .next_element()?
                 .ok_or_else(|| A::Error::invalid_length(0, &self))?;
-            seq.next_element_seed(EntriesSeed(origin, self.0))?
+            seq.next_element_seed(RangesSeed(origin, self.0))?
                 .ok_or_else(|| A::Error::custom("IHAVE run without announcements"))
         }
     }
 
-    struct EntriesSeed<'a, P: PeerId>(P, &'a mut Vec<IHave<P>>);
+    struct RangesSeed<'a, P: PeerId>(P, &'a mut Vec<IHave<P>>);
 
-    impl<'de, P: PeerId> DeserializeSeed<'de> for EntriesSeed<'_, P> {
+    impl<'de, P: PeerId> DeserializeSeed<'de> for RangesSeed<'_, P> {
         type Value = ();
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_seq(self)
         }
     }
 
-    impl<'de, P: PeerId> Visitor<'de> for EntriesSeed<'_, P> {
+    impl<'de, P: PeerId> Visitor<'de> for RangesSeed<'_, P> {
         type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("(seq, hops) announcements")
+            f.write_str("(first seq, count, hops) ranges of announcements")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let EntriesSeed(origin, out) = self;
-            // One allocation for the run (bounded: a hint over the cap fails below anyway).
-            out.reserve(
-                seq.size_hint()
-                    .unwrap_or(0)
-                    .min(MAX_IHAVE_WIRE.saturating_sub(out.len())),
-            );
-            while let Some((seq_no, hops)) = seq.next_element::<(u64, u16)>()? {
-                if out.len() >= MAX_IHAVE_WIRE {
+            let RangesSeed(origin, out) = self;
+            while let Some((first, count, hops)) = seq.next_element::<(u64, u32, u16)>()? {
+                let count = count as usize;
+                if count == 0 {
+                    return Err(A::Error::custom("IHAVE range of no ids"));
+                }
+                if count > MAX_IHAVE_WIRE - out.len() {
                     return Err(A::Error::custom(format_args!(
                         "IHAVE with more than {MAX_IHAVE_WIRE} ids"
                     )));
                 }
-                out.push(IHave {
-                    id: MessageId {
-                        origin,
-                        seq: seq_no,
-                    },
+                // `count - 1` fits a u64 (count <= MAX_IHAVE_WIRE).
+                let Some(last) = first.checked_add(count as u64 - 1) else {
+                    return Err(A::Error::custom(
+                        "IHAVE range past the last sequence number",
+                    ));
+                };
+                out.extend((first..=last).map(|seq| IHave {
+                    id: MessageId { origin, seq },
                     hops,
-                });
+                }));
             }
             Ok(())
         }
@@ -530,7 +547,8 @@ pub enum Message<P: PeerId> {
     /// Eager push of a payload.
     Gossip(Gossip<P>),
     /// Lazy announcement of message ids (batched). On the wire, consecutive announcements of
-    /// one origin share it: `[(origin, [(seq, hops)])]`, at most [`MAX_IHAVE_WIRE`] ids.
+    /// one origin share it, and consecutive sequence numbers with one hop count make a range:
+    /// `[(origin, [(first seq, count, hops)])]`, at most [`MAX_IHAVE_WIRE`] ids in all.
     IHave(#[serde(with = "ihave_wire")] Vec<IHave<P>>),
     /// Move the link to eager; with an id, also send that message.
     Graft(Option<MessageId<P>>),
@@ -1518,6 +1536,10 @@ impl<P: PeerId> State<P> {
             self.stats.dropped_invalid += (ids.len() - self.config.max_ihave_ids) as u64;
             ids.truncate(self.config.max_ihave_ids);
         }
+        // The origin of the latest id and the highest seq up to which all of its ids are
+        // received: a batch is mostly runs of one origin, and its ids mostly received already
+        // (pushed by the tree), so one record lookup per run answers `has` for them.
+        let mut floor: Option<(P, u64)> = None;
         for IHave { id, hops } in ids {
             if id.seq == 0 || id.origin == self.me {
                 if id.seq == 0 {
@@ -1525,7 +1547,15 @@ impl<P: PeerId> State<P> {
                 }
                 continue;
             }
-            if self.has(&id) {
+            let below = match floor {
+                Some((o, f)) if o == id.origin => f,
+                _ => {
+                    let f = self.contiguous(&id.origin);
+                    floor = Some((id.origin, f));
+                    f
+                }
+            };
+            if id.seq <= below || self.has(&id) {
                 self.better_path(from, id, hops, false, now, out);
                 continue;
             }
@@ -2296,6 +2326,16 @@ impl<P: PeerId> State<P> {
     }
 
     /// Whether the record shows `id` as received.
+    /// The highest seq of `origin` up to which every id is received (0 for none).
+    fn contiguous(&self, origin: &P) -> u64 {
+        self.records.get(origin).map_or(0, |r| {
+            r.holes
+                .as_slice()
+                .first()
+                .map_or(r.high, |&(s, _)| s.saturating_sub(1))
+        })
+    }
+
     fn has(&self, id: &MessageId<P>) -> bool {
         if id.origin == self.me {
             return id.seq != 0 && id.seq <= self.seq;

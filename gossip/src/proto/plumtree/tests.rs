@@ -256,6 +256,57 @@ fn ihave_for_a_received_message_starts_no_timer() {
 }
 
 #[test]
+fn ihave_runs_wait_for_exactly_the_ids_not_received() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    b.recv(3, Message::Prune);
+    // From origin 9: 1..=3 and 5 (4 is a hole); from origin 8: 1.
+    for seq in [1, 2, 3, 5] {
+        b.recv(1, gossip(9, seq, 2));
+    }
+    b.recv(1, gossip(8, 1, 2));
+    assert_eq!(b.state.missing_len(), 0);
+    let announced = [
+        (9, 1),
+        (9, 2),
+        (9, 3),
+        (9, 4),
+        (9, 5),
+        (9, 6),
+        (8, 1),
+        (8, 2),
+        (9, 2),
+        (7, 1),
+    ];
+    b.recv(
+        3,
+        Message::IHave(
+            announced
+                .iter()
+                .map(|&(origin, seq)| IHave {
+                    id: id(origin, seq),
+                    hops: 5,
+                })
+                .collect(),
+        ),
+    );
+    let waiting: BTreeSet<Id> = b.state.missing.keys().copied().collect();
+    assert_eq!(
+        waiting,
+        BTreeSet::from([id(9, 4), id(9, 6), id(8, 2), id(7, 1)])
+    );
+    // The hole filled, its announcement later needs nothing.
+    b.recv(1, gossip(9, 4, 2));
+    b.recv(
+        3,
+        Message::IHave(vec![IHave {
+            id: id(9, 4),
+            hops: 5,
+        }]),
+    );
+    assert!(!b.state.missing.contains_key(&id(9, 4)));
+}
+
+#[test]
 fn graft_answers_with_the_payload_and_makes_the_link_eager() {
     let mut a = Node::with_neighbors(1, Config::default(), &[2]);
     a.recv(2, Message::Prune);
