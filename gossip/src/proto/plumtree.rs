@@ -1258,6 +1258,7 @@ impl<P: PeerId> State<P> {
                 if peer == self.me {
                     return;
                 }
+                tracing::trace!(target: "gossip::spread", me = ?self.me, ?peer, "up");
                 self.stats.neighbor_up += 1;
                 if !self.is_neighbor(&peer) {
                     self.eager.push(peer);
@@ -1281,6 +1282,7 @@ impl<P: PeerId> State<P> {
                 ));
             }
             InEvent::NeighborDown(peer) => {
+                tracing::trace!(target: "gossip::spread", me = ?self.me, ?peer, "down");
                 self.stats.neighbor_down += u64::from(self.is_neighbor(&peer));
                 self.eager.retain(|p| *p != peer);
                 self.lazy.retain(|p| *p != peer);
@@ -1443,6 +1445,9 @@ impl<P: PeerId> State<P> {
                     }
                 }
                 let missing = self.missing.remove(&g.id);
+                if g.kind == PayloadKind::User {
+                    tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?g.id.origin, seq = g.id.seq, ?from, hops = g.hops, announced = missing.as_ref().map(|m| m.announcers.len()), "new");
+                }
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
                 self.forward(&g, from, out);
                 let (id, hops) = (g.id, g.hops);
@@ -1729,6 +1734,7 @@ impl<P: PeerId> State<P> {
         out: &mut VecDeque<OutEvent<P>>,
     ) {
         self.stats.prune_received += 1;
+        tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, ?origin, "pruned");
         if !self.is_neighbor(&from) {
             self.stats.dropped_invalid += 1;
             return;
@@ -1806,6 +1812,11 @@ impl<P: PeerId> State<P> {
             return;
         };
         let (peer, _) = m.announcers.remove(best);
+        if tracing::enabled!(target: "gossip::spread", tracing::Level::TRACE) {
+            let t = self.trees.get(&id.origin);
+            let tmpl = self.trees.first_key_value();
+            tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?id.origin, seq = id.seq, ?peer, parent = ?t.and_then(|t| t.parent), orphan = ?t.map(|t| t.orphan), tree_lazy = ?t.map(|t| &t.lazy), tmpl = ?tmpl.map(|(o, _)| o), tmpl_eager_peer = !tmpl.map_or(&self.lazy, |(_, t)| &t.lazy).contains(&peer), tmpl_parent = ?tmpl.and_then(|(_, t)| t.parent), eager = ?self.eager, lazy = ?self.lazy, "graft");
+        }
         self.set_eager_for(id.origin, peer, now);
         self.stats.graft_sent += 1;
         self.stats.graft_repairs += 1;
@@ -2084,6 +2095,9 @@ impl<P: PeerId> State<P> {
         let ihave = IHave { id: g.id, hops };
         // The origin's lazy set is looked up once, not once per neighbour (hot path).
         let tree_lazy = self.trees.get(&g.id.origin).map_or(&self.lazy, |t| &t.lazy);
+        if g.kind == PayloadKind::User {
+            tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?g.id.origin, seq = g.id.seq, tmpl = ?self.trees.first_key_value().map(|(o, _)| o), ?tree_lazy, eager = ?self.eager, lazy = ?self.lazy, "fwd");
+        }
         let mut lazy = std::mem::take(&mut self.scratch);
         for &peer in self.eager.iter().chain(&self.lazy) {
             if peer == from {
