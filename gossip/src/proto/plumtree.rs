@@ -61,8 +61,10 @@
 //! origins: PRUNE and the optimisation's GRAFT name the origin (`PruneOrigin`, `GraftOrigin`)
 //! and change that origin's tree only, and within one origin the paper's argument holds (the
 //! link a node first received a message by is never pruned, so the eager links stay a
-//! spanning tree). A new origin's tree starts as a copy of the lowest tracked origin's tree,
-//! which the two ends of each link agree on. An origin beyond the cap uses the shared sets,
+//! spanning tree). A new origin's tree starts with every link eager (its first message floods,
+//! as in the paper); a copy of another origin's tree saved that flood, but the two ends of a
+//! link did not copy the same tree once nodes tracked different origins, which left regions
+//! without an eager path (see `tree_mut`). An origin beyond the cap uses the shared sets,
 //! which every PRUNE and GRAFT also updates, as the paper's single tree. A duplicate from a
 //! link that is already lazy here for its origin still gets a PRUNE: the two ends disagree, and
 //! otherwise the sender keeps pushing. Memory: one small list of lazy neighbours per tracked
@@ -1625,6 +1627,7 @@ impl<P: PeerId> State<P> {
             return false;
         }
         let origin = id.origin;
+        tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?origin, seq = id.seq, ?from, hops, ?old, have, duplicate, "switch");
         self.set_path(id, from, hops);
         self.stats.optimizations += 1;
         if duplicate {
@@ -1989,15 +1992,17 @@ impl<P: PeerId> State<P> {
                 self.trees.remove(&oldest);
             }
             let last = self.stamp(now);
-            // Start from the tree of the lowest tracked origin: both ends of a link agree on
-            // it (the GRAFT/PRUNE exchanges of one origin are symmetric) and every node picks
-            // the same one while they track the same origins, so a new origin starts on one
-            // spanning tree rather than on a mix of the shared sets, which differ at the two
-            // ends of a link once several origins have reshaped them.
-            let lazy = match self.trees.first_key_value() {
-                Some((_, t)) => t.lazy.clone(),
-                None => self.lazy.clone(),
-            };
+            // A new origin's tree starts with every link eager: its first message floods and
+            // the duplicates prune the tree to the first-arrival tree of this origin. Copying
+            // another tree instead (the lowest tracked origin's, which saves the flood) relied
+            // on both ends of each link copying the same one, and they do not: with more
+            // origins than `max_origin_trees`, nodes track different sets (at 200 TCP nodes
+            // the nodes of one cluster used two different templates), so a link was eager at
+            // one end and lazy at the other, the eager links no longer reached every node and
+            // whole regions waited for IHAVE and `graft_timeout_1` (one or two rounds: 70 or
+            // 140 ms on a LAN). A copied tree is also rooted elsewhere, so its paths from the
+            // new origin were twice as deep.
+            let lazy = Vec::new();
             self.trees.insert(
                 origin,
                 OriginTree {
@@ -2095,9 +2100,6 @@ impl<P: PeerId> State<P> {
         let ihave = IHave { id: g.id, hops };
         // The origin's lazy set is looked up once, not once per neighbour (hot path).
         let tree_lazy = self.trees.get(&g.id.origin).map_or(&self.lazy, |t| &t.lazy);
-        if g.kind == PayloadKind::User {
-            tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?g.id.origin, seq = g.id.seq, tmpl = ?self.trees.first_key_value().map(|(o, _)| o), ?tree_lazy, eager = ?self.eager, lazy = ?self.lazy, "fwd");
-        }
         let mut lazy = std::mem::take(&mut self.scratch);
         for &peer in self.eager.iter().chain(&self.lazy) {
             if peer == from {
