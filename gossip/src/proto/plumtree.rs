@@ -1201,6 +1201,7 @@ impl<P: PeerId> State<P> {
                     Message::Prune => self.on_prune(from, None, now, out),
                     Message::PruneOrigin(origin) => self.on_prune(from, Some(origin), now, out),
                     Message::GraftOrigin(origin) => {
+                        tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, ?origin, "grafted");
                         self.stats.graft_received += 1;
                         if self.is_neighbor(&from) {
                             self.set_eager_for(origin, from, now);
@@ -1326,6 +1327,7 @@ impl<P: PeerId> State<P> {
                 hops: 0,
             },
             self.me,
+            None,
             out,
         );
         id
@@ -1426,8 +1428,10 @@ impl<P: PeerId> State<P> {
                 let neighbor = self.is_neighbor(&from);
                 let stamp = self.stamp(now);
                 let hops = g.hops;
+                let mut old_parent = None;
                 let was_lazy = self.with_tree(g.id.origin, now, |t| {
                     t.last = stamp;
+                    old_parent = t.parent.filter(|p| *p != from);
                     t.parent = Some(from);
                     t.orphan = false;
                     t.depth = hops;
@@ -1451,7 +1455,7 @@ impl<P: PeerId> State<P> {
                     tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?g.id.origin, seq = g.id.seq, ?from, hops = g.hops, announced = missing.as_ref().map(|m| m.announcers.len()), "new");
                 }
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
-                self.forward(&g, from, out);
+                self.forward(&g, from, old_parent, out);
                 let (id, hops) = (g.id, g.hops);
                 self.deliver(g, from, out);
                 // Announced earlier by a lazy link than the tree brought it: was that path
@@ -1753,6 +1757,7 @@ impl<P: PeerId> State<P> {
             {
                 // The PRUNE answers the copy we sent before we chose `from` as the shorter
                 // path: keep the link and tell them.
+                tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, "prune answered (switched)");
                 self.stats.graft_sent += 1;
                 let graft = match origin {
                     Some(o) => self.graft_message(o),
@@ -1770,6 +1775,7 @@ impl<P: PeerId> State<P> {
             // (sent while our parent was another neighbour) reached it second. We depend on
             // it now: keep the link. It will not see duplicates from us while we get this
             // origin's messages from it first.
+            tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, "prune answered (parent)");
             self.stats.graft_sent += 1;
             out.push_back(OutEvent::SendMessage(from, self.graft_message(o)));
             return;
@@ -2095,7 +2101,21 @@ impl<P: PeerId> State<P> {
 
     /// Push `g` (as received, with its arrival hops) to the eager peers and announce it to the
     /// lazy peers, except `from`.
-    fn forward(&mut self, g: &Gossip<P>, from: P, out: &mut VecDeque<OutEvent<P>>) {
+    ///
+    /// `old_parent`, the link the previous message of this origin came by when this one came
+    /// by another, only gets an IHAVE: it is on our way to the origin, so it has the message
+    /// or gets it from its own parent, and a pushed copy would reach it second and make it
+    /// prune the link we depend on. The PRUNE and the GRAFT we answer it with take a round
+    /// trip, and every message of the origin that crossed the old parent meanwhile came to us
+    /// by IHAVE and GRAFT: in the simulator (one sender, 10-100 ms links) a node flapped like
+    /// that on every message, a graft round each time.
+    fn forward(
+        &mut self,
+        g: &Gossip<P>,
+        from: P,
+        old_parent: Option<P>,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         let hops = g.hops.saturating_add(1);
         let ihave = IHave { id: g.id, hops };
         // The origin's lazy set is looked up once, not once per neighbour (hot path).
@@ -2105,7 +2125,7 @@ impl<P: PeerId> State<P> {
             if peer == from {
                 continue;
             }
-            if tree_lazy.contains(&peer) {
+            if tree_lazy.contains(&peer) || old_parent == Some(peer) {
                 lazy.push(peer);
             } else {
                 self.stats.gossip_sent += 1;
