@@ -263,7 +263,8 @@ async fn main() {
     let last_delivery: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
         Arc::new(std::sync::Mutex::new(vec![None; args.broadcasts]));
     // With `--diag`: per broadcast, the node that delivered last and the hops its copy took.
-    let last_node: Arc<std::sync::Mutex<Vec<Option<(NodeId, u16)>>>> =
+    type LastNode = Vec<Option<(NodeId, u16)>>;
+    let last_node: Arc<std::sync::Mutex<LastNode>> =
         Arc::new(std::sync::Mutex::new(vec![None; args.broadcasts]));
     let counts: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.broadcasts).map(|_| AtomicU64::new(0)).collect());
