@@ -76,8 +76,10 @@
 //! after the other and left it to GRAFT repairs, a `graft_timeout_1` late each. So each tree
 //! remembers its *parent*, the link the latest new message came by: a duplicate from it is not
 //! pruned; a PRUNE from it (an older copy of ours reached it second) is answered with GRAFT; a
-//! new message over a link that is lazy here grafts it back at the other end too; and an IHAVE
-//! from the parent for a missing message is grafted at once, as the tree will not bring it.
+//! new message over a link that is lazy here grafts it back at the other end too; an IHAVE
+//! from the parent for a missing message is grafted at once, as the tree will not bring it;
+//! and a message that came by another link is only announced to the previous parent, since a
+//! pushed copy would reach it second and make it prune the link this node depends on.
 //!
 //! Messages are named by [`MessageId`]: the origin and a per-origin sequence number, so the
 //! same content can be broadcast twice and the record of received ids is compact: per origin,
