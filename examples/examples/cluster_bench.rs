@@ -262,17 +262,23 @@ async fn main() {
     // Spread: 20 broadcasts from random nodes, time until the last node delivered each.
     let last_delivery: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
         Arc::new(std::sync::Mutex::new(vec![None; args.broadcasts]));
+    // With `--diag`: per broadcast, the node that delivered last and the hops its copy took.
+    type LastNode = Vec<Option<(NodeId, u16)>>;
+    let last_node: Arc<std::sync::Mutex<LastNode>> =
+        Arc::new(std::sync::Mutex::new(vec![None; args.broadcasts]));
     let counts: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.broadcasts).map(|_| AtomicU64::new(0)).collect());
     // Each receiving task holds a handle; they are aborted with their node at the crash.
     let mut receivers = Vec::new();
     for node in &nodes {
         let (node, last, counts) = (node.clone(), last_delivery.clone(), counts.clone());
+        let last_node = last_node.clone();
         receivers.push(tokio::spawn(async move {
             while let Ok(m) = node.recv().await {
                 if let Ok(u) = m.decode::<Update>() {
                     counts[u.n as usize].fetch_add(1, Ordering::Relaxed);
                     last.lock().unwrap()[u.n as usize] = Some(Instant::now());
+                    last_node.lock().unwrap()[u.n as usize] = Some((node.id(), m.hops()));
                 }
             }
         }));
@@ -281,7 +287,7 @@ async fn main() {
     for n in 0..args.broadcasts {
         let sender = rng.random_range(0..nodes.len());
         let t0 = Instant::now();
-        nodes[sender]
+        let id = nodes[sender]
             .broadcast(&Update { n: n as u32 })
             .await
             .unwrap();
@@ -296,6 +302,14 @@ async fn main() {
             (Some(_), Some(last)) => last.duration_since(t0).as_secs_f64() * 1000.0,
             _ => f64::INFINITY,
         });
+        if args.diag {
+            println!(
+                "broadcast {n} {id:?} from {}: {:.1} ms, last {:?}",
+                nodes[sender].id(),
+                spreads[n],
+                last_node.lock().unwrap()[n]
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut sorted = spreads.clone();

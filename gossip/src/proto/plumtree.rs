@@ -61,8 +61,10 @@
 //! origins: PRUNE and the optimisation's GRAFT name the origin (`PruneOrigin`, `GraftOrigin`)
 //! and change that origin's tree only, and within one origin the paper's argument holds (the
 //! link a node first received a message by is never pruned, so the eager links stay a
-//! spanning tree). A new origin's tree starts as a copy of the lowest tracked origin's tree,
-//! which the two ends of each link agree on. An origin beyond the cap uses the shared sets,
+//! spanning tree). A new origin's tree starts with every link eager (its first message floods,
+//! as in the paper); a copy of another origin's tree saved that flood, but the two ends of a
+//! link did not copy the same tree once nodes tracked different origins, which left regions
+//! without an eager path (see `tree_mut`). An origin beyond the cap uses the shared sets,
 //! which every PRUNE and GRAFT also updates, as the paper's single tree. A duplicate from a
 //! link that is already lazy here for its origin still gets a PRUNE: the two ends disagree, and
 //! otherwise the sender keeps pushing. Memory: one small list of lazy neighbours per tracked
@@ -74,8 +76,10 @@
 //! after the other and left it to GRAFT repairs, a `graft_timeout_1` late each. So each tree
 //! remembers its *parent*, the link the latest new message came by: a duplicate from it is not
 //! pruned; a PRUNE from it (an older copy of ours reached it second) is answered with GRAFT; a
-//! new message over a link that is lazy here grafts it back at the other end too; and an IHAVE
-//! from the parent for a missing message is grafted at once, as the tree will not bring it.
+//! new message over a link that is lazy here grafts it back at the other end too; an IHAVE
+//! from the parent for a missing message is grafted at once, as the tree will not bring it;
+//! and a message that came by another link is only announced to the previous parent, since a
+//! pushed copy would reach it second and make it prune the link this node depends on.
 //!
 //! Messages are named by [`MessageId`]: the origin and a per-origin sequence number, so the
 //! same content can be broadcast twice and the record of received ids is compact: per origin,
@@ -1217,6 +1221,7 @@ impl<P: PeerId> State<P> {
                     Message::Prune => self.on_prune(from, None, now, out),
                     Message::PruneOrigin(origin) => self.on_prune(from, Some(origin), now, out),
                     Message::GraftOrigin(origin) => {
+                        tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, ?origin, "grafted");
                         self.stats.graft_received += 1;
                         if self.is_neighbor(&from) {
                             self.set_eager_for(origin, from, now);
@@ -1276,6 +1281,7 @@ impl<P: PeerId> State<P> {
                 if peer == self.me {
                     return;
                 }
+                tracing::trace!(target: "gossip::spread", me = ?self.me, ?peer, "up");
                 self.stats.neighbor_up += 1;
                 if !self.is_neighbor(&peer) {
                     self.eager.push(peer);
@@ -1299,6 +1305,7 @@ impl<P: PeerId> State<P> {
                 ));
             }
             InEvent::NeighborDown(peer) => {
+                tracing::trace!(target: "gossip::spread", me = ?self.me, ?peer, "down");
                 self.stats.neighbor_down += u64::from(self.is_neighbor(&peer));
                 self.eager.retain(|p| *p != peer);
                 self.lazy.retain(|p| *p != peer);
@@ -1340,6 +1347,7 @@ impl<P: PeerId> State<P> {
                 hops: 0,
             },
             self.me,
+            None,
             out,
         );
         id
@@ -1440,8 +1448,10 @@ impl<P: PeerId> State<P> {
                 let neighbor = self.is_neighbor(&from);
                 let stamp = self.stamp(now);
                 let hops = g.hops;
+                let mut old_parent = None;
                 let was_lazy = self.with_tree(g.id.origin, now, |t| {
                     t.last = stamp;
+                    old_parent = t.parent.filter(|p| *p != from);
                     t.parent = Some(from);
                     t.orphan = false;
                     t.depth = hops;
@@ -1461,8 +1471,11 @@ impl<P: PeerId> State<P> {
                     }
                 }
                 let missing = self.missing.remove(&g.id);
+                if g.kind == PayloadKind::User {
+                    tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?g.id.origin, seq = g.id.seq, ?from, hops = g.hops, announced = missing.as_ref().map(|m| m.announcers.len()), "new");
+                }
                 self.cache_insert(g.id, g.kind, g.payload.clone(), g.hops, from, now);
-                self.forward(&g, from, out);
+                self.forward(&g, from, old_parent, out);
                 let (id, hops) = (g.id, g.hops);
                 self.deliver(g, from, out);
                 // Announced earlier by a lazy link than the tree brought it: was that path
@@ -1650,6 +1663,7 @@ impl<P: PeerId> State<P> {
             return false;
         }
         let origin = id.origin;
+        tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?origin, seq = id.seq, ?from, hops, ?old, have, duplicate, "switch");
         self.set_path(id, from, hops);
         self.stats.optimizations += 1;
         if duplicate {
@@ -1759,6 +1773,7 @@ impl<P: PeerId> State<P> {
         out: &mut VecDeque<OutEvent<P>>,
     ) {
         self.stats.prune_received += 1;
+        tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, ?origin, "pruned");
         if !self.is_neighbor(&from) {
             self.stats.dropped_invalid += 1;
             return;
@@ -1774,6 +1789,7 @@ impl<P: PeerId> State<P> {
             {
                 // The PRUNE answers the copy we sent before we chose `from` as the shorter
                 // path: keep the link and tell them.
+                tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, "prune answered (switched)");
                 self.stats.graft_sent += 1;
                 let graft = match origin {
                     Some(o) => self.graft_message(o),
@@ -1791,6 +1807,7 @@ impl<P: PeerId> State<P> {
             // (sent while our parent was another neighbour) reached it second. We depend on
             // it now: keep the link. It will not see duplicates from us while we get this
             // origin's messages from it first.
+            tracing::trace!(target: "gossip::spread", me = ?self.me, ?from, "prune answered (parent)");
             self.stats.graft_sent += 1;
             out.push_back(OutEvent::SendMessage(from, self.graft_message(o)));
             return;
@@ -1836,6 +1853,11 @@ impl<P: PeerId> State<P> {
             return;
         };
         let (peer, _) = m.announcers.remove(best);
+        if tracing::enabled!(target: "gossip::spread", tracing::Level::TRACE) {
+            let t = self.trees.get(&id.origin);
+            let tmpl = self.trees.first_key_value();
+            tracing::trace!(target: "gossip::spread", me = ?self.me, origin = ?id.origin, seq = id.seq, ?peer, parent = ?t.and_then(|t| t.parent), orphan = ?t.map(|t| t.orphan), tree_lazy = ?t.map(|t| &t.lazy), tmpl = ?tmpl.map(|(o, _)| o), tmpl_eager_peer = !tmpl.map_or(&self.lazy, |(_, t)| &t.lazy).contains(&peer), tmpl_parent = ?tmpl.and_then(|(_, t)| t.parent), eager = ?self.eager, lazy = ?self.lazy, "graft");
+        }
         self.set_eager_for(id.origin, peer, now);
         self.stats.graft_sent += 1;
         self.stats.graft_repairs += 1;
@@ -2008,15 +2030,17 @@ impl<P: PeerId> State<P> {
                 self.trees.remove(&oldest);
             }
             let last = self.stamp(now);
-            // Start from the tree of the lowest tracked origin: both ends of a link agree on
-            // it (the GRAFT/PRUNE exchanges of one origin are symmetric) and every node picks
-            // the same one while they track the same origins, so a new origin starts on one
-            // spanning tree rather than on a mix of the shared sets, which differ at the two
-            // ends of a link once several origins have reshaped them.
-            let lazy = match self.trees.first_key_value() {
-                Some((_, t)) => t.lazy.clone(),
-                None => self.lazy.clone(),
-            };
+            // A new origin's tree starts with every link eager: its first message floods and
+            // the duplicates prune the tree to the first-arrival tree of this origin. Copying
+            // another tree instead (the lowest tracked origin's, which saves the flood) relied
+            // on both ends of each link copying the same one, and they do not: with more
+            // origins than `max_origin_trees`, nodes track different sets (at 200 TCP nodes
+            // the nodes of one cluster used two different templates), so a link was eager at
+            // one end and lazy at the other, the eager links no longer reached every node and
+            // whole regions waited for IHAVE and `graft_timeout_1` (one or two rounds: 70 or
+            // 140 ms on a LAN). A copied tree is also rooted elsewhere, so its paths from the
+            // new origin were twice as deep.
+            let lazy = Vec::new();
             self.trees.insert(
                 origin,
                 OriginTree {
@@ -2109,7 +2133,21 @@ impl<P: PeerId> State<P> {
 
     /// Push `g` (as received, with its arrival hops) to the eager peers and announce it to the
     /// lazy peers, except `from`.
-    fn forward(&mut self, g: &Gossip<P>, from: P, out: &mut VecDeque<OutEvent<P>>) {
+    ///
+    /// `old_parent`, the link the previous message of this origin came by when this one came
+    /// by another, only gets an IHAVE: it is on our way to the origin, so it has the message
+    /// or gets it from its own parent, and a pushed copy would reach it second and make it
+    /// prune the link we depend on. The PRUNE and the GRAFT we answer it with take a round
+    /// trip, and every message of the origin that crossed the old parent meanwhile came to us
+    /// by IHAVE and GRAFT: in the simulator (one sender, 10-100 ms links) a node flapped like
+    /// that on every message, a graft round each time.
+    fn forward(
+        &mut self,
+        g: &Gossip<P>,
+        from: P,
+        old_parent: Option<P>,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
         let hops = g.hops.saturating_add(1);
         let ihave = IHave { id: g.id, hops };
         // The origin's lazy set is looked up once, not once per neighbour (hot path).
@@ -2119,7 +2157,7 @@ impl<P: PeerId> State<P> {
             if peer == from {
                 continue;
             }
-            if tree_lazy.contains(&peer) {
+            if tree_lazy.contains(&peer) || old_parent == Some(peer) {
                 lazy.push(peer);
             } else {
                 self.stats.gossip_sent += 1;

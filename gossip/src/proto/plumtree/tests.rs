@@ -137,8 +137,9 @@ fn broadcast_pushes_to_every_neighbor_and_is_not_delivered_locally() {
 #[test]
 fn gossip_is_delivered_once_pushed_eagerly_and_announced_lazily() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4]);
-    // 4 pruned us earlier: it is lazy.
-    b.recv(4, Message::Prune);
+    // 4 pruned us earlier for this origin: it is lazy. (A tree made by the first message of
+    // an origin starts all eager: see `new_origin_floods_even_after_an_other_origins_prune`.)
+    b.recv(4, Message::PruneOrigin(1));
     assert_eq!(b.state.lazy_peers(), &[4]);
     let out = b.recv(1, gossip(1, 1, 1));
     assert_eq!(deliveries(&out), vec![id(1, 1)]);
@@ -2319,4 +2320,57 @@ fn one_graft_timer_per_ihave_batch() {
         Vec::<u64>::new()
     );
     assert_eq!(grafted(&b.at(t + 100).timer(Timer::SendGrafts)), vec![4, 5]);
+}
+
+#[test]
+fn new_origin_floods_even_after_an_other_origins_prune() {
+    // 3 and 4 pruned us for origin 1. The two ends of a link need not hold the same trees (the
+    // nodes track different origins), so a copy of origin 1's tree is no safe start for
+    // origin 5: its first message goes to every neighbour but the sender.
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4, 5]);
+    b.recv(1, gossip(1, 1, 1));
+    b.recv(3, Message::PruneOrigin(1));
+    b.recv(4, Message::PruneOrigin(1));
+    let out = b.recv(5, gossip(5, 1, 1));
+    let mut to: Vec<u32> = sends(&out)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Gossip(_)))
+        .map(|(p, _)| p)
+        .collect();
+    to.sort();
+    assert_eq!(to, vec![1, 3, 4]);
+    // Origin 1's tree is unchanged: 3 and 4 still only get IHAVE.
+    let out = b.recv(1, gossip(1, 2, 1));
+    assert!(
+        sends(&out)
+            .iter()
+            .all(|(p, m)| !matches!(m, Message::Gossip(_)) || *p == 5)
+    );
+}
+
+#[test]
+fn a_message_from_another_link_is_announced_not_pushed_to_the_previous_parent() {
+    // 1 is our parent for origin 9 (its message came by 1); the next one comes by 3 first.
+    // Pushing it to 1 would reach 1 second and make it prune the link we depend on.
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4]);
+    b.recv(1, gossip(9, 1, 2));
+    let out = b.recv(3, gossip(9, 2, 3));
+    let gossip_to: Vec<u32> = sends(&out)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Gossip(_)))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(gossip_to, vec![4]);
+    let out = b.timer(Timer::DispatchLazyPush);
+    assert!(sends(&out).iter().any(|(p, m)| *p == 1
+        && matches!(m, Message::IHave(ids) if ids.iter().any(|i| i.id == id(9, 2)))));
+    // 1 was not pruned: once 3 is the parent, its next message is pushed on to 1 and 4.
+    let out = b.recv(3, gossip(9, 3, 3));
+    let mut gossip_to: Vec<u32> = sends(&out)
+        .into_iter()
+        .filter(|(_, m)| matches!(m, Message::Gossip(_)))
+        .map(|(p, _)| p)
+        .collect();
+    gossip_to.sort();
+    assert_eq!(gossip_to, vec![1, 4]);
 }
