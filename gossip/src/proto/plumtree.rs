@@ -44,10 +44,13 @@
 //!   but maybe many hops deeper) would become the parent of this node and its whole subtree
 //!   for a broadcast; while the overlay was still settling after the bootstrap, that alone
 //!   kept the LDH 2-4 hops above the fewest-hop depth. A tree whose parent went down (an
-//!   *orphan*) takes new links eagerly, and grafts at once an IHAVE for a missing message
-//!   that is no farther from the origin than the lost parent was (the tree will not bring
-//!   it; a deeper announcer waits `graft_timeout_1` like any other, so that the repair does
-//!   not hang the orphan's subtree from a deep path).
+//!   *orphan*) takes new links eagerly. An orphan, and a tree whose parent is not a
+//!   neighbour at all (the overlay was briefly asymmetric, and the peer that pushed to us
+//!   dropped a link we never had up), grafts at once an IHAVE for a missing message that is
+//!   at most one hop farther from the origin than the lost parent was (the tree will not bring it; a
+//!   deeper announcer waits `graft_timeout_1` like any other, so that the repair does not
+//!   hang the orphan's subtree from a deep path). In the 200-node TCP bench, waiting for a
+//!   replacement link one hop deeper was the ~70 ms outlier of the spread.
 //!
 //! # Many senders
 //!
@@ -1586,17 +1589,19 @@ impl<P: PeerId> State<P> {
                     .unwrap_or_else(|| Vec::with_capacity(self.config.max_announcers.clamp(1, 4)));
                 announcers.push((from, hops));
                 self.missing.insert(id, Missing { announcers });
-                if self
-                    .trees
-                    .get(&id.origin)
-                    .is_some_and(|t| t.parent == Some(from) || (t.orphan && hops <= t.depth))
-                {
+                if self.trees.get(&id.origin).is_some_and(|t| {
+                    // A parent that is not our neighbour (the overlay dropped the link, or
+                    // only its end ever had it up) pushes nothing: an orphan as well.
+                    let orphan = t.orphan || t.parent.is_some_and(|p| !self.is_neighbor(&p));
+                    t.parent == Some(from) || (orphan && hops <= t.depth.saturating_add(1))
+                }) {
                     // Our parent for this origin announces instead of pushing: it pruned the
                     // link (a GRAFT back may be on its way), so the tree will not bring this
-                    // one. Likewise when our parent went down, if the announcer is no farther
-                    // from the origin than our parent was (a deeper one would make a deeper
-                    // tree: wait for the others as usual). Waiting `graft_timeout_1` would
-                    // only stall it: graft now.
+                    // one. Likewise when our parent is gone, if the announcer is at most one
+                    // hop farther from the origin than our parent was (a deeper one would make
+                    // a deeper tree: wait for the others as usual; one hop more is what a
+                    // replacement link usually costs, and the optimisation removes it later).
+                    // Waiting `graft_timeout_1` would only stall it: graft now.
                     self.on_graft_timer(id, now, out);
                 } else {
                     self.graft_later(id, now, out);

@@ -663,6 +663,56 @@ fn a_new_neighbour_is_lazy_for_origins_that_have_a_parent() {
 }
 
 #[test]
+fn an_orphan_grafts_at_once_an_announcer_one_hop_deeper_than_its_lost_parent() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    b.recv(1, gossip(9, 1, 1));
+    b.recv(3, gossip(9, 1, 2));
+    b.handle(InEvent::NeighborDown(1));
+    // 3 would bring it one hop deeper than 1 did (the usual cost of a replacement link): grafted
+    // at once, not a `graft_timeout_1` later.
+    assert_eq!(
+        sends(&b.recv(
+            3,
+            Message::IHave(vec![IHave {
+                id: id(9, 2),
+                hops: 2
+            }])
+        )),
+        vec![(3, &Message::Graft(Some(id(9, 2))))]
+    );
+}
+
+#[test]
+fn a_parent_that_is_not_a_neighbour_does_not_stall_the_tree() {
+    // The overlay is asymmetric for a moment: 7 pushes to 2, though 2 does not have 7 up. 7
+    // becomes the parent for origin 9, but nothing tells 2 when 7 drops the link, so the next
+    // announcement of a missing message is grafted at once, as for an orphan.
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    assert_eq!(deliveries(&b.recv(7, gossip(9, 1, 1))), vec![id(9, 1)]);
+    assert_eq!(
+        sends(&b.recv(
+            3,
+            Message::IHave(vec![IHave {
+                id: id(9, 2),
+                hops: 2
+            }])
+        )),
+        vec![(3, &Message::Graft(Some(id(9, 2))))]
+    );
+    // With a parent that is a neighbour, the same announcement waits for the tree.
+    let mut c = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    c.recv(1, gossip(9, 1, 1));
+    let out = c.recv(
+        3,
+        Message::IHave(vec![IHave {
+            id: id(9, 2),
+            hops: 2,
+        }]),
+    );
+    assert!(sends(&out).is_empty());
+}
+
+#[test]
 fn an_ihave_that_overtook_the_payload_still_reshapes_the_tree() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     b.recv(3, Message::Prune);
