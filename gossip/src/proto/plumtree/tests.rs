@@ -24,6 +24,14 @@ fn gossip(origin: u32, seq: u64, hops: u16) -> Message<u32> {
     })
 }
 
+/// An IHAVE announcing one message, `hops` from its origin.
+fn ihave(origin: u32, seq: u64, hops: u16) -> Message<u32> {
+    Message::IHave(vec![IHave {
+        id: id(origin, seq),
+        hops,
+    }])
+}
+
 fn payload(origin: u32, seq: u64) -> Bytes {
     Bytes::from(format!("{origin}:{seq}"))
 }
@@ -154,16 +162,7 @@ fn gossip_is_delivered_once_pushed_eagerly_and_announced_lazily() {
         Timer::DispatchLazyPush
     )));
     let out = b.timer(Timer::DispatchLazyPush);
-    assert_eq!(
-        out,
-        vec![OutEvent::SendMessage(
-            4,
-            Message::IHave(vec![IHave {
-                id: id(1, 1),
-                hops: 2
-            }])
-        )]
-    );
+    assert_eq!(out, vec![OutEvent::SendMessage(4, ihave(1, 1, 2))]);
     assert_eq!(b.state.stats().delivered, 1);
 }
 
@@ -190,25 +189,10 @@ fn ihave_grafts_after_timeout_then_the_next_announcer() {
     let mut b = Node::with_neighbors(2, config, &[1, 3, 4]);
     b.recv(3, Message::Prune);
     b.recv(4, Message::Prune);
-    let out = b.recv(
-        3,
-        Message::IHave(vec![IHave {
-            id: id(9, 1),
-            hops: 4,
-        }]),
-    );
+    let out = b.recv(3, ihave(9, 1, 4));
     assert_eq!(out, vec![OutEvent::ScheduleTimer(t1, Timer::SendGrafts)]);
     // A second announcer with a shorter path: no new timer, remembered.
-    assert!(
-        b.recv(
-            4,
-            Message::IHave(vec![IHave {
-                id: id(9, 1),
-                hops: 2
-            }])
-        )
-        .is_empty()
-    );
+    assert!(b.recv(4, ihave(9, 1, 2)).is_empty());
     // Not before its time.
     assert!(
         b.at(t1.as_millis() as u64 - 1)
@@ -243,16 +227,7 @@ fn ihave_for_a_received_message_starts_no_timer() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     b.recv(1, gossip(1, 1, 1));
     b.recv(3, Message::Prune);
-    assert!(
-        b.recv(
-            3,
-            Message::IHave(vec![IHave {
-                id: id(1, 1),
-                hops: 1
-            }])
-        )
-        .is_empty()
-    );
+    assert!(b.recv(3, ihave(1, 1, 1)).is_empty());
     assert_eq!(b.state.missing_len(), 0);
 }
 
@@ -297,13 +272,7 @@ fn ihave_runs_wait_for_exactly_the_ids_not_received() {
     );
     // The hole filled, its announcement later needs nothing.
     b.recv(1, gossip(9, 4, 2));
-    b.recv(
-        3,
-        Message::IHave(vec![IHave {
-            id: id(9, 4),
-            hops: 5,
-        }]),
-    );
+    b.recv(3, ihave(9, 4, 5));
     assert!(!b.state.missing.contains_key(&id(9, 4)));
 }
 
@@ -347,13 +316,7 @@ fn a_prune_for_one_origin_leaves_the_others_eager() {
     assert!(!sends_gossip_to(&out, 3));
     assert_eq!(
         sends(&b.timer(Timer::DispatchLazyPush)),
-        vec![(
-            3,
-            &Message::IHave(vec![IHave {
-                id: id(9, 2),
-                hops: 2
-            }])
-        )]
+        vec![(3, &ihave(9, 2, 2))]
     );
     // The other end of the link, on receiving that PRUNE: lazy for 9, still eager for 8.
     let mut c = Node::with_neighbors(3, Config::default(), &[2, 4]);
@@ -399,23 +362,11 @@ fn the_parent_of_an_origin_is_kept_while_its_messages_are_pipelined() {
     assert!(!b.state.eager_for(&9, &1));
     // An IHAVE from the parent for a missing message: the tree will not bring it, graft now
     // instead of after graft_timeout_1.
-    let out = b.recv(
-        3,
-        Message::IHave(vec![IHave {
-            id: id(9, 3),
-            hops: 1,
-        }]),
-    );
+    let out = b.recv(3, ihave(9, 3, 1));
     assert_eq!(sends(&out), vec![(3, &Message::Graft(Some(id(9, 3))))]);
     assert_eq!(b.state.stats().graft_repairs, 1);
     // From another announcer it waits for the tree as usual.
-    let out = b.recv(
-        1,
-        Message::IHave(vec![IHave {
-            id: id(9, 4),
-            hops: 2,
-        }]),
-    );
+    let out = b.recv(1, ihave(9, 4, 2));
     assert!(sends(&out).is_empty());
     assert!(out.contains(&OutEvent::ScheduleTimer(
         b.state.config().graft_timeout_1,
@@ -481,13 +432,7 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
     // Came over 6 hops from 1; 3 announces it at 2 hops: shorter by 4 >= 2.
     b.recv(1, gossip(9, 1, 6));
     b.timer(Timer::DispatchLazyPush);
-    let out = b.recv(
-        3,
-        Message::IHave(vec![IHave {
-            id: id(9, 1),
-            hops: 2,
-        }]),
-    );
+    let out = b.recv(3, ihave(9, 1, 2));
     assert_eq!(
         sends(&out),
         vec![(3, &Message::GraftOrigin(9)), (1, &Message::PruneOrigin(9))]
@@ -498,27 +443,12 @@ fn tree_optimisation_grafts_the_shorter_path_and_prunes_the_longer() {
     // The new hop count is announced to the other neighbours.
     assert_eq!(
         sends(&b.timer(Timer::DispatchLazyPush)),
-        vec![(
-            1,
-            &Message::IHave(vec![IHave {
-                id: id(9, 1),
-                hops: 3
-            }])
-        )]
+        vec![(1, &ihave(9, 1, 3))]
     );
     // Shorter by less than the threshold: nothing.
     b.recv(3, gossip(9, 2, 3));
     b.timer(Timer::DispatchLazyPush);
-    assert!(
-        b.recv(
-            1,
-            Message::IHave(vec![IHave {
-                id: id(9, 2),
-                hops: 2
-            }])
-        )
-        .is_empty()
-    );
+    assert!(b.recv(1, ihave(9, 2, 2)).is_empty());
 }
 
 #[test]
@@ -529,24 +459,9 @@ fn threshold_one_takes_any_shorter_path() {
     b.recv(1, gossip(9, 1, 3));
     b.timer(Timer::DispatchLazyPush);
     // Equal: no change (ties never move the tree).
-    assert!(
-        b.recv(
-            3,
-            Message::IHave(vec![IHave {
-                id: id(9, 1),
-                hops: 3
-            }])
-        )
-        .is_empty()
-    );
+    assert!(b.recv(3, ihave(9, 1, 3)).is_empty());
     // One hop shorter: graft 3, prune 1.
-    let out = b.recv(
-        3,
-        Message::IHave(vec![IHave {
-            id: id(9, 1),
-            hops: 2,
-        }]),
-    );
+    let out = b.recv(3, ihave(9, 1, 2));
     assert_eq!(
         sends(&out),
         vec![(3, &Message::GraftOrigin(9)), (1, &Message::PruneOrigin(9))]
@@ -563,46 +478,25 @@ fn a_shorter_path_is_passed_down_the_tree_within_one_broadcast() {
     b.timer(Timer::DispatchLazyPush);
     // The parent found a path 3 hops shorter and says so: 2 records it and tells the others
     // (not the parent), without touching the tree.
-    let out = b.recv(
-        1,
-        Message::IHave(vec![IHave {
-            id: id(9, 1),
-            hops: 3,
-        }]),
-    );
+    let out = b.recv(1, ihave(9, 1, 3));
     assert!(sends(&out).is_empty());
     let flushed = b.timer(Timer::DispatchLazyPush);
     let mut told = sends(&flushed);
     told.sort_by_key(|(p, _)| *p);
-    let ihave = Message::IHave(vec![IHave {
-        id: id(9, 1),
-        hops: 4,
-    }]);
-    assert_eq!(told, vec![(3, &ihave), (4, &ihave)]);
+    let shorter = ihave(9, 1, 4);
+    assert_eq!(told, vec![(3, &shorter), (4, &shorter)]);
     assert_eq!(b.state.stats().optimizations, 0);
     // Not shorter again: nothing more.
-    b.recv(
-        1,
-        Message::IHave(vec![IHave {
-            id: id(9, 1),
-            hops: 3,
-        }]),
-    );
+    b.recv(1, ihave(9, 1, 3));
     assert!(b.timer(Timer::DispatchLazyPush).is_empty());
     // The child, whose path went through 2 at 7 hops, learns 4 and passes it on in turn.
     let mut c = Node::with_neighbors(4, Config::default(), &[2, 5]);
     c.recv(2, gossip(9, 1, 7));
     c.timer(Timer::DispatchLazyPush);
-    c.recv(2, ihave);
+    c.recv(2, shorter);
     assert_eq!(
         sends(&c.timer(Timer::DispatchLazyPush)),
-        vec![(
-            5,
-            &Message::IHave(vec![IHave {
-                id: id(9, 1),
-                hops: 5
-            }])
-        )]
+        vec![(5, &ihave(9, 1, 5))]
     );
 }
 
@@ -615,13 +509,7 @@ fn a_new_neighbour_is_lazy_for_origins_that_have_a_parent() {
     b.handle(InEvent::NeighborUp(4));
     let out = b.recv(1, gossip(9, 2, 1));
     assert!(!sends_gossip_to(&out, 4));
-    assert!(sends(&b.timer(Timer::DispatchLazyPush)).contains(&(
-        4,
-        &Message::IHave(vec![IHave {
-            id: id(9, 2),
-            hops: 2
-        }])
-    )));
+    assert!(sends(&b.timer(Timer::DispatchLazyPush)).contains(&(4, &ihave(9, 2, 2))));
     // 4 pushes anyway (it has no tree for 9): it gets a PRUNE, as a duplicate does.
     assert_eq!(
         sends(&b.recv(4, gossip(9, 2, 5))),
@@ -632,33 +520,15 @@ fn a_new_neighbour_is_lazy_for_origins_that_have_a_parent() {
     b.handle(InEvent::NeighborUp(5));
     // An orphan does not wait for the tree: an IHAVE for a missing message is grafted at once,
     // unless the announcer is farther from the origin than the lost parent was (1 hop).
-    let deeper = b.recv(
-        4,
-        Message::IHave(vec![IHave {
-            id: id(9, 3),
-            hops: 3,
-        }]),
-    );
+    let deeper = b.recv(4, ihave(9, 3, 3));
     assert!(sends(&deeper).is_empty());
     assert_eq!(
-        sends(&b.recv(
-            3,
-            Message::IHave(vec![IHave {
-                id: id(9, 4),
-                hops: 1
-            }])
-        )),
+        sends(&b.recv(3, ihave(9, 4, 1))),
         vec![(3, &Message::Graft(Some(id(9, 4))))]
     );
     assert!(sends_gossip_to(&b.recv(3, gossip(9, 4, 1)), 5));
     // Its parent is 3 now: no longer an orphan, so an IHAVE from another link waits.
-    let out = b.recv(
-        4,
-        Message::IHave(vec![IHave {
-            id: id(9, 5),
-            hops: 1,
-        }]),
-    );
+    let out = b.recv(4, ihave(9, 5, 1));
     assert!(sends(&out).is_empty());
 }
 
@@ -671,13 +541,7 @@ fn an_orphan_grafts_at_once_an_announcer_one_hop_deeper_than_its_lost_parent() {
     // 3 would bring it one hop deeper than 1 did (the usual cost of a replacement link): grafted
     // at once, not a `graft_timeout_1` later.
     assert_eq!(
-        sends(&b.recv(
-            3,
-            Message::IHave(vec![IHave {
-                id: id(9, 2),
-                hops: 2
-            }])
-        )),
+        sends(&b.recv(3, ihave(9, 2, 2))),
         vec![(3, &Message::Graft(Some(id(9, 2))))]
     );
 }
@@ -690,25 +554,13 @@ fn a_parent_that_is_not_a_neighbour_does_not_stall_the_tree() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     assert_eq!(deliveries(&b.recv(7, gossip(9, 1, 1))), vec![id(9, 1)]);
     assert_eq!(
-        sends(&b.recv(
-            3,
-            Message::IHave(vec![IHave {
-                id: id(9, 2),
-                hops: 2
-            }])
-        )),
+        sends(&b.recv(3, ihave(9, 2, 2))),
         vec![(3, &Message::Graft(Some(id(9, 2))))]
     );
     // With a parent that is a neighbour, the same announcement waits for the tree.
     let mut c = Node::with_neighbors(2, Config::default(), &[1, 3]);
     c.recv(1, gossip(9, 1, 1));
-    let out = c.recv(
-        3,
-        Message::IHave(vec![IHave {
-            id: id(9, 2),
-            hops: 2,
-        }]),
-    );
+    let out = c.recv(3, ihave(9, 2, 2));
     assert!(sends(&out).is_empty());
 }
 
@@ -717,13 +569,7 @@ fn an_ihave_that_overtook_the_payload_still_reshapes_the_tree() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
     b.recv(3, Message::Prune);
     // 3 announces at 2 hops before the eager copy arrives from 1 at 7 hops.
-    b.recv(
-        3,
-        Message::IHave(vec![IHave {
-            id: id(9, 1),
-            hops: 2,
-        }]),
-    );
+    b.recv(3, ihave(9, 1, 2));
     let out = b.recv(1, gossip(9, 1, 7));
     assert_eq!(deliveries(&out), vec![id(9, 1)]);
     assert!(out.contains(&OutEvent::SendMessage(3, Message::GraftOrigin(9))));
@@ -1255,16 +1101,7 @@ fn control_messages_from_strangers_are_ignored_and_counted() {
     a.at(60_000);
     assert!(a.recv(7, Message::Graft(Some(mid))).is_empty());
     assert!(a.recv(7, Message::Prune).is_empty());
-    assert!(
-        a.recv(
-            7,
-            Message::IHave(vec![IHave {
-                id: id(9, 1),
-                hops: 1
-            }])
-        )
-        .is_empty()
-    );
+    assert!(a.recv(7, ihave(9, 1, 1)).is_empty());
     assert!(
         a.recv(
             7,
