@@ -176,12 +176,20 @@ pub const FRAME_CATCHUP: u8 = 0xF1;
 /// The largest payload header accepted (an id, a kind and a hop count are far smaller).
 const MAX_GOSSIP_HEADER: usize = 1024;
 
+/// The frame kind and the message of a message that travels as a payload frame (GOSSIP,
+/// CATCH-UP): a head, then the raw payload.
+fn payload_frame<P: PeerId>(message: &proto::Message<P>) -> Option<(u8, &plumtree::Gossip<P>)> {
+    match message {
+        proto::Message::Broadcast(plumtree::Message::Gossip(g)) => Some((FRAME_GOSSIP, g)),
+        proto::Message::Broadcast(plumtree::Message::CatchUp(g)) => Some((FRAME_CATCHUP, g)),
+        _ => None,
+    }
+}
+
 /// Encodes one protocol message as a node frame (see [`FRAME_GOSSIP`]).
 pub fn encode_frame<P: PeerId>(message: &proto::Message<P>) -> Bytes {
-    let (kind, g) = match message {
-        proto::Message::Broadcast(plumtree::Message::Gossip(g)) => (FRAME_GOSSIP, g),
-        proto::Message::Broadcast(plumtree::Message::CatchUp(g)) => (FRAME_CATCHUP, g),
-        other => return encode(other),
+    let Some((kind, g)) = payload_frame(message) else {
+        return encode(message);
     };
     let header = (&g.id, g.kind, g.hops);
     let mut size = bincode::enc::write::SizeWriter::default();
@@ -244,11 +252,7 @@ impl bincode::enc::write::Writer for HeadWriter {
 /// for a head longer than [`MAX_FRAME_HEAD`] bytes (a peer id with a large encoding): use
 /// [`encode_frame`] for them.
 pub fn encode_frame_head<P: PeerId>(message: &proto::Message<P>) -> Option<(FrameHead, &Bytes)> {
-    let (kind, g) = match message {
-        proto::Message::Broadcast(plumtree::Message::Gossip(g)) => (FRAME_GOSSIP, g),
-        proto::Message::Broadcast(plumtree::Message::CatchUp(g)) => (FRAME_CATCHUP, g),
-        _ => return None,
-    };
+    let (kind, g) = payload_frame(message)?;
     let mut out = HeadWriter(FrameHead {
         len: 1,
         bytes: [0; MAX_FRAME_HEAD],
