@@ -96,6 +96,9 @@ struct Net {
     stats: NetworkStats,
     /// Latest delivery time per directed link: frames on one link arrive in order, as on TCP.
     link_clock: HashMap<(SocketAddr, SocketAddr), Instant>,
+    /// The latest delivery time in `link_clock`: from then on, while there is no latency, a
+    /// frame is due when sent and no link's clock needs reading or moving.
+    latest: Option<Instant>,
 }
 
 impl Net {
@@ -137,6 +140,7 @@ impl MemoryNetwork {
                 next_port: FIRST_AUTO_PORT,
                 stats: NetworkStats::default(),
                 link_clock: HashMap::new(),
+                latest: None,
             })),
         }
     }
@@ -194,6 +198,8 @@ impl MemoryNetwork {
             stats: TransportStats::default(),
             joined_head: Vec::new(),
             joined: None,
+            arena: bytes::BytesMut::new(),
+            clock: Instant::now(),
         })
     }
 
@@ -242,7 +248,9 @@ impl MemoryNetwork {
 
     /// Routes one frame. Returns `Err(())` when the target is unreachable.
     fn route(&self, from: NodeId, to: NodeId, frame: Bytes, stats: &mut TransportStats) -> bool {
-        let mut net = self.lock();
+        let mut guard = self.lock();
+        // Through a plain reference, so `ep` and the other fields borrow apart (one lookup).
+        let net = &mut *guard;
         let Some(ep) = net.endpoints.get(&to.addr) else {
             net.stats.dropped_unreachable += 1;
             return false;
@@ -263,17 +271,25 @@ impl MemoryNetwork {
             return true;
         }
         let Range { start, end } = net.latency;
-        let delay = if end > start {
-            start + (end - start).mul_f64(net.rng.random::<f64>())
+        let now = Instant::now();
+        let at = if end.is_zero() && net.latest.is_none_or(|t| t <= now) {
+            // No latency, and every delay given earlier has passed: the frame is due now, after
+            // everything sent before it on its link (one clock reading, no link clock).
+            net.latest = None;
+            now
         } else {
-            start
+            let delay = if end > start {
+                start + (end - start).mul_f64(net.rng.random::<f64>())
+            } else {
+                start
+            };
+            let link = (from.addr, to.addr);
+            let at = (now + delay).max(net.link_clock.get(&link).copied().unwrap_or(now));
+            net.link_clock.insert(link, at);
+            net.latest = Some(net.latest.map_or(at, |t| t.max(at)));
+            at
         };
         let len = frame.len() as u64;
-        let link = (from.addr, to.addr);
-        let at = (Instant::now() + delay)
-            .max(net.link_clock.get(&link).copied().unwrap_or(Instant::now()));
-        net.link_clock.insert(link, at);
-        let ep = &net.endpoints[&to.addr];
         let delivery = Delivery { at, from, frame };
         match ep.tx.try_send(delivery) {
             Ok(()) => {
@@ -350,7 +366,17 @@ pub struct MemoryTransport {
     /// once and shared.
     joined_head: Vec<u8>,
     joined: Option<(Bytes, Bytes)>,
+    /// Where joined frames are written, one after the other: one allocation per
+    /// [`JOIN_ARENA`] bytes instead of one per frame (receivers cache payloads, slices of these
+    /// frames, and freeing them one by one, long after, cost more than joining them).
+    arena: bytes::BytesMut,
+    /// A clock reading no older than any due frame seen: frames due by then need no new one.
+    clock: Instant,
 }
+
+/// Bytes of joined frames per allocation (see `MemoryTransport::arena`). A cached payload pins
+/// at most this much, or its own frame if larger, as on TCP.
+const JOIN_ARENA: usize = 64 * 1024;
 
 impl std::fmt::Debug for MemoryTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -414,10 +440,14 @@ impl Transport for MemoryTransport {
                 frame.clone()
             }
             _ => {
-                let mut frame = bytes::BytesMut::with_capacity(head.len() + body.len());
-                frame.extend_from_slice(head);
-                frame.extend_from_slice(&body);
-                let frame = frame.freeze();
+                let len = head.len() + body.len();
+                if self.arena.capacity() - self.arena.len() < len {
+                    // A fresh arena: the frames cut from the last one keep it alive.
+                    self.arena = bytes::BytesMut::with_capacity(len.max(JOIN_ARENA));
+                }
+                self.arena.extend_from_slice(head);
+                self.arena.extend_from_slice(&body);
+                let frame = self.arena.split_to(len).freeze();
                 self.joined_head.clear();
                 self.joined_head.extend_from_slice(head);
                 self.joined = Some((body, frame.clone()));
@@ -472,7 +502,10 @@ impl Transport for MemoryTransport {
                     Poll::Pending
                 };
             };
-            if top.at <= Instant::now() {
+            if top.at <= self.clock || {
+                self.clock = Instant::now();
+                top.at <= self.clock
+            } {
                 let p = self.pending.pop().expect("peeked");
                 self.sleep = None;
                 self.stats.frames_received += 1;
