@@ -583,4 +583,58 @@ mod tests {
         // Deduplicated: only one LinkFailed was queued for two sends.
         assert!(a.ready.is_empty());
     }
+
+    async fn frame(t: &mut MemoryTransport) -> Bytes {
+        match recv(t).await {
+            Some(TransportEvent::Frame { frame, .. }) => frame,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn frames_sent_after_latency_is_removed_do_not_overtake_delayed_ones() {
+        let net = MemoryNetwork::new(1);
+        let mut a = net.bind(addr(1), 1).unwrap();
+        let mut b = net.bind(addr(2), 2).unwrap();
+        net.set_latency(Duration::from_millis(50)..Duration::from_millis(50));
+        a.send(b.local_id(), Bytes::from_static(b"delayed"));
+        net.set_latency(Duration::ZERO..Duration::ZERO);
+        a.send(b.local_id(), Bytes::from_static(b"after"));
+        let start = Instant::now();
+        assert_eq!(&frame(&mut b).await[..], b"delayed");
+        assert_eq!(&frame(&mut b).await[..], b"after", "same link, same order");
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        // Once the delay has passed, a frame is due when sent.
+        a.send(b.local_id(), Bytes::from_static(b"now"));
+        let start = Instant::now();
+        assert_eq!(&frame(&mut b).await[..], b"now");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn joined_frames_are_whole_and_shared_along_a_row() {
+        let net = MemoryNetwork::new(1);
+        let mut a = net.bind(addr(1), 1).unwrap();
+        let mut b = net.bind(addr(2), 2).unwrap();
+        let mut c = net.bind(addr(3), 3).unwrap();
+        // Payloads larger than what is left of the arena start a fresh one.
+        let payloads: Vec<Bytes> = (0..200u32)
+            .map(|i| Bytes::from(vec![i as u8; 100 + (i as usize * 97) % 3000]))
+            .collect();
+        for (i, p) in payloads.iter().enumerate() {
+            let head = [i as u8; 5];
+            a.send_parts(b.local_id(), &head, p.clone());
+            a.send_parts(c.local_id(), &head, p.clone());
+        }
+        for (i, p) in payloads.iter().enumerate() {
+            let (fb, fc) = (frame(&mut b).await, frame(&mut c).await);
+            assert_eq!(&fb[..5], &[i as u8; 5]);
+            assert_eq!(&fb[5..], &p[..]);
+            assert_eq!(
+                fb.as_ptr(),
+                fc.as_ptr(),
+                "one joined frame for the whole row"
+            );
+        }
+    }
 }
