@@ -253,13 +253,24 @@ impl bincode::enc::write::Writer for HeadWriter {
 /// [`encode_frame`] for them.
 pub fn encode_frame_head<P: PeerId>(message: &proto::Message<P>) -> Option<(FrameHead, &Bytes)> {
     let (kind, g) = payload_frame(message)?;
+    Some((payload_frame_head(kind, g)?, &g.payload))
+}
+
+/// The head of the GOSSIP frame of `g`: [`encode_frame_head`] of
+/// `proto::Message::Broadcast(plumtree::Message::Gossip(g))`, for a caller that holds the
+/// `Gossip` alone (and so can move its payload to the transport rather than share it).
+pub fn gossip_frame_head<P: PeerId>(g: &plumtree::Gossip<P>) -> Option<FrameHead> {
+    payload_frame_head(FRAME_GOSSIP, g)
+}
+
+fn payload_frame_head<P: PeerId>(kind: u8, g: &plumtree::Gossip<P>) -> Option<FrameHead> {
     let mut out = HeadWriter(FrameHead {
         len: 1,
         bytes: [0; MAX_FRAME_HEAD],
     });
     out.0.bytes[0] = kind;
     bincode::serde::encode_into_writer((&g.id, g.kind, g.hops), &mut out, config()).ok()?;
-    Some((out.0, &g.payload))
+    Some(out.0)
 }
 
 /// Decodes a node frame written by [`encode_frame`] (or a message written by [`encode`]),
@@ -268,7 +279,7 @@ pub fn decode_frame<P: PeerId>(
     frame: &Bytes,
     limit: usize,
 ) -> Result<proto::Message<P>, WireError> {
-    decode_frame_with(frame, limit, &mut OriginCache::default())
+    decode_frame_with(frame.clone(), limit, &mut OriginCache::default())
 }
 
 /// The origin of the latest payload frame [`decode_frame_with`] decoded, and its encoding.
@@ -302,8 +313,13 @@ impl<P> std::fmt::Debug for OriginCache<P> {
 /// [`decode_frame`], reusing the origin of the previous payload frame when this one starts
 /// with the same bytes (see [`OriginCache`]); the same result as [`decode_frame`] for every
 /// input.
+///
+/// Takes the frame by value: a payload becomes the frame itself with its head cut off, so no
+/// reference count is taken and dropped per frame (a frame shares its read buffer with the
+/// frames read with it, and the transport's reader task touches the same count from another
+/// thread).
 pub fn decode_frame_with<P: PeerId>(
-    frame: &Bytes,
+    mut frame: Bytes,
     limit: usize,
     cache: &mut OriginCache<P>,
 ) -> Result<proto::Message<P>, WireError> {
@@ -315,7 +331,7 @@ pub fn decode_frame_with<P: PeerId>(
     }
     let kind = match frame.first() {
         Some(&k @ (FRAME_GOSSIP | FRAME_CATCHUP)) => k,
-        _ => return decode(frame, limit),
+        _ => return decode(&frame, limit),
     };
     let header = &frame[1..];
     let header = &header[..header.len().min(MAX_GOSSIP_HEADER)];
@@ -341,10 +357,11 @@ pub fn decode_frame_with<P: PeerId>(
     let ((seq, payload_kind, hops), used): ((u64, plumtree::PayloadKind, u16), usize) =
         bincode::serde::decode_from_slice(&header[at..], cfg).map_err(decode_error)?;
     let used = at + used;
+    bytes::Buf::advance(&mut frame, 1 + used);
     let g = plumtree::Gossip {
         id: proto::MessageId { origin, seq },
         kind: payload_kind,
-        payload: frame.slice(1 + used..),
+        payload: frame,
         hops,
     };
     Ok(proto::Message::Broadcast(if kind == FRAME_GOSSIP {
@@ -801,7 +818,7 @@ mod tests {
         let mut hits = 0;
         for frame in &frames {
             let before = cache.origin;
-            let with = decode_frame_with::<NodeId>(frame, 1024, &mut cache);
+            let with = decode_frame_with::<NodeId>(frame.clone(), 1024, &mut cache);
             assert_eq!(with, decode_frame::<NodeId>(frame, 1024), "frame {frame:?}");
             if let Ok(proto::Message::Broadcast(plumtree::Message::Gossip(g))) = &with {
                 hits += usize::from(before == Some(g.id.origin));
@@ -985,7 +1002,7 @@ mod tests {
                 f.extend_from_slice(&tail);
                 let f = Bytes::from(f);
                 proptest::prop_assert_eq!(
-                    decode_frame_with::<NodeId>(&f, 300, &mut cache),
+                    decode_frame_with::<NodeId>(f.clone(), 300, &mut cache),
                     decode_frame::<NodeId>(&f, 300)
                 );
             }
