@@ -873,7 +873,9 @@ mod tests {
             hops: 2,
         };
         let (a, b) = (id(7000, 1 << 40), id(7001, 1 << 41));
-        let m = plumtree::Message::IHave(vec![ihave(a, 1), ihave(a, 2), ihave(b, 9), ihave(a, 3)]);
+        let m = plumtree::Message::IHave(
+            vec![ihave(a, 1), ihave(a, 2), ihave(b, 9), ihave(a, 3)].into(),
+        );
         let bytes = encode(&m);
         assert_eq!(
             decode::<plumtree::Message<NodeId>>(&bytes, 4096).unwrap(),
@@ -905,7 +907,7 @@ mod tests {
     /// The bytes of an IHAVE of `u32` peers with these runs, written by hand as a hostile peer
     /// would.
     fn ihave_ranges(runs: &[WireRun]) -> Vec<u8> {
-        let m = encode(&plumtree::Message::<u32>::IHave(Vec::new()));
+        let m = encode(&plumtree::Message::<u32>::IHave(Default::default()));
         // The variant tag, then the runs as bincode writes them (lengths as varints).
         let mut out = m[..m.len() - 1].to_vec();
         out.extend_from_slice(&encode(&runs.len()));
@@ -932,7 +934,7 @@ mod tests {
             ihave(2, u64::MAX, 1),
             ihave(1, 10, 3),
         ];
-        let m = plumtree::Message::IHave(ids);
+        let m = plumtree::Message::IHave(ids.into());
         let bytes = encode(&m);
         assert_eq!(bytes.to_vec(), {
             let r1: &[(u64, u32, u16)] = &[(5, 2, 2), (7, 1, 3), (9, 1, 3), (8, 1, 3)];
@@ -982,8 +984,32 @@ mod tests {
                     hops,
                 })
                 .collect();
-            let m = plumtree::Message::IHave(ids);
+            let m = plumtree::Message::IHave(ids.into());
             proptest::prop_assert_eq!(decode::<plumtree::Message<u32>>(&encode(&m), 1 << 16).unwrap(), m);
+        }
+
+        /// An IHAVE batch held as ranges gives back exactly the ids pushed, in order, by
+        /// reference and by value; a truncated one, the first ones.
+        #[test]
+        fn an_ihave_batch_gives_back_its_ids(ids in proptest::collection::vec((0u32..3, 0u64..12, 1u16..3), 0..64), high in proptest::prelude::any::<bool>(), keep in 0usize..80) {
+            let ids: Vec<_> = ids
+                .into_iter()
+                .map(|(origin, seq, hops)| plumtree::IHave {
+                    id: proto::MessageId { origin, seq: if high { u64::MAX - seq } else { seq } },
+                    hops,
+                })
+                .collect();
+            let mut batch = plumtree::IHaves::new();
+            for &ihave in &ids {
+                batch.push(ihave);
+            }
+            proptest::prop_assert_eq!(batch.len(), ids.len());
+            proptest::prop_assert_eq!(batch.iter().collect::<Vec<_>>(), ids.clone());
+            proptest::prop_assert_eq!(batch.clone().into_iter().collect::<Vec<_>>(), ids.clone());
+            batch.truncate(keep);
+            let kept = &ids[..keep.min(ids.len())];
+            proptest::prop_assert_eq!(batch.len(), kept.len());
+            proptest::prop_assert_eq!(batch.into_iter().collect::<Vec<_>>(), kept.to_vec());
         }
 
         /// Any bytes after a payload-frame kind byte: an error or a payload no longer than the
