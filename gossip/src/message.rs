@@ -173,7 +173,7 @@ impl Message {
                 actual: self.tag().to_owned(),
             });
         }
-        codec::decode_payload(self.payload())
+        codec::decode_envelope_payload(&self.envelope)
     }
 }
 
