@@ -227,6 +227,12 @@ pub struct State<P: PeerId> {
     links: Vec<Link<P>>,
     /// The instant times are counted from: the first one the detector saw.
     epoch: Option<Instant>,
+    /// The latest instant converted by [`Self::time`], and its time: a node handles a batch
+    /// of frames, and the messages they make it send, at one instant.
+    last_time: Option<(Instant, u64)>,
+    /// Where the latest link looked up by [`Self::index_hot`] was: traffic comes in runs on
+    /// one link (a batch of frames from one peer), so it is checked first.
+    last_index: usize,
     /// The earliest check handed to the driver and not yet fired (ns since the epoch).
     next_check: Option<u64>,
     /// `z` with `φ(mean + z * std_dev) = phi_threshold`.
@@ -242,6 +248,8 @@ impl<P: PeerId> State<P> {
             config,
             links: Vec::new(),
             epoch: None,
+            last_time: None,
+            last_index: 0,
             next_check: None,
             z,
             stats: Stats::default(),
@@ -256,8 +264,46 @@ impl<P: PeerId> State<P> {
     }
 
     /// Handle one input.
+    #[inline]
     pub fn handle(&mut self, event: InEvent<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        // `Received` and `Sent` come with every message in and out of a busy node: inline.
+        match event {
+            InEvent::Received(peer) => self.received(peer, now, out),
+            InEvent::Sent(peer) => self.sent(peer, now),
+            event => self.handle_other(event, now, out),
+        }
+    }
+
+    /// Any message arrived from `peer`.
+    fn received(&mut self, peer: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         let now = self.time(now);
+        if let Some(i) = self.index_hot(peer) {
+            let max = self.config.max_sample_size;
+            self.links[i].record_arrival(now, max);
+            let suspect_at = now.saturating_add(self.suspect_after(&self.links[i]));
+            self.links[i].suspect_at = suspect_at;
+            // Usually later than the armed check; a narrower distribution can bring
+            // it closer.
+            if self.next_check.is_none_or(|c| c > suspect_at) {
+                self.arm(now, out);
+            }
+        }
+    }
+
+    /// Some message was sent to `peer`.
+    #[inline]
+    fn sent(&mut self, peer: P, now: Instant) {
+        let now = self.time(now);
+        if let Some(i) = self.index_hot(peer) {
+            // Only ever later: the armed check stays valid.
+            let link = &mut self.links[i];
+            link.heartbeat_due = now.saturating_add(nanos(self.config.heartbeat_interval));
+            link.idle = false;
+        }
+    }
+
+    fn handle_other(&mut self, event: InEvent<P>, at: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let now = self.time(at);
         match event {
             InEvent::LinkUp(peer) => {
                 if self.index(peer).is_none() {
@@ -285,27 +331,8 @@ impl<P: PeerId> State<P> {
             }
             // The arrival itself was recorded by `Received`; a heartbeat carries nothing else.
             InEvent::RecvMessage(_, Message::Heartbeat) => {}
-            InEvent::Received(peer) => {
-                if let Some(i) = self.index(peer) {
-                    let max = self.config.max_sample_size;
-                    self.links[i].record_arrival(now, max);
-                    let suspect_at = now.saturating_add(self.suspect_after(&self.links[i]));
-                    self.links[i].suspect_at = suspect_at;
-                    // Usually later than the armed check; a narrower distribution can bring
-                    // it closer.
-                    if self.next_check.is_none_or(|c| c > suspect_at) {
-                        self.arm(now, out);
-                    }
-                }
-            }
-            InEvent::Sent(peer) => {
-                if let Some(i) = self.index(peer) {
-                    // Only ever later: the armed check stays valid.
-                    let link = &mut self.links[i];
-                    link.heartbeat_due = now.saturating_add(nanos(self.config.heartbeat_interval));
-                    link.idle = false;
-                }
-            }
+            InEvent::Received(peer) => self.received(peer, at, out),
+            InEvent::Sent(peer) => self.sent(peer, at),
             InEvent::TimerExpired(Timer::Check) => self.on_check(now, out),
         }
     }
@@ -336,13 +363,33 @@ impl<P: PeerId> State<P> {
         &self.config
     }
 
+    #[inline]
     fn time(&mut self, now: Instant) -> u64 {
+        if let Some((at, t)) = self.last_time
+            && at == now
+        {
+            return t;
+        }
         let epoch = *self.epoch.get_or_insert(now);
-        nanos(now.saturating_duration_since(epoch))
+        let t = nanos(now.saturating_duration_since(epoch));
+        self.last_time = Some((now, t));
+        t
     }
 
     fn index(&self, peer: P) -> Option<usize> {
         self.links.iter().position(|l| l.peer == peer)
+    }
+
+    /// [`Self::index`], trying the link found last time first.
+    #[inline]
+    fn index_hot(&mut self, peer: P) -> Option<usize> {
+        let last = self.last_index;
+        if self.links.get(last).is_some_and(|l| l.peer == peer) {
+            return Some(last);
+        }
+        let i = self.index(peer)?;
+        self.last_index = i;
+        Some(i)
     }
 
     /// Mean and standard deviation (ms) that φ is computed with, floors applied.
