@@ -1321,6 +1321,9 @@ pub struct State<P: PeerId> {
     record_order: VecDeque<(Stamp, P)>,
     /// What [`Stamp`]s count from.
     epoch: Option<Instant>,
+    /// The latest instant [`Self::stamp`] converted, and its stamp: one input's handling
+    /// stamps its instant several times.
+    last_stamp: Option<(Instant, Stamp)>,
     missing: BTreeMap<MessageId<P>, Missing<P>>,
     digest_cursor: Option<P>,
     /// Per neighbour sent a digest, the CATCHUP payloads received from it since: a full
@@ -1368,6 +1371,7 @@ impl<P: PeerId> State<P> {
             total_holes: 0,
             record_order: VecDeque::new(),
             epoch: None,
+            last_stamp: None,
             missing: BTreeMap::new(),
             digest_cursor: None,
             catchup_pulls: Vec::new(),
@@ -2510,8 +2514,15 @@ impl<P: PeerId> State<P> {
     }
 
     fn stamp(&mut self, now: Instant) -> Stamp {
+        if let Some((at, stamp)) = self.last_stamp
+            && at == now
+        {
+            return stamp;
+        }
         let epoch = *self.epoch.get_or_insert(now);
-        millis(now.saturating_duration_since(epoch))
+        let stamp = millis(now.saturating_duration_since(epoch));
+        self.last_stamp = Some((now, stamp));
+        stamp
     }
 
     /// Keep the announcer list of a missing message that is done with, for the next one.
