@@ -230,9 +230,6 @@ pub struct State<P: PeerId> {
     /// The latest instant converted by [`Self::time`], and its time: a node handles a batch
     /// of frames, and the messages they make it send, at one instant.
     last_time: Option<(Instant, u64)>,
-    /// Where the latest link looked up by [`Self::index_hot`] was: traffic comes in runs on
-    /// one link (a batch of frames from one peer), so it is checked first.
-    last_index: usize,
     /// The earliest check handed to the driver and not yet fired (ns since the epoch).
     next_check: Option<u64>,
     /// `z` with `φ(mean + z * std_dev) = phi_threshold`.
@@ -249,7 +246,6 @@ impl<P: PeerId> State<P> {
             links: Vec::new(),
             epoch: None,
             last_time: None,
-            last_index: 0,
             next_check: None,
             z,
             stats: Stats::default(),
@@ -277,7 +273,7 @@ impl<P: PeerId> State<P> {
     /// Any message arrived from `peer`.
     fn received(&mut self, peer: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         let now = self.time(now);
-        if let Some(i) = self.index_hot(peer) {
+        if let Some(i) = self.index(peer) {
             let max = self.config.max_sample_size;
             self.links[i].record_arrival(now, max);
             let suspect_at = now.saturating_add(self.suspect_after(&self.links[i]));
@@ -294,7 +290,7 @@ impl<P: PeerId> State<P> {
     #[inline]
     fn sent(&mut self, peer: P, now: Instant) {
         let now = self.time(now);
-        if let Some(i) = self.index_hot(peer) {
+        if let Some(i) = self.index(peer) {
             // Only ever later: the armed check stays valid.
             let link = &mut self.links[i];
             link.heartbeat_due = now.saturating_add(nanos(self.config.heartbeat_interval));
@@ -378,18 +374,6 @@ impl<P: PeerId> State<P> {
 
     fn index(&self, peer: P) -> Option<usize> {
         self.links.iter().position(|l| l.peer == peer)
-    }
-
-    /// [`Self::index`], trying the link found last time first.
-    #[inline]
-    fn index_hot(&mut self, peer: P) -> Option<usize> {
-        let last = self.last_index;
-        if self.links.get(last).is_some_and(|l| l.peer == peer) {
-            return Some(last);
-        }
-        let i = self.index(peer)?;
-        self.last_index = i;
-        Some(i)
     }
 
     /// Mean and standard deviation (ms) that φ is computed with, floors applied.
