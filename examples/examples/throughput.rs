@@ -20,10 +20,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 const NODES: usize = 16;
 
+/// The typed message every phase sends. Receivers decode it whole. `data` is a
+/// [`gossip::SharedBytes`]: decoded through `Message::decode` it is a slice of the received
+/// buffer, where a `bytes::Bytes` field is copied (serde hands it a borrowed slice); the two
+/// are the same bytes on the wire. `--copy-payload` measures the copy.
 #[derive(Tag, Serialize, Deserialize, Debug)]
 struct Blob {
     sent_at_us: u64,
-    data: bytes::Bytes,
+    data: gossip::SharedBytes,
 }
 
 #[derive(Parser)]
@@ -46,6 +50,10 @@ struct Args {
     /// measures a fresh cluster, fill included.
     #[arg(long, default_value_t = 10_000)]
     warmup: usize,
+    /// Receivers decode the 1 KiB field into a new buffer, as a `bytes::Bytes` field is
+    /// decoded (an allocation and a copy per delivery), instead of sharing the received one.
+    #[arg(long)]
+    copy_payload: bool,
 }
 
 fn cpu_seconds() -> f64 {
@@ -117,6 +125,7 @@ async fn phase(
     messages: usize,
     rate: Option<f64>,
     window: u64,
+    copy_payload: bool,
 ) -> Phase {
     let start = Instant::now();
     let delivered = Arc::new(AtomicU64::new(0));
@@ -151,7 +160,14 @@ async fn phase(
                 while let Some(m) = next.take() {
                     match m {
                         Ok(m) => {
-                            if let Ok(b) = m.decode::<Blob>() {
+                            let blob = if copy_payload {
+                                // What `m.decode()` does, minus the sharing: the payload is
+                                // decoded from a plain slice, so `data` is copied.
+                                gossip::codec::decode_payload::<Blob>(m.payload())
+                            } else {
+                                m.decode::<Blob>()
+                            };
+                            if let Ok(b) = blob {
                                 local.push(now.saturating_sub(b.sent_at_us));
                                 count += 1;
                             }
@@ -199,7 +215,7 @@ async fn phase(
                 }
                 let blob = Blob {
                     sent_at_us: start.elapsed().as_micros() as u64,
-                    data: data.clone(),
+                    data: gossip::SharedBytes(data.clone()),
                 };
                 node.broadcast(&blob).await.unwrap();
                 sent_total.fetch_add(1, Ordering::Relaxed);
@@ -377,10 +393,12 @@ async fn main() {
         let net = MemoryNetwork::new(1);
         let nodes = start_cluster(memory.then_some(&net)).await;
         if args.warmup > 0 {
-            phase(&nodes, "warmup", 1, args.warmup, None, args.window).await;
+            let copy = args.copy_payload;
+            phase(&nodes, "warmup", 1, args.warmup, None, args.window, copy).await;
         }
         for (_, name, senders, messages, rate) in steps {
-            phases.push(phase(&nodes, name, *senders, *messages, *rate, args.window).await);
+            let copy = args.copy_payload;
+            phases.push(phase(&nodes, name, *senders, *messages, *rate, args.window, copy).await);
         }
     }
 

@@ -171,7 +171,29 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header, DecodeError> {
 /// [`DecodeError::Payload`] for malformed input, [`DecodeError::TrailingBytes`] when bytes
 /// remain after the value.
 pub fn decode_payload<T: Tag>(payload: &[u8]) -> Result<T, DecodeError> {
-    let seed = bounded::Seed(PhantomData::<T>);
+    decode_from(payload, None)
+}
+
+/// [`decode_payload`] of the payload of `envelope` (an envelope [`encode`] wrote), where every
+/// [`SharedBytes`] field is a slice of `envelope` rather than a copy. This is how
+/// [`Message::decode`](crate::Message::decode) decodes.
+///
+/// # Errors
+///
+/// [`DecodeError::Truncated`] when `envelope` is shorter than the header, or any error of
+/// [`decode_payload`].
+pub fn decode_envelope_payload<T: Tag>(envelope: &Bytes) -> Result<T, DecodeError> {
+    let Some(payload) = envelope.get(HEADER_LEN..) else {
+        return Err(DecodeError::Truncated {
+            len: envelope.len(),
+            header: HEADER_LEN,
+        });
+    };
+    decode_from(payload, Some(envelope))
+}
+
+fn decode_from<T: Tag>(payload: &[u8], src: bounded::Src<'_>) -> Result<T, DecodeError> {
+    let seed = bounded::Seed(PhantomData::<T>, src);
     match bincode::serde::seed_decode_from_slice(seed, payload, config()) {
         Ok((value, read)) if read == payload.len() => Ok(value),
         Ok((_, read)) => Err(DecodeError::TrailingBytes {
@@ -182,6 +204,153 @@ pub fn decode_payload<T: Tag>(payload: &[u8]) -> Result<T, DecodeError> {
             tag: T::NAME,
             source: CodecError::decode(source),
         }),
+    }
+}
+
+/// The serde name [`SharedBytes`] deserializes under, which the envelope decoder recognises.
+const SHARED_BYTES: &str = "gossip::SharedBytes";
+
+thread_local! {
+    /// The slice of the envelope a [`SharedBytes`] being decoded may take (see
+    /// `bounded::Shared`): set just before its visitor runs, taken by it or cleared just after.
+    static SHARED: std::cell::Cell<Option<Bytes>> = const { std::cell::Cell::new(None) };
+}
+
+fn offer_shared(bytes: Bytes) {
+    SHARED.set(Some(bytes));
+}
+
+/// The slice offered for exactly `b` (same address and length), if any; clears the offer.
+fn take_shared(b: &[u8]) -> Option<Bytes> {
+    SHARED
+        .take()
+        .filter(|s| s.as_ptr() == b.as_ptr() && s.len() == b.len())
+}
+
+/// A byte-buffer field that a received message decodes without copying: it is a slice of the
+/// message's envelope, which is itself a slice of what the transport read.
+///
+/// On the wire it is exactly a `bytes::Bytes` or `serde_bytes` field (a length and the bytes),
+/// so the two are interchangeable between nodes. The difference is on receipt: serde gives a
+/// `bytes::Bytes` field a borrowed slice that it must copy (an allocation and a copy per
+/// message, the bulk of a receiver's cost with 1 KiB payloads), while a `SharedBytes` decoded
+/// by [`Message::decode`](crate::Message::decode) shares the received buffer. Decoded any other
+/// way (another serde format, [`decode_payload`], and for now a [`Tags`](crate::Tags) enum's
+/// dispatch, which decodes the payload slice) it copies, like `bytes::Bytes`.
+///
+/// It keeps the whole received envelope alive while it lives (the other fields included),
+/// so turn it into an owned copy (`to_vec()`) before storing a small part of a large message
+/// for long.
+///
+/// ```
+/// use gossip::{Message, SharedBytes, Tag};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Tag, Serialize, Deserialize, Debug)]
+/// struct Chunk { offset: u64, data: SharedBytes }
+///
+/// let sent = Chunk { offset: 7, data: SharedBytes::from(vec![1u8; 1024]) };
+/// let msg = Message::encode(&sent, 4096)?;
+/// let chunk: Chunk = msg.decode()?;
+/// assert_eq!(chunk.data, sent.data);
+/// // The field points into the message: nothing was copied.
+/// assert!(msg.envelope().as_ptr_range().contains(&chunk.data.as_ptr()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SharedBytes(pub Bytes);
+
+impl SharedBytes {
+    /// The bytes, as a `bytes::Bytes` (no copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::ops::Deref for SharedBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Bytes> for SharedBytes {
+    fn from(bytes: Bytes) -> Self {
+        Self(bytes)
+    }
+}
+
+impl From<Vec<u8>> for SharedBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes.into())
+    }
+}
+
+impl From<&'static [u8]> for SharedBytes {
+    fn from(bytes: &'static [u8]) -> Self {
+        Self(Bytes::from_static(bytes))
+    }
+}
+
+impl From<SharedBytes> for Bytes {
+    fn from(bytes: SharedBytes) -> Self {
+        bytes.0
+    }
+}
+
+impl serde::Serialize for SharedBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SharedBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_newtype_struct(SHARED_BYTES, SharedVisitor)
+    }
+}
+
+struct SharedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SharedVisitor {
+    type Value = SharedBytes;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a byte buffer")
+    }
+
+    /// Any deserializer but the envelope decoder: read it as `bytes::Bytes` does.
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> Result<SharedBytes, D::Error> {
+        serde::Deserialize::deserialize(d).map(SharedBytes)
+    }
+
+    fn visit_borrowed_bytes<E: serde::de::Error>(self, b: &'de [u8]) -> Result<SharedBytes, E> {
+        Ok(SharedBytes(
+            take_shared(b).unwrap_or_else(|| Bytes::copy_from_slice(b)),
+        ))
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, b: &[u8]) -> Result<SharedBytes, E> {
+        Ok(SharedBytes(Bytes::copy_from_slice(b)))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, b: Vec<u8>) -> Result<SharedBytes, E> {
+        Ok(SharedBytes(b.into()))
     }
 }
 
@@ -196,22 +365,33 @@ pub fn decode_payload<T: Tag>(payload: &[u8]) -> Result<T, DecodeError> {
 mod bounded {
     use std::fmt;
 
+    use bytes::Bytes;
     use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
 
-    pub(super) struct Seed<S>(pub(super) S);
-    struct De<D>(D);
-    struct Vis<V>(V);
-    struct Seq<A>(A);
-    struct Map<A>(A);
-    struct Enum<A>(A);
-    struct Variant<A>(A);
+    #[allow(unused_imports, reason = "for the doc links")]
+    use super::SharedBytes;
+    use super::{SHARED_BYTES, offer_shared, take_shared};
 
-    impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<S> {
+    /// The envelope the payload being decoded is part of, when the caller has it: a
+    /// [`SharedBytes`] field is then a slice of it instead of a copy.
+    pub(super) type Src<'s> = Option<&'s Bytes>;
+
+    pub(super) struct Seed<'s, S>(pub(super) S, pub(super) Src<'s>);
+    struct De<'s, D>(D, Src<'s>);
+    struct Vis<'s, V>(V, Src<'s>);
+    struct Seq<'s, A>(A, Src<'s>);
+    struct Map<'s, A>(A, Src<'s>);
+    struct Enum<'s, A>(A, Src<'s>);
+    struct Variant<'s, A>(A, Src<'s>);
+    /// The visitor of a [`SharedBytes`] field decoded from `Src`.
+    struct Shared<'s, V>(V, &'s Bytes);
+
+    impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<'_, S> {
         type Value = S::Value;
 
         #[inline]
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<S::Value, D::Error> {
-            self.0.deserialize(De(d))
+            self.0.deserialize(De(d, self.1))
         }
     }
 
@@ -219,12 +399,12 @@ mod bounded {
         ($($method:ident($($arg:ident: $ty:ty),*);)*) => {$(
             #[inline]
             fn $method<V: Visitor<'de>>(self, $($arg: $ty,)* v: V) -> Result<V::Value, D::Error> {
-                self.0.$method($($arg,)* Vis(v))
+                self.0.$method($($arg,)* Vis(v, self.1))
             }
         )*};
     }
 
-    impl<'de, D: Deserializer<'de>> Deserializer<'de> for De<D> {
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for De<'_, D> {
         type Error = D::Error;
 
         forward! {
@@ -234,7 +414,6 @@ mod bounded {
             deserialize_f32(); deserialize_f64(); deserialize_char(); deserialize_str();
             deserialize_bytes(); deserialize_option(); deserialize_unit();
             deserialize_unit_struct(name: &'static str);
-            deserialize_newtype_struct(name: &'static str);
             deserialize_seq(); deserialize_tuple(len: usize);
             deserialize_tuple_struct(name: &'static str, len: usize);
             deserialize_map();
@@ -245,12 +424,25 @@ mod bounded {
 
         #[inline]
         fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
-            self.0.deserialize_str(Vis(v))
+            self.0.deserialize_str(Vis(v, self.1))
         }
 
         #[inline]
         fn deserialize_byte_buf<V: Visitor<'de>>(self, v: V) -> Result<V::Value, D::Error> {
-            self.0.deserialize_bytes(Vis(v))
+            self.0.deserialize_bytes(Vis(v, self.1))
+        }
+
+        #[inline]
+        fn deserialize_newtype_struct<V: Visitor<'de>>(
+            self,
+            name: &'static str,
+            v: V,
+        ) -> Result<V::Value, D::Error> {
+            match self.1 {
+                // A `SharedBytes` is written as bytes (a newtype is transparent in bincode).
+                Some(src) if name == SHARED_BYTES => self.0.deserialize_bytes(Shared(v, src)),
+                _ => self.0.deserialize_newtype_struct(name, Vis(v, self.1)),
+            }
         }
 
         fn is_human_readable(&self) -> bool {
@@ -267,7 +459,36 @@ mod bounded {
         )*};
     }
 
-    impl<'de, V: Visitor<'de>> Visitor<'de> for Vis<V> {
+    impl<'de, V: Visitor<'de>> Visitor<'de> for Shared<'_, V> {
+        type Value = V::Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.expecting(f)
+        }
+
+        fn visit_borrowed_bytes<E: de::Error>(self, b: &'de [u8]) -> Result<V::Value, E> {
+            // Borrowed from the payload, so from the envelope: hand `SharedBytes` the same
+            // bytes as a slice of the envelope, which it takes instead of copying them.
+            let envelope = self.1.as_ptr_range();
+            let within = envelope.start <= b.as_ptr() && b.as_ptr_range().end <= envelope.end;
+            if within {
+                offer_shared(self.1.slice_ref(b));
+            }
+            let value = self.0.visit_borrowed_bytes(b);
+            take_shared(b);
+            value
+        }
+
+        fn visit_bytes<E: de::Error>(self, b: &[u8]) -> Result<V::Value, E> {
+            self.0.visit_bytes(b)
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, b: Vec<u8>) -> Result<V::Value, E> {
+            self.0.visit_byte_buf(b)
+        }
+    }
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for Vis<'_, V> {
         type Value = V::Value;
 
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -294,31 +515,31 @@ mod bounded {
 
         #[inline]
         fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
-            self.0.visit_some(De(d))
+            self.0.visit_some(De(d, self.1))
         }
 
         #[inline]
         fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<V::Value, D::Error> {
-            self.0.visit_newtype_struct(De(d))
+            self.0.visit_newtype_struct(De(d, self.1))
         }
 
         #[inline]
         fn visit_seq<A: de::SeqAccess<'de>>(self, a: A) -> Result<V::Value, A::Error> {
-            self.0.visit_seq(Seq(a))
+            self.0.visit_seq(Seq(a, self.1))
         }
 
         #[inline]
         fn visit_map<A: de::MapAccess<'de>>(self, a: A) -> Result<V::Value, A::Error> {
-            self.0.visit_map(Map(a))
+            self.0.visit_map(Map(a, self.1))
         }
 
         #[inline]
         fn visit_enum<A: de::EnumAccess<'de>>(self, a: A) -> Result<V::Value, A::Error> {
-            self.0.visit_enum(Enum(a))
+            self.0.visit_enum(Enum(a, self.1))
         }
     }
 
-    impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Seq<A> {
+    impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Seq<'_, A> {
         type Error = A::Error;
 
         #[inline]
@@ -326,7 +547,7 @@ mod bounded {
             &mut self,
             seed: T,
         ) -> Result<Option<T::Value>, A::Error> {
-            self.0.next_element_seed(Seed(seed))
+            self.0.next_element_seed(Seed(seed, self.1))
         }
 
         fn size_hint(&self) -> Option<usize> {
@@ -334,7 +555,7 @@ mod bounded {
         }
     }
 
-    impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Map<A> {
+    impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Map<'_, A> {
         type Error = A::Error;
 
         #[inline]
@@ -342,7 +563,7 @@ mod bounded {
             &mut self,
             seed: K,
         ) -> Result<Option<K::Value>, A::Error> {
-            self.0.next_key_seed(Seed(seed))
+            self.0.next_key_seed(Seed(seed, self.1))
         }
 
         #[inline]
@@ -350,7 +571,7 @@ mod bounded {
             &mut self,
             seed: T,
         ) -> Result<T::Value, A::Error> {
-            self.0.next_value_seed(Seed(seed))
+            self.0.next_value_seed(Seed(seed, self.1))
         }
 
         fn size_hint(&self) -> Option<usize> {
@@ -358,21 +579,21 @@ mod bounded {
         }
     }
 
-    impl<'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for Enum<A> {
+    impl<'s, 'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for Enum<'s, A> {
         type Error = A::Error;
-        type Variant = Variant<A::Variant>;
+        type Variant = Variant<'s, A::Variant>;
 
         #[inline]
         fn variant_seed<T: DeserializeSeed<'de>>(
             self,
             seed: T,
         ) -> Result<(T::Value, Self::Variant), A::Error> {
-            let (value, variant) = self.0.variant_seed(Seed(seed))?;
-            Ok((value, Variant(variant)))
+            let (value, variant) = self.0.variant_seed(Seed(seed, self.1))?;
+            Ok((value, Variant(variant, self.1)))
         }
     }
 
-    impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Variant<A> {
+    impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Variant<'_, A> {
         type Error = A::Error;
 
         #[inline]
@@ -385,12 +606,12 @@ mod bounded {
             self,
             seed: T,
         ) -> Result<T::Value, A::Error> {
-            self.0.newtype_variant_seed(Seed(seed))
+            self.0.newtype_variant_seed(Seed(seed, self.1))
         }
 
         #[inline]
         fn tuple_variant<V: Visitor<'de>>(self, len: usize, v: V) -> Result<V::Value, A::Error> {
-            self.0.tuple_variant(len, Vis(v))
+            self.0.tuple_variant(len, Vis(v, self.1))
         }
 
         #[inline]
@@ -399,7 +620,7 @@ mod bounded {
             fields: &'static [&'static str],
             v: V,
         ) -> Result<V::Value, A::Error> {
-            self.0.struct_variant(fields, Vis(v))
+            self.0.struct_variant(fields, Vis(v, self.1))
         }
     }
 }
@@ -605,6 +826,115 @@ mod tests {
             let bytes = encode(&blob, 4096).unwrap();
             proptest::prop_assert_eq!(decode_payload::<Blob>(&bytes[HEADER_LEN..]).unwrap(), blob);
         }
+    }
+
+    /// `Nested` with `SharedBytes` where it has `bytes::Bytes`: the same wire bytes.
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
+    enum SharedOp {
+        Put { key: String, value: SharedBytes },
+        Delete(String),
+        Clear,
+        Batch(Vec<SharedOp>),
+    }
+
+    #[derive(crate::Tag, Serialize, Deserialize, Debug, PartialEq, Clone)]
+    #[tag(crate = "crate", name = "test.shared")]
+    struct Shared {
+        ops: Vec<SharedOp>,
+        labels: std::collections::BTreeMap<String, Vec<u8>>,
+        note: Option<String>,
+        pair: (String, char, u128),
+        raw: SharedBytes,
+        maybe: Option<SharedBytes>,
+    }
+
+    #[derive(crate::Tag, Serialize, Deserialize, Debug, PartialEq, Clone)]
+    #[tag(crate = "crate", name = "test.nested_opt")]
+    struct NestedOpt {
+        ops: Vec<Op>,
+        labels: std::collections::BTreeMap<String, Vec<u8>>,
+        note: Option<String>,
+        pair: (String, char, u128),
+        raw: bytes::Bytes,
+        maybe: Option<bytes::Bytes>,
+    }
+
+    #[test]
+    fn shared_bytes_are_slices_of_the_envelope_and_travel_as_bytes() {
+        let Nested {
+            ops,
+            labels,
+            note,
+            pair,
+            raw,
+        } = nested();
+        let with_bytes = NestedOpt {
+            ops: ops.clone(),
+            labels: labels.clone(),
+            note: note.clone(),
+            pair: pair.clone(),
+            raw: raw.clone(),
+            maybe: Some(bytes::Bytes::from_static(b"tail")),
+        };
+        let shared = Shared {
+            ops: vec![
+                SharedOp::Put {
+                    key: "a".into(),
+                    value: SharedBytes::from(&b"xyz"[..]),
+                },
+                SharedOp::Delete("b".into()),
+                SharedOp::Clear,
+                SharedOp::Batch(vec![SharedOp::Delete("c".into()), SharedOp::Clear]),
+            ],
+            labels,
+            note,
+            pair,
+            raw: SharedBytes(raw),
+            maybe: Some(SharedBytes::from(&b"tail"[..])),
+        };
+        // The same bytes on the wire as `bytes::Bytes` fields (only the tag id differs).
+        let envelope = encode(&shared, 4096).unwrap();
+        let other = encode(&with_bytes, 4096).unwrap();
+        assert_eq!(envelope[HEADER_LEN..], other[HEADER_LEN..]);
+        // Through the envelope: equal, and every shared field points into the envelope.
+        let back: Shared = decode_envelope_payload(&envelope).unwrap();
+        assert_eq!(back, shared);
+        let inside = |b: &SharedBytes| envelope.as_ptr_range().contains(&b.as_ptr());
+        assert!(inside(&back.raw) && inside(back.maybe.as_ref().unwrap()));
+        assert!(matches!(&back.ops[0], SharedOp::Put { value, .. } if inside(value)));
+        // Through the plain payload decoder: equal, copied.
+        let copied: Shared = decode_payload(&envelope[HEADER_LEN..]).unwrap();
+        assert_eq!(copied, shared);
+        assert!(!inside(&copied.raw));
+        // Either way, the other type reads it.
+        let as_bytes: NestedOpt = decode_payload(&envelope[HEADER_LEN..]).unwrap();
+        assert_eq!(as_bytes, with_bytes);
+        // Every cut is an error, through the envelope too; a short envelope is `Truncated`.
+        for cut in HEADER_LEN..envelope.len() {
+            assert!(decode_envelope_payload::<Shared>(&envelope.slice(..cut)).is_err());
+        }
+        assert!(matches!(
+            decode_envelope_payload::<Shared>(&envelope.slice(..3)),
+            Err(DecodeError::Truncated { len: 3, .. })
+        ));
+        // A hostile length prefix for the shared field is refused before anything is taken.
+        let empty = Shared {
+            ops: Vec::new(),
+            labels: Default::default(),
+            note: None,
+            pair: ("p".into(), 'q', 0),
+            raw: SharedBytes::default(),
+            maybe: None,
+        };
+        let fine = encode(&empty, 4096).unwrap();
+        assert_eq!(decode_envelope_payload::<Shared>(&fine).unwrap(), empty);
+        // The last two bytes are `raw`'s length (0) and `maybe` (None).
+        let mut hostile = fine[..fine.len() - 2].to_vec();
+        hostile.extend_from_slice(&[0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decode_envelope_payload::<Shared>(&Bytes::from(hostile)),
+            Err(DecodeError::Payload { .. })
+        ));
     }
 
     #[test]

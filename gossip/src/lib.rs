@@ -19,6 +19,7 @@ mod tag;
 pub mod transport;
 pub mod wire;
 
+pub use codec::SharedBytes;
 pub use config::Config;
 pub use error::{DecodeError, EncodeError, Error, FromMessageError};
 pub use id::NodeId;

@@ -37,8 +37,10 @@ pub struct Message {
     seq: u64,
     /// Hops the broadcast travelled to reach this node (0 when not a broadcast).
     hops: u16,
-    /// `0x` and 16 hex digits of `id`, for [`Message::tag`] when the id is not registered.
-    hex: [u8; 18],
+    /// `0x` and 16 hex digits of `id`, for [`Message::tag`] when the id is not registered:
+    /// written the first time it is asked for (every delivery makes a `Message`, few read
+    /// an unregistered tag).
+    hex: std::sync::OnceLock<[u8; 18]>,
 }
 
 impl Message {
@@ -86,7 +88,7 @@ impl Message {
             origin: None,
             seq: 0,
             hops: 0,
-            hex: hex_id(id),
+            hex: std::sync::OnceLock::new(),
         }
     }
 
@@ -117,7 +119,7 @@ impl Message {
     pub fn tag(&self) -> &str {
         match tag::registered_name(self.id) {
             Some(name) => name,
-            None => std::str::from_utf8(&self.hex).unwrap_or("0x?"),
+            None => std::str::from_utf8(self.hex.get_or_init(|| hex_id(self.id))).unwrap_or("0x?"),
         }
     }
 
@@ -173,7 +175,7 @@ impl Message {
                 actual: self.tag().to_owned(),
             });
         }
-        codec::decode_payload(self.payload())
+        codec::decode_envelope_payload(&self.envelope)
     }
 }
 

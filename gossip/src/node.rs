@@ -612,7 +612,7 @@ impl<T: Transport> Actor<T> {
     fn on_transport(&mut self, event: TransportEvent, now: std::time::Instant) {
         match event {
             TransportEvent::Frame { from, frame } => {
-                match crate::wire::decode_frame_with(&frame, self.max_frame, &mut self.origins) {
+                match crate::wire::decode_frame_with(frame, self.max_frame, &mut self.origins) {
                     Ok(message) => self.state.handle(InEvent::RecvMessage(from, message), now),
                     Err(error) => {
                         self.stats.bad_frames += 1;
@@ -666,28 +666,31 @@ impl<T: Transport> Actor<T> {
         // writes head and payload one after the other), so no send copies or allocates.
         let mut head: Option<(MessageId, u16, *const u8, crate::wire::FrameHead)> = None;
         while let Some(out) = self.state.poll() {
-            if let OutEvent::SendMessage(to, message) = &out
-                && let proto::Message::Broadcast(proto::plumtree::Message::Gossip(g)) = message
-            {
-                let row = (g.id, g.hops, g.payload.as_ptr());
-                let cached = head
-                    .as_ref()
-                    .filter(|(id, hops, ptr, _)| (*id, *hops, *ptr) == row)
-                    .map(|(.., h)| *h);
-                let encoded = cached.or_else(|| {
-                    let (h, _) = crate::wire::encode_frame_head(message)?;
-                    head = Some((row.0, row.1, row.2, h));
-                    Some(h)
-                });
-                match encoded {
-                    Some(h) => self
-                        .transport
-                        .send_parts(*to, h.as_bytes(), g.payload.clone()),
-                    None => self.transport.send(*to, crate::wire::encode_frame(message)),
-                }
-                continue;
-            }
             match out {
+                OutEvent::SendMessage(
+                    to,
+                    proto::Message::Broadcast(proto::plumtree::Message::Gossip(g)),
+                ) => {
+                    let row = (g.id, g.hops, g.payload.as_ptr());
+                    let cached = head
+                        .as_ref()
+                        .filter(|(id, hops, ptr, _)| (*id, *hops, *ptr) == row)
+                        .map(|(.., h)| *h);
+                    let encoded = cached.or_else(|| {
+                        let h = crate::wire::gossip_frame_head(&g)?;
+                        head = Some((row.0, row.1, row.2, h));
+                        Some(h)
+                    });
+                    // The payload moves to the transport: no reference count taken and dropped.
+                    match encoded {
+                        Some(h) => self.transport.send_parts(to, h.as_bytes(), g.payload),
+                        None => {
+                            let message =
+                                proto::Message::Broadcast(proto::plumtree::Message::Gossip(g));
+                            self.transport.send(to, crate::wire::encode_frame(&message))
+                        }
+                    }
+                }
                 OutEvent::SendMessage(to, message) => {
                     self.transport.send(to, crate::wire::encode_frame(&message));
                 }

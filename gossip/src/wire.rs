@@ -253,13 +253,24 @@ impl bincode::enc::write::Writer for HeadWriter {
 /// [`encode_frame`] for them.
 pub fn encode_frame_head<P: PeerId>(message: &proto::Message<P>) -> Option<(FrameHead, &Bytes)> {
     let (kind, g) = payload_frame(message)?;
+    Some((payload_frame_head(kind, g)?, &g.payload))
+}
+
+/// The head of the GOSSIP frame of `g`: [`encode_frame_head`] of
+/// `proto::Message::Broadcast(plumtree::Message::Gossip(g))`, for a caller that holds the
+/// `Gossip` alone (and so can move its payload to the transport rather than share it).
+pub fn gossip_frame_head<P: PeerId>(g: &plumtree::Gossip<P>) -> Option<FrameHead> {
+    payload_frame_head(FRAME_GOSSIP, g)
+}
+
+fn payload_frame_head<P: PeerId>(kind: u8, g: &plumtree::Gossip<P>) -> Option<FrameHead> {
     let mut out = HeadWriter(FrameHead {
         len: 1,
         bytes: [0; MAX_FRAME_HEAD],
     });
     out.0.bytes[0] = kind;
     bincode::serde::encode_into_writer((&g.id, g.kind, g.hops), &mut out, config()).ok()?;
-    Some((out.0, &g.payload))
+    Some(out.0)
 }
 
 /// Decodes a node frame written by [`encode_frame`] (or a message written by [`encode`]),
@@ -268,7 +279,7 @@ pub fn decode_frame<P: PeerId>(
     frame: &Bytes,
     limit: usize,
 ) -> Result<proto::Message<P>, WireError> {
-    decode_frame_with(frame, limit, &mut OriginCache::default())
+    decode_frame_with(frame.clone(), limit, &mut OriginCache::default())
 }
 
 /// The origin of the latest payload frame [`decode_frame_with`] decoded, and its encoding.
@@ -302,8 +313,13 @@ impl<P> std::fmt::Debug for OriginCache<P> {
 /// [`decode_frame`], reusing the origin of the previous payload frame when this one starts
 /// with the same bytes (see [`OriginCache`]); the same result as [`decode_frame`] for every
 /// input.
+///
+/// Takes the frame by value: a payload becomes the frame itself with its head cut off, so no
+/// reference count is taken and dropped per frame (a frame shares its read buffer with the
+/// frames read with it, and the transport's reader task touches the same count from another
+/// thread).
 pub fn decode_frame_with<P: PeerId>(
-    frame: &Bytes,
+    mut frame: Bytes,
     limit: usize,
     cache: &mut OriginCache<P>,
 ) -> Result<proto::Message<P>, WireError> {
@@ -315,7 +331,7 @@ pub fn decode_frame_with<P: PeerId>(
     }
     let kind = match frame.first() {
         Some(&k @ (FRAME_GOSSIP | FRAME_CATCHUP)) => k,
-        _ => return decode(frame, limit),
+        _ => return decode(&frame, limit),
     };
     let header = &frame[1..];
     let header = &header[..header.len().min(MAX_GOSSIP_HEADER)];
@@ -341,10 +357,11 @@ pub fn decode_frame_with<P: PeerId>(
     let ((seq, payload_kind, hops), used): ((u64, plumtree::PayloadKind, u16), usize) =
         bincode::serde::decode_from_slice(&header[at..], cfg).map_err(decode_error)?;
     let used = at + used;
+    bytes::Buf::advance(&mut frame, 1 + used);
     let g = plumtree::Gossip {
         id: proto::MessageId { origin, seq },
         kind: payload_kind,
-        payload: frame.slice(1 + used..),
+        payload: frame,
         hops,
     };
     Ok(proto::Message::Broadcast(if kind == FRAME_GOSSIP {
@@ -801,7 +818,7 @@ mod tests {
         let mut hits = 0;
         for frame in &frames {
             let before = cache.origin;
-            let with = decode_frame_with::<NodeId>(frame, 1024, &mut cache);
+            let with = decode_frame_with::<NodeId>(frame.clone(), 1024, &mut cache);
             assert_eq!(with, decode_frame::<NodeId>(frame, 1024), "frame {frame:?}");
             if let Ok(proto::Message::Broadcast(plumtree::Message::Gossip(g))) = &with {
                 hits += usize::from(before == Some(g.id.origin));
@@ -856,7 +873,9 @@ mod tests {
             hops: 2,
         };
         let (a, b) = (id(7000, 1 << 40), id(7001, 1 << 41));
-        let m = plumtree::Message::IHave(vec![ihave(a, 1), ihave(a, 2), ihave(b, 9), ihave(a, 3)]);
+        let m = plumtree::Message::IHave(
+            vec![ihave(a, 1), ihave(a, 2), ihave(b, 9), ihave(a, 3)].into(),
+        );
         let bytes = encode(&m);
         assert_eq!(
             decode::<plumtree::Message<NodeId>>(&bytes, 4096).unwrap(),
@@ -888,7 +907,7 @@ mod tests {
     /// The bytes of an IHAVE of `u32` peers with these runs, written by hand as a hostile peer
     /// would.
     fn ihave_ranges(runs: &[WireRun]) -> Vec<u8> {
-        let m = encode(&plumtree::Message::<u32>::IHave(Vec::new()));
+        let m = encode(&plumtree::Message::<u32>::IHave(Default::default()));
         // The variant tag, then the runs as bincode writes them (lengths as varints).
         let mut out = m[..m.len() - 1].to_vec();
         out.extend_from_slice(&encode(&runs.len()));
@@ -915,7 +934,7 @@ mod tests {
             ihave(2, u64::MAX, 1),
             ihave(1, 10, 3),
         ];
-        let m = plumtree::Message::IHave(ids);
+        let m = plumtree::Message::IHave(ids.into());
         let bytes = encode(&m);
         assert_eq!(bytes.to_vec(), {
             let r1: &[(u64, u32, u16)] = &[(5, 2, 2), (7, 1, 3), (9, 1, 3), (8, 1, 3)];
@@ -965,8 +984,32 @@ mod tests {
                     hops,
                 })
                 .collect();
-            let m = plumtree::Message::IHave(ids);
+            let m = plumtree::Message::IHave(ids.into());
             proptest::prop_assert_eq!(decode::<plumtree::Message<u32>>(&encode(&m), 1 << 16).unwrap(), m);
+        }
+
+        /// An IHAVE batch held as ranges gives back exactly the ids pushed, in order, by
+        /// reference and by value; a truncated one, the first ones.
+        #[test]
+        fn an_ihave_batch_gives_back_its_ids(ids in proptest::collection::vec((0u32..3, 0u64..12, 1u16..3), 0..64), high in proptest::prelude::any::<bool>(), keep in 0usize..80) {
+            let ids: Vec<_> = ids
+                .into_iter()
+                .map(|(origin, seq, hops)| plumtree::IHave {
+                    id: proto::MessageId { origin, seq: if high { u64::MAX - seq } else { seq } },
+                    hops,
+                })
+                .collect();
+            let mut batch = plumtree::IHaves::new();
+            for &ihave in &ids {
+                batch.push(ihave);
+            }
+            proptest::prop_assert_eq!(batch.len(), ids.len());
+            proptest::prop_assert_eq!(batch.iter().collect::<Vec<_>>(), ids.clone());
+            proptest::prop_assert_eq!(batch.clone().into_iter().collect::<Vec<_>>(), ids.clone());
+            batch.truncate(keep);
+            let kept = &ids[..keep.min(ids.len())];
+            proptest::prop_assert_eq!(batch.len(), kept.len());
+            proptest::prop_assert_eq!(batch.into_iter().collect::<Vec<_>>(), kept.to_vec());
         }
 
         /// Any bytes after a payload-frame kind byte: an error or a payload no longer than the
@@ -985,7 +1028,7 @@ mod tests {
                 f.extend_from_slice(&tail);
                 let f = Bytes::from(f);
                 proptest::prop_assert_eq!(
-                    decode_frame_with::<NodeId>(&f, 300, &mut cache),
+                    decode_frame_with::<NodeId>(f.clone(), 300, &mut cache),
                     decode_frame::<NodeId>(&f, 300)
                 );
             }

@@ -227,6 +227,9 @@ pub struct State<P: PeerId> {
     links: Vec<Link<P>>,
     /// The instant times are counted from: the first one the detector saw.
     epoch: Option<Instant>,
+    /// The latest instant converted by [`Self::time`], and its time: a node handles a batch
+    /// of frames, and the messages they make it send, at one instant.
+    last_time: Option<(Instant, u64)>,
     /// The earliest check handed to the driver and not yet fired (ns since the epoch).
     next_check: Option<u64>,
     /// `z` with `φ(mean + z * std_dev) = phi_threshold`.
@@ -242,6 +245,7 @@ impl<P: PeerId> State<P> {
             config,
             links: Vec::new(),
             epoch: None,
+            last_time: None,
             next_check: None,
             z,
             stats: Stats::default(),
@@ -256,8 +260,46 @@ impl<P: PeerId> State<P> {
     }
 
     /// Handle one input.
+    #[inline]
     pub fn handle(&mut self, event: InEvent<P>, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        // `Received` and `Sent` come with every message in and out of a busy node: inline.
+        match event {
+            InEvent::Received(peer) => self.received(peer, now, out),
+            InEvent::Sent(peer) => self.sent(peer, now),
+            event => self.handle_other(event, now, out),
+        }
+    }
+
+    /// Any message arrived from `peer`.
+    fn received(&mut self, peer: P, now: Instant, out: &mut VecDeque<OutEvent<P>>) {
         let now = self.time(now);
+        if let Some(i) = self.index(peer) {
+            let max = self.config.max_sample_size;
+            self.links[i].record_arrival(now, max);
+            let suspect_at = now.saturating_add(self.suspect_after(&self.links[i]));
+            self.links[i].suspect_at = suspect_at;
+            // Usually later than the armed check; a narrower distribution can bring
+            // it closer.
+            if self.next_check.is_none_or(|c| c > suspect_at) {
+                self.arm(now, out);
+            }
+        }
+    }
+
+    /// Some message was sent to `peer`.
+    #[inline]
+    fn sent(&mut self, peer: P, now: Instant) {
+        let now = self.time(now);
+        if let Some(i) = self.index(peer) {
+            // Only ever later: the armed check stays valid.
+            let link = &mut self.links[i];
+            link.heartbeat_due = now.saturating_add(nanos(self.config.heartbeat_interval));
+            link.idle = false;
+        }
+    }
+
+    fn handle_other(&mut self, event: InEvent<P>, at: Instant, out: &mut VecDeque<OutEvent<P>>) {
+        let now = self.time(at);
         match event {
             InEvent::LinkUp(peer) => {
                 if self.index(peer).is_none() {
@@ -285,27 +327,8 @@ impl<P: PeerId> State<P> {
             }
             // The arrival itself was recorded by `Received`; a heartbeat carries nothing else.
             InEvent::RecvMessage(_, Message::Heartbeat) => {}
-            InEvent::Received(peer) => {
-                if let Some(i) = self.index(peer) {
-                    let max = self.config.max_sample_size;
-                    self.links[i].record_arrival(now, max);
-                    let suspect_at = now.saturating_add(self.suspect_after(&self.links[i]));
-                    self.links[i].suspect_at = suspect_at;
-                    // Usually later than the armed check; a narrower distribution can bring
-                    // it closer.
-                    if self.next_check.is_none_or(|c| c > suspect_at) {
-                        self.arm(now, out);
-                    }
-                }
-            }
-            InEvent::Sent(peer) => {
-                if let Some(i) = self.index(peer) {
-                    // Only ever later: the armed check stays valid.
-                    let link = &mut self.links[i];
-                    link.heartbeat_due = now.saturating_add(nanos(self.config.heartbeat_interval));
-                    link.idle = false;
-                }
-            }
+            InEvent::Received(peer) => self.received(peer, at, out),
+            InEvent::Sent(peer) => self.sent(peer, at),
             InEvent::TimerExpired(Timer::Check) => self.on_check(now, out),
         }
     }
@@ -336,9 +359,17 @@ impl<P: PeerId> State<P> {
         &self.config
     }
 
+    #[inline]
     fn time(&mut self, now: Instant) -> u64 {
+        if let Some((at, t)) = self.last_time
+            && at == now
+        {
+            return t;
+        }
         let epoch = *self.epoch.get_or_insert(now);
-        nanos(now.saturating_duration_since(epoch))
+        let t = nanos(now.saturating_duration_since(epoch));
+        self.last_time = Some((now, t));
+        t
     }
 
     fn index(&self, peer: P) -> Option<usize> {

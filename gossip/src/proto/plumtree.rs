@@ -401,14 +401,220 @@ pub struct Digest<P: PeerId> {
 /// Senders batch at most `min(max_ihave_ids, MAX_IHAVE_WIRE)` ids.
 pub const MAX_IHAVE_WIRE: usize = 4096;
 
+/// A batch of IHAVE announcements, in order, held as ranges: consecutive sequence numbers of
+/// one origin at one hop count are one entry `(origin, first, count, hops)`.
+///
+/// Under one busy sender a batch to a lazy peer is a single range however many ids it holds,
+/// so queueing an announcement is a comparison and an increment rather than a 56-byte entry
+/// per id, and the wire form ([`Message::IHave`]) is written from the ranges as they are. The
+/// ranges are always as long as they can be (an id that continues the last range extends it),
+/// so two batches of the same ids in the same order are equal.
+///
+/// Build one with [`IHaves::push`], `collect()` or `From<Vec<IHave<P>>>`; read it with
+/// [`IHaves::iter`] (or `for ihave in batch`), which gives back every id in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IHaves<P: PeerId> {
+    ranges: Vec<IHaveRange<P>>,
+    /// Ids over all ranges.
+    len: usize,
+}
+
+/// `count` consecutive sequence numbers of `origin` from `first`, all at `hops`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IHaveRange<P> {
+    origin: P,
+    first: u64,
+    count: u32,
+    hops: u16,
+}
+
+impl<P: PeerId> IHaveRange<P> {
+    /// Whether `ihave` is the id right after this range, at its hop count (and the range has
+    /// room for it).
+    fn continued_by(&self, ihave: &IHave<P>) -> bool {
+        self.hops == ihave.hops
+            && self.origin == ihave.id.origin
+            && self.count < u32::MAX
+            && self.first.checked_add(u64::from(self.count)) == Some(ihave.id.seq)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = IHave<P>> + use<P> {
+        let Self {
+            origin,
+            first,
+            count,
+            hops,
+        } = *self;
+        (0..u64::from(count)).map(move |i| IHave {
+            id: MessageId {
+                origin,
+                seq: first + i,
+            },
+            hops,
+        })
+    }
+}
+
+impl<P: PeerId> Default for IHaves<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P: PeerId> IHaves<P> {
+    /// An empty batch (allocates nothing).
+    pub fn new() -> Self {
+        Self {
+            ranges: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Ids in the batch.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the batch holds no id.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append one announcement: it extends the last range when it continues it.
+    pub fn push(&mut self, ihave: IHave<P>) {
+        self.len += 1;
+        if let Some(last) = self.ranges.last_mut()
+            && last.continued_by(&ihave)
+        {
+            last.count += 1;
+            return;
+        }
+        self.ranges.push(IHaveRange {
+            origin: ihave.id.origin,
+            first: ihave.id.seq,
+            count: 1,
+            hops: ihave.hops,
+        });
+    }
+
+    /// Append `count` (at least 1) consecutive ids from `first`, as `count` pushes would.
+    fn push_range(&mut self, origin: P, first: u64, count: u32, hops: u16) {
+        let ihave = IHave {
+            id: MessageId { origin, seq: first },
+            hops,
+        };
+        if let Some(last) = self.ranges.last_mut()
+            && last.continued_by(&ihave)
+            && let Some(sum) = last.count.checked_add(count)
+        {
+            last.count = sum;
+        } else {
+            self.ranges.push(IHaveRange {
+                origin,
+                first,
+                count,
+                hops,
+            });
+        }
+        self.len += count as usize;
+    }
+
+    /// Keep the first `n` ids.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.len {
+            return;
+        }
+        let mut left = n;
+        let mut keep = 0;
+        for r in &mut self.ranges {
+            if left == 0 {
+                break;
+            }
+            // `left` < the ids from here on, so a range it cuts has more than `left`.
+            r.count = r.count.min(u32::try_from(left).unwrap_or(u32::MAX));
+            left -= r.count as usize;
+            keep += 1;
+        }
+        self.ranges.truncate(keep);
+        self.len = n;
+    }
+
+    /// Every announcement, in order.
+    pub fn iter(&self) -> impl Iterator<Item = IHave<P>> + '_ {
+        self.ranges.iter().flat_map(IHaveRange::iter)
+    }
+}
+
+impl<P: PeerId> FromIterator<IHave<P>> for IHaves<P> {
+    fn from_iter<I: IntoIterator<Item = IHave<P>>>(iter: I) -> Self {
+        let mut batch = Self::new();
+        for ihave in iter {
+            batch.push(ihave);
+        }
+        batch
+    }
+}
+
+impl<P: PeerId> From<Vec<IHave<P>>> for IHaves<P> {
+    fn from(ids: Vec<IHave<P>>) -> Self {
+        ids.into_iter().collect()
+    }
+}
+
+impl<P: PeerId> IntoIterator for IHaves<P> {
+    type Item = IHave<P>;
+    type IntoIter = IHavesIntoIter<P>;
+
+    fn into_iter(self) -> IHavesIntoIter<P> {
+        IHavesIntoIter {
+            ranges: self.ranges.into_iter(),
+            current: None,
+        }
+    }
+}
+
+/// The announcements of an [`IHaves`] batch, in order, by value.
+#[derive(Debug)]
+pub struct IHavesIntoIter<P: PeerId> {
+    ranges: std::vec::IntoIter<IHaveRange<P>>,
+    /// What is left of the range being read.
+    current: Option<IHaveRange<P>>,
+}
+
+impl<P: PeerId> Iterator for IHavesIntoIter<P> {
+    type Item = IHave<P>;
+
+    fn next(&mut self) -> Option<IHave<P>> {
+        loop {
+            if let Some(r) = &mut self.current
+                && r.count > 0
+            {
+                let seq = r.first;
+                r.count -= 1;
+                // Past the range's last id only once it is used up.
+                r.first = r.first.wrapping_add(1);
+                return Some(IHave {
+                    id: MessageId {
+                        origin: r.origin,
+                        seq,
+                    },
+                    hops: r.hops,
+                });
+            }
+            self.current = Some(self.ranges.next()?);
+        }
+    }
+}
+
 /// The wire form of an IHAVE: the announcements grouped in runs of one origin, so an origin
 /// (a full node id) is written once per run rather than once per id, and within a run the
 /// announcements grouped in ranges of consecutive sequence numbers with one hop count, written
 /// `(first seq, count, hops)`: under one busy sender an IHAVE batch to a lazy peer is a run of
-/// consecutive ids of one origin, a few bytes on the wire. Order is kept exactly.
+/// consecutive ids of one origin, a few bytes on the wire. Order is kept exactly. These are
+/// the ranges [`IHaves`] holds, written and read as they are.
 ///
-/// Decoding is bounded by the ids the ranges expand to, not by the bytes: the sum of the counts
-/// is capped at [`MAX_IHAVE_WIRE`] (checked before expanding a range), a count of zero or a
+/// Decoding is bounded by the ids the ranges stand for, not by the bytes: the sum of the counts
+/// is capped at [`MAX_IHAVE_WIRE`] (checked before a range is taken), a count of zero or a
 /// range past `u64::MAX` is refused, so a hostile range neither allocates nor loops beyond the
 /// cap.
 mod ihave_wire {
@@ -418,16 +624,11 @@ mod ihave_wire {
     use serde::ser::{SerializeSeq, SerializeTuple};
     use serde::{Deserializer, Serialize, Serializer};
 
-    use super::{IHave, MAX_IHAVE_WIRE};
-    use crate::proto::{MessageId, PeerId};
+    use super::{IHaveRange, IHaves, MAX_IHAVE_WIRE};
+    use crate::proto::PeerId;
 
-    /// Whether `b` continues the range that ends with `a`.
-    fn consecutive<P: PeerId>(a: &IHave<P>, b: &IHave<P>) -> bool {
-        a.hops == b.hops && a.id.seq.checked_add(1) == Some(b.id.seq)
-    }
-
-    pub fn serialize<P: PeerId, S: Serializer>(ids: &[IHave<P>], s: S) -> Result<S::Ok, S::Error> {
-        let runs = ids.chunk_by(|a, b| a.id.origin == b.id.origin);
+    pub fn serialize<P: PeerId, S: Serializer>(ids: &IHaves<P>, s: S) -> Result<S::Ok, S::Error> {
+        let runs = ids.ranges.chunk_by(|a, b| a.origin == b.origin);
         let mut seq = s.serialize_seq(Some(runs.clone().count()))?;
         for run in runs {
             seq.serialize_element(&Run(run))?;
@@ -435,54 +636,49 @@ mod ihave_wire {
         seq.end()
     }
 
-    struct Run<'a, P: PeerId>(&'a [IHave<P>]);
+    struct Run<'a, P: PeerId>(&'a [IHaveRange<P>]);
 
     impl<P: PeerId> Serialize for Run<'_, P> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let mut t = s.serialize_tuple(2)?;
-            t.serialize_element(&self.0[0].id.origin)?;
+            t.serialize_element(&self.0[0].origin)?;
             t.serialize_element(&Ranges(self.0))?;
             t.end()
         }
     }
 
-    struct Ranges<'a, P: PeerId>(&'a [IHave<P>]);
+    struct Ranges<'a, P: PeerId>(&'a [IHaveRange<P>]);
 
     impl<P: PeerId> Serialize for Ranges<'_, P> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let ranges = self.0.chunk_by(consecutive);
-            let mut seq = s.serialize_seq(Some(ranges.clone().count()))?;
-            for r in ranges {
-                // A range is at most the whole batch, so its length fits a u32 (wire cap 4096).
-                let count = u32::try_from(r.len()).unwrap_or(u32::MAX);
-                seq.serialize_element(&(r[0].id.seq, count, r[0].hops))?;
+            let mut seq = s.serialize_seq(Some(self.0.len()))?;
+            for r in self.0 {
+                seq.serialize_element(&(r.first, r.count, r.hops))?;
             }
             seq.end()
         }
     }
 
-    pub fn deserialize<'de, P: PeerId, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<IHave<P>>, D::Error> {
+    pub fn deserialize<'de, P: PeerId, D: Deserializer<'de>>(d: D) -> Result<IHaves<P>, D::Error> {
         d.deserialize_seq(Runs(PhantomData))
     }
 
     struct Runs<P>(PhantomData<P>);
 
     impl<'de, P: PeerId> Visitor<'de> for Runs<P> {
-        type Value = Vec<IHave<P>>;
+        type Value = IHaves<P>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("IHAVE runs")
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
+            let mut out = IHaves::new();
             while seq.next_element_seed(RunSeed(&mut out))?.is_some() {}
             Ok(out)
         }
     }
 
     /// Appends one run to the ids decoded so far.
-    struct RunSeed<'a, P: PeerId>(&'a mut Vec<IHave<P>>);
+    struct RunSeed<'a, P: PeerId>(&'a mut IHaves<P>);
 
     impl<'de, P: PeerId> DeserializeSeed<'de> for RunSeed<'_, P> {
         type Value = ();
@@ -505,7 +701,7 @@ mod ihave_wire {
         }
     }
 
-    struct RangesSeed<'a, P: PeerId>(P, &'a mut Vec<IHave<P>>);
+    struct RangesSeed<'a, P: PeerId>(P, &'a mut IHaves<P>);
 
     impl<'de, P: PeerId> DeserializeSeed<'de> for RangesSeed<'_, P> {
         type Value = ();
@@ -522,25 +718,21 @@ mod ihave_wire {
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
             let RangesSeed(origin, out) = self;
             while let Some((first, count, hops)) = seq.next_element::<(u64, u32, u16)>()? {
-                let count = count as usize;
                 if count == 0 {
                     return Err(A::Error::custom("IHAVE range of no ids"));
                 }
-                if count > MAX_IHAVE_WIRE - out.len() {
+                if count as usize > MAX_IHAVE_WIRE - out.len() {
                     return Err(A::Error::custom(format_args!(
                         "IHAVE with more than {MAX_IHAVE_WIRE} ids"
                     )));
                 }
                 // `count - 1` fits a u64 (count <= MAX_IHAVE_WIRE).
-                let Some(last) = first.checked_add(count as u64 - 1) else {
+                if first.checked_add(u64::from(count) - 1).is_none() {
                     return Err(A::Error::custom(
                         "IHAVE range past the last sequence number",
                     ));
-                };
-                out.extend((first..=last).map(|seq| IHave {
-                    id: MessageId { origin, seq },
-                    hops,
-                }));
+                }
+                out.push_range(origin, first, count, hops);
             }
             Ok(())
         }
@@ -556,7 +748,7 @@ pub enum Message<P: PeerId> {
     /// Lazy announcement of message ids (batched). On the wire, consecutive announcements of
     /// one origin share it, and consecutive sequence numbers with one hop count make a range:
     /// `[(origin, [(first seq, count, hops)])]`, at most [`MAX_IHAVE_WIRE`] ids in all.
-    IHave(#[serde(with = "ihave_wire")] Vec<IHave<P>>),
+    IHave(#[serde(with = "ihave_wire")] IHaves<P>),
     /// Move the link to eager; with an id, also send that message.
     Graft(Option<MessageId<P>>),
     /// Move the link to lazy, for the messages of every origin.
@@ -1115,9 +1307,7 @@ pub struct State<P: PeerId> {
     eager: Vec<P>,
     lazy: Vec<P>,
     /// IHAVE batches waiting for the dispatch timer, per peer.
-    lazy_queue: Vec<(P, Vec<IHave<P>>)>,
-    /// The largest batch of the latest dispatch: new batches start with room for as many.
-    ihave_hint: usize,
+    lazy_queue: Vec<(P, IHaves<P>)>,
     dispatch_armed: bool,
     cache: Cache<P>,
     records: BTreeMap<P, OriginRecord>,
@@ -1131,6 +1321,9 @@ pub struct State<P: PeerId> {
     record_order: VecDeque<(Stamp, P)>,
     /// What [`Stamp`]s count from.
     epoch: Option<Instant>,
+    /// The latest instant [`Self::stamp`] converted, and its stamp: one input's handling
+    /// stamps its instant several times.
+    last_stamp: Option<(Instant, Stamp)>,
     missing: BTreeMap<MessageId<P>, Missing<P>>,
     digest_cursor: Option<P>,
     /// Per neighbour sent a digest, the CATCHUP payloads received from it since: a full
@@ -1171,7 +1364,6 @@ impl<P: PeerId> State<P> {
             eager: Vec::new(),
             lazy: Vec::new(),
             lazy_queue: Vec::new(),
-            ihave_hint: 0,
             dispatch_armed: false,
             cache: Cache::new(),
             records: BTreeMap::new(),
@@ -1179,6 +1371,7 @@ impl<P: PeerId> State<P> {
             total_holes: 0,
             record_order: VecDeque::new(),
             epoch: None,
+            last_stamp: None,
             missing: BTreeMap::new(),
             digest_cursor: None,
             catchup_pulls: Vec::new(),
@@ -1539,7 +1732,7 @@ impl<P: PeerId> State<P> {
     fn on_ihave(
         &mut self,
         from: P,
-        mut ids: Vec<IHave<P>>,
+        mut ids: IHaves<P>,
         now: Instant,
         out: &mut VecDeque<OutEvent<P>>,
     ) {
@@ -2184,22 +2377,20 @@ impl<P: PeerId> State<P> {
 
     fn queue_ihave(&mut self, peer: P, ihave: IHave<P>, out: &mut VecDeque<OutEvent<P>>) {
         let full = self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE);
-        // Busy links fill a batch per dispatch: start it with room for twice what the latest
-        // dispatch held (at least 64), so it rarely grows (growing in steps, each a copy, was
-        // ~2% of the CPU per delivery with one sender flat out).
-        let cap = self.ihave_hint.saturating_mul(2).max(64).min(full);
+        // A batch is held as ranges (see `IHaves`): under one busy sender, one entry however
+        // many ids it announces, extended in place (a 56-byte entry per id, and the regrowth
+        // of the batch, were ~2% of the CPU per delivery with one sender flat out).
         let i = match self.lazy_queue.iter().position(|(p, _)| *p == peer) {
             Some(i) => i,
             None => {
-                self.lazy_queue.push((peer, Vec::with_capacity(cap)));
+                self.lazy_queue.push((peer, IHaves::new()));
                 self.lazy_queue.len() - 1
             }
         };
         let batch = &mut self.lazy_queue[i].1;
         batch.push(ihave);
         if batch.len() >= full {
-            self.ihave_hint = full;
-            let batch = std::mem::replace(batch, Vec::with_capacity(cap));
+            let batch = std::mem::take(batch);
             self.stats.ihave_sent += 1;
             out.push_back(OutEvent::SendMessage(peer, Message::IHave(batch)));
         } else if !self.dispatch_armed {
@@ -2212,12 +2403,6 @@ impl<P: PeerId> State<P> {
     }
 
     fn flush_lazy(&mut self, out: &mut VecDeque<OutEvent<P>>) {
-        self.ihave_hint = self
-            .lazy_queue
-            .iter()
-            .map(|(_, b)| b.len())
-            .max()
-            .unwrap_or(0);
         for (peer, batch) in self.lazy_queue.drain(..) {
             if !batch.is_empty() {
                 self.stats.ihave_sent += 1;
@@ -2329,8 +2514,15 @@ impl<P: PeerId> State<P> {
     }
 
     fn stamp(&mut self, now: Instant) -> Stamp {
+        if let Some((at, stamp)) = self.last_stamp
+            && at == now
+        {
+            return stamp;
+        }
         let epoch = *self.epoch.get_or_insert(now);
-        millis(now.saturating_duration_since(epoch))
+        let stamp = millis(now.saturating_duration_since(epoch));
+        self.last_stamp = Some((now, stamp));
+        stamp
     }
 
     /// Keep the announcer list of a missing message that is done with, for the next one.

@@ -26,10 +26,13 @@ fn gossip(origin: u32, seq: u64, hops: u16) -> Message<u32> {
 
 /// An IHAVE announcing one message, `hops` from its origin.
 fn ihave(origin: u32, seq: u64, hops: u16) -> Message<u32> {
-    Message::IHave(vec![IHave {
-        id: id(origin, seq),
-        hops,
-    }])
+    Message::IHave(
+        vec![IHave {
+            id: id(origin, seq),
+            hops,
+        }]
+        .into(),
+    )
 }
 
 fn payload(origin: u32, seq: u64) -> Bytes {
@@ -1016,7 +1019,7 @@ fn hostile_oversized_ihave_is_capped_and_counted() {
             hops: 1,
         })
         .collect();
-    let out = b.recv(1, Message::IHave(ids));
+    let out = b.recv(1, Message::IHave(ids.into()));
     // One timer for the batch.
     let t1 = b.state.config().graft_timeout_1;
     assert_eq!(out, vec![OutEvent::ScheduleTimer(t1, Timer::SendGrafts)]);
@@ -1232,7 +1235,7 @@ fn every_message_round_trips_through_bincode() {
             payload: Bytes::from_static(b"abc"),
             hops: 3,
         }),
-        Message::IHave(vec![IHave { id: mid, hops: 2 }]),
+        Message::IHave(vec![IHave { id: mid, hops: 2 }].into()),
         Message::Graft(Some(mid)),
         Message::Graft(None),
         Message::Prune,
