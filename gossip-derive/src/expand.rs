@@ -164,11 +164,11 @@ fn expand_tags(input: &TagsInput, krate: &TokenStream) -> TokenStream {
                 let id = msg.id();
                 #[allow(unreachable_patterns)] // Only with an id clash, reported below.
                 let decoded = match id {
-                    #(#id => (#info.decode)(msg.payload()).map(Self::#variant),)*
+                    #(#id => (#info.decode)(msg.envelope()).map(Self::#variant),)*
                     _ => {
                         #(
                             if #krate::__private::contains(#info.aliases, id) {
-                                return (#info.decode)(msg.payload())
+                                return (#info.decode)(msg.envelope())
                                     .map(Self::#variant)
                                     .map_err(#krate::FromMessageError::Decode);
                             }

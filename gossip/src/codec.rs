@@ -234,9 +234,9 @@ fn take_shared(b: &[u8]) -> Option<Bytes> {
 /// so the two are interchangeable between nodes. The difference is on receipt: serde gives a
 /// `bytes::Bytes` field a borrowed slice that it must copy (an allocation and a copy per
 /// message, the bulk of a receiver's cost with 1 KiB payloads), while a `SharedBytes` decoded
-/// by [`Message::decode`](crate::Message::decode) shares the received buffer. Decoded any other
-/// way (another serde format, [`decode_payload`], and for now a [`Tags`](crate::Tags) enum's
-/// dispatch, which decodes the payload slice) it copies, like `bytes::Bytes`.
+/// by [`Message::decode`](crate::Message::decode) or by a [`Tags`](crate::Tags) enum's dispatch
+/// (`recv_typed`) shares the received buffer. Decoded any other way (another serde format,
+/// [`decode_payload`]) it copies, like `bytes::Bytes`.
 ///
 /// It keeps the whole received envelope alive while it lives (the other fields included),
 /// so turn it into an owned copy (`to_vec()`) before storing a small part of a large message

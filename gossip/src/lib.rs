@@ -55,8 +55,9 @@ pub mod __private {
         pub id: u64,
         /// `T::ALIASES`.
         pub aliases: &'static [u64],
-        /// Decodes a payload as `T`.
-        pub decode: fn(&[u8]) -> Result<T, DecodeError>,
+        /// Decodes the payload of an envelope as `T` (its `SharedBytes` fields share the
+        /// envelope).
+        pub decode: fn(&bytes::Bytes) -> Result<T, DecodeError>,
     }
 
     /// The [`TagInfo`] of `T`.
@@ -64,7 +65,7 @@ pub mod __private {
         TagInfo {
             id: T::ID,
             aliases: T::ALIASES,
-            decode: codec::decode_payload::<T>,
+            decode: codec::decode_envelope_payload::<T>,
         }
     }
 

@@ -359,6 +359,36 @@ mod tests {
             assert_eq!(Inbox::from_message(msg).unwrap(), Inbox::Doom(Doom));
         }
 
+        #[derive(crate::Tag, Serialize, Deserialize, Debug, PartialEq)]
+        #[tag(crate = "crate", name = "chunk", alias = "chunk.v0")]
+        pub struct Chunk {
+            pub offset: u64,
+            pub data: crate::SharedBytes,
+        }
+
+        #[derive(crate::Tags, Debug, PartialEq)]
+        #[tags(crate = "crate")]
+        enum Chunks {
+            Chunk(Chunk),
+        }
+
+        #[test]
+        fn dispatch_shares_the_envelope_with_shared_bytes_fields() {
+            let chunk = || Chunk {
+                offset: 7,
+                data: crate::SharedBytes::from(vec![5u8; 1024]),
+            };
+            let direct = Message::encode(&chunk(), 4096).unwrap();
+            let aliased = with_id(direct.clone(), tag_id("chunk.v0"));
+            for msg in [direct, aliased] {
+                let envelope = msg.envelope().clone();
+                let Chunks::Chunk(back) = Chunks::from_message(msg).unwrap();
+                assert_eq!(back, chunk());
+                // A slice of the received envelope, not a copy.
+                assert!(envelope.as_ptr_range().contains(&back.data.as_ptr()));
+            }
+        }
+
         #[test]
         fn dispatch_accepts_aliases() {
             for old in ["Doom", "doom.v0"] {
