@@ -40,6 +40,8 @@ pub struct BenchConfig {
     pub quiet: Duration,
     /// Fraction of the nodes killed at once.
     pub kill: f64,
+    /// Nodes that must be among the killed (the rest are picked at random).
+    pub victims: Vec<u32>,
     /// Longest wait for the join, for each broadcast, and for detection.
     pub timeout: Duration,
     /// How often membership and detection are checked (their resolution).
@@ -58,6 +60,7 @@ impl BenchConfig {
             broadcasts: 20,
             quiet: Duration::from_secs(30),
             kill: 0.1,
+            victims: Vec::new(),
             timeout: Duration::from_secs(60),
             poll: Duration::from_millis(5),
             sim: loopback(seed),
@@ -248,10 +251,23 @@ pub fn run_with(cfg: &BenchConfig, mut observe: impl FnMut(&mut Sim, Stage)) -> 
     let false_suspicions = sim.stats().suspect_or_down_events - before;
 
     // 4. Kill.
-    let mut candidates: Vec<u32> = sim.alive().filter(|&id| id != contact).collect();
+    let mut candidates: Vec<u32> = sim
+        .alive()
+        .filter(|&id| id != contact && !cfg.victims.contains(&id))
+        .collect();
     candidates.shuffle(sim.rng());
     let kill = ((n as f64) * cfg.kill).round() as usize;
-    let mut killed: Vec<u32> = candidates.into_iter().take(kill).collect();
+    let mut killed: Vec<u32> = cfg
+        .victims
+        .iter()
+        .copied()
+        .filter(|&v| v != contact)
+        .collect();
+    killed.extend(
+        candidates
+            .into_iter()
+            .take(kill.saturating_sub(killed.len())),
+    );
     killed.sort_unstable();
     for &k in &killed {
         sim.crash(k);
