@@ -80,7 +80,8 @@
 //! remembers its *parent*, the link the latest new message came by: a duplicate from it is not
 //! pruned; a PRUNE from it (an older copy of ours reached it second) is answered with GRAFT; a
 //! new message over a link that is lazy here grafts it back at the other end too; an IHAVE
-//! from the parent for a missing message is grafted at once, as the tree will not bring it;
+//! from the parent for a missing message is grafted at once, as the tree will not bring it
+//! (also when other links announced it first: their timer would add `graft_timeout_1`);
 //! and a message that came by another link is only announced to the previous parent, since a
 //! pushed copy would reach it second and make it prune the link this node depends on.
 //!
@@ -1576,10 +1577,26 @@ impl<P: PeerId> State<P> {
                 continue;
             }
             if let Some(m) = self.missing.get_mut(&id) {
-                if m.announcers.len() < self.config.max_announcers
-                    && !m.announcers.iter().any(|(p, _)| *p == from)
-                {
-                    m.announcers.push((from, hops));
+                if !m.announcers.iter().any(|(p, _)| *p == from) {
+                    // Our parent announces a message other links announced first: it pruned
+                    // us while the message passed it (our GRAFT back was crossing), so the
+                    // tree will not bring it. Graft now, as for a first announcement below,
+                    // rather than wait out the timer the first one started (the ~80 ms spread
+                    // outliers); the parent takes the deepest announcer's place if full.
+                    let parent = self
+                        .trees
+                        .get(&id.origin)
+                        .is_some_and(|t| t.parent == Some(from));
+                    if m.announcers.len() < self.config.max_announcers {
+                        m.announcers.push((from, hops));
+                    } else if parent
+                        && let Some(deepest) = m.announcers.iter_mut().max_by_key(|(_, h)| *h)
+                    {
+                        *deepest = (from, hops);
+                    }
+                    if parent {
+                        self.on_graft_timer(id, now, out);
+                    }
                 }
             } else if self.missing.len() < self.config.max_missing {
                 // Room for the usual few announcers at once (the lazy links of one node).
