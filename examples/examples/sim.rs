@@ -63,6 +63,10 @@ struct Args {
     /// With `--bench`: fraction of the nodes killed.
     #[arg(long, default_value_t = 0.1)]
     kill: f64,
+    /// With `--bench`: the killed nodes include the N smallest ids (the directory's
+    /// collector and its successors).
+    #[arg(long, default_value_t = 0)]
+    kill_smallest: u32,
     /// With `--bench`: seconds of quiet before the kill.
     #[arg(long, default_value_t = 30.0)]
     quiet: f64,
@@ -104,6 +108,7 @@ fn run_bench(args: &Args) -> ExitCode {
         cfg.nodes = nodes;
         cfg.broadcasts = broadcasts;
         cfg.kill = args.kill;
+        cfg.victims = (0..args.kill_smallest).collect();
         cfg.quiet = Duration::from_secs_f64(args.quiet);
         cfg.sim.latency_min = Duration::from_micros(lo);
         cfg.sim.latency_max = Duration::from_micros(hi.max(lo));

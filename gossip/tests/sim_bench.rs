@@ -34,7 +34,9 @@ fn the_bench_scenario_is_deterministic_and_meets_its_goals() {
 /// collector at once.
 #[test]
 fn detection_does_not_wait_when_the_two_smallest_ids_crash() {
-    for (seed, victims) in [(1, vec![0, 1]), (2, vec![0, 1]), (4, vec![0, 1, 2, 3])] {
+    // All 20 victims the smallest ids, as when a subnet's worth of addresses goes down: the
+    // facts must skip all of them (at most 8 could be skipped first: 2.1 s).
+    for (seed, victims) in [(1, vec![0, 1]), (2, vec![0, 1]), (4, (0..20).collect())] {
         let mut cfg = quick(seed);
         cfg.victims = victims.clone();
         let r = bench::run(&cfg);
@@ -59,6 +61,10 @@ fn the_first_broadcasts_spread_within_50_ms_on_slower_links() {
         let r = bench::run(&cfg);
         let spread = r.spread_max().expect("broadcasts");
         assert!(spread.complete, "{}", r.to_json());
-        assert!(spread.latency < Duration::from_millis(50), "{}", r.to_json());
+        assert!(
+            spread.latency < Duration::from_millis(50),
+            "{}",
+            r.to_json()
+        );
     }
 }

@@ -185,7 +185,7 @@ const MAX_CONFIRMS: usize = 64;
 const BEACON_FANOUT: usize = 4;
 
 /// Most collectors passed over at once for being unreachable (see [`InEvent::Unreachable`]).
-const MAX_UNREACHABLE: usize = 8;
+const MAX_UNREACHABLE: usize = 32;
 
 /// Directory settings. `Default` suits a LAN.
 #[derive(Debug, Clone)]
