@@ -67,6 +67,10 @@ struct Args {
     /// collector and its successors).
     #[arg(long, default_value_t = 0)]
     kill_smallest: u32,
+    /// With `--bench`: a crash does not break the crashed node's connections (a host that
+    /// vanished without a FIN): peers notice by silence or failed sends only.
+    #[arg(long)]
+    silent_crash: bool,
     /// With `--bench`: seconds of quiet before the kill.
     #[arg(long, default_value_t = 30.0)]
     quiet: f64,
@@ -109,6 +113,9 @@ fn run_bench(args: &Args) -> ExitCode {
         cfg.broadcasts = broadcasts;
         cfg.kill = args.kill;
         cfg.victims = (0..args.kill_smallest).collect();
+        if args.silent_crash {
+            cfg.sim.close_on_crash = None;
+        }
         cfg.quiet = Duration::from_secs_f64(args.quiet);
         cfg.sim.latency_min = Duration::from_micros(lo);
         cfg.sim.latency_max = Duration::from_micros(hi.max(lo));
