@@ -32,6 +32,10 @@ struct Args {
     /// Fraction of nodes killed at once.
     #[arg(long, default_value_t = 0.1)]
     kill: f64,
+    /// Of the killed nodes, this many are the ones with the smallest ids (never node 0, the
+    /// contact): the directory's collector and its successors. The rest are the last nodes.
+    #[arg(long, default_value_t = 0)]
+    kill_smallest: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Print what the nodes still lacking members lack, `--diag-at` seconds after the joins
@@ -340,6 +344,28 @@ async fn main() {
     tracing::info!("BENCH quiet end");
     // Crash 10% at once, without leaving.
     let kill = ((nodes.len() as f64) * args.kill).round() as usize;
+    // Move the nodes to kill to the end (with their receiving tasks): the smallest ids asked
+    // for, then the last nodes.
+    let mut order: Vec<usize> = (1..nodes.len()).collect();
+    order.sort_by_key(|&i| nodes[i].id());
+    let mut doomed: Vec<usize> = order
+        .into_iter()
+        .take(args.kill_smallest.min(kill))
+        .collect();
+    for i in (1..nodes.len()).rev() {
+        if doomed.len() >= kill {
+            break;
+        }
+        if !doomed.contains(&i) {
+            doomed.push(i);
+        }
+    }
+    doomed.sort_unstable();
+    for (k, &i) in doomed.iter().rev().enumerate() {
+        let last = nodes.len() - 1 - k;
+        nodes.swap(i, last);
+        receivers.swap(i, last);
+    }
     let victims: Vec<Node> = nodes.drain(nodes.len() - kill..).collect();
     let dead: HashSet<NodeId> = victims.iter().map(|n| n.id()).collect();
     // Dropping every handle of a node stops it without leaving: its receiving task and its

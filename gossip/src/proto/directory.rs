@@ -44,6 +44,11 @@
 //! "Failure handling") and, if that goes unanswered too, suspected first hand: the waiting facts
 //! go to the next smallest id;
 //! if nothing covered a fact within [`Config::forward_grace`], the node broadcasts it itself.
+//! If the announcement cannot even be sent (the transport fails to reach the collector,
+//! [`InEvent::Unreachable`]), the collector is passed over at once while it is probed: when
+//! the smallest ids crash together, every survivor's news used to wait `forward_grace` (their
+//! own suspicions of the collectors were stuck the same way), and now goes down the list one
+//! failed dial at a time.
 //! Refutations and departures skip all this and are broadcast at once.
 //!
 //! # Anti-entropy
@@ -178,6 +183,9 @@ const MAX_CONFIRMS: usize = 64;
 
 /// About how many nodes of the whole cluster ping a silent beacon source per heal interval.
 const BEACON_FANOUT: usize = 4;
+
+/// Most collectors passed over at once for being unreachable (see [`InEvent::Unreachable`]).
+const MAX_UNREACHABLE: usize = 32;
 
 /// Directory settings. `Default` suits a LAN.
 #[derive(Debug, Clone)]
@@ -492,6 +500,11 @@ pub enum InEvent<P: PeerId> {
     /// proof. The peer is probed first, directly and then through neighbours, and suspected
     /// only if neither answers (see "Failure handling").
     LinkLost(P),
+    /// A message to this peer, outside the active view, could not be delivered: the transport
+    /// could not open the link or lost it. Routine for most peers; but if facts forwarded to
+    /// it as the collector wait for its acknowledgement, they go to the next collector at once
+    /// while it is probed (see "Spreading facts cheaply").
+    Unreachable(P),
     /// Change this node's metadata.
     SetMetadata(Bytes),
     /// This node leaves.
@@ -747,6 +760,9 @@ pub struct State<P: PeerId> {
     collector: Option<P>,
     /// The collector and the sequence number of the acknowledgement awaited from it.
     collector_check: Option<(P, u64)>,
+    /// Collectors that could not be reached while facts waited on them: passed over while they
+    /// are probed, until they answer or stop being `Alive` (at most [`MAX_UNREACHABLE`]).
+    unreachable: Vec<P>,
     /// Changes of the live view so far, and how many of them `last_change` accounts for.
     changes: u64,
     changes_seen: u64,
@@ -804,6 +820,7 @@ impl<P: PeerId> State<P> {
             reforward: false,
             collector: None,
             collector_check: None,
+            unreachable: Vec::new(),
             changes: 0,
             changes_seen: 0,
             last_change: None,
@@ -898,7 +915,13 @@ impl<P: PeerId> State<P> {
             InEvent::LinkLost(peer) => {
                 self.neighbours.retain(|p| *p != peer);
                 self.catch_up_armed &= !self.neighbours.is_empty();
+                self.pass_over_collector(peer);
                 self.confirm(peer, now, rng, out);
+            }
+            InEvent::Unreachable(peer) => {
+                if self.pass_over_collector(peer) {
+                    self.confirm(peer, now, rng, out);
+                }
             }
             InEvent::SetMetadata(metadata) => self.on_set_metadata(metadata, now, out),
             InEvent::Leave => self.on_leave(now, out),
@@ -1041,6 +1064,9 @@ impl<P: PeerId> State<P> {
         if before.1 && !after.1 && self.collector == Some(*id) {
             self.collector = None;
             self.reforward = true;
+        }
+        if before.1 && !after.1 {
+            self.unreachable.retain(|p| p != id);
         }
         let b = bucket_of(h);
         self.buckets[b] = self.buckets[b].wrapping_sub(before.0).wrapping_add(after.0);
@@ -1283,18 +1309,51 @@ impl<P: PeerId> State<P> {
     /// crash) goes out as a few large broadcasts from one node instead of one small broadcast
     /// from each node that saw something. Nodes with the same view pick the same collector; if
     /// it fails, sends to it fail, it becomes suspect, and the next smallest takes over.
+    ///
+    /// A collector that could not be reached while facts waited on it is passed over until it
+    /// answers a probe ([`InEvent::Unreachable`]): when the smallest ids crashed together, the
+    /// facts go down the list a dial each, not a probe round and a suspicion each.
     fn collector(&mut self) -> P {
         if let Some(c) = self.collector
             && self
                 .entries
                 .get(&c)
                 .is_some_and(|e| e.state() == MemberState::Alive)
+            && !self.unreachable.contains(&c)
         {
             return c;
         }
-        let c = self.min_alive_id();
+        let c = if self.unreachable.is_empty() {
+            self.min_alive_id()
+        } else {
+            self.entries
+                .iter()
+                .filter(|(id, e)| e.state() == MemberState::Alive && !self.unreachable.contains(id))
+                .map(|(id, _)| *id)
+                .min()
+                .unwrap_or(self.me)
+        };
         self.collector = Some(c);
         c
+    }
+
+    /// `peer` could not be reached: if facts forwarded to it as the collector wait for its
+    /// acknowledgement, pass it over, so they go to the next collector at the end of this
+    /// input. Returns whether it was passed over (the caller probes it: if it is alive it
+    /// answers and is collector again, otherwise it is suspected).
+    fn pass_over_collector(&mut self, peer: P) -> bool {
+        let waiting = self.collector_check.is_some_and(|(c, _)| c == peer);
+        if !waiting || peer == self.me || self.unreachable.len() >= MAX_UNREACHABLE {
+            return false;
+        }
+        tracing::debug!(me = ?self.me, member = ?peer, "the collector is unreachable: the waiting facts go to the next one while it is probed");
+        self.unreachable.push(peer);
+        self.collector_check = None;
+        if self.collector == Some(peer) {
+            self.collector = None;
+        }
+        self.reforward = true;
+        true
     }
 
     /// The smallest id held `Alive` (this node's own when it knows no other).
@@ -1703,6 +1762,7 @@ impl<P: PeerId> State<P> {
             return; // answered (or reaped) already
         }
         self.confirming.remove(&id);
+        self.unreachable.retain(|p| *p != id);
         self.stats.probes_failed += 1;
         tracing::debug!(me = ?self.me, member = ?id, "suspected: a probe after its link was lost went unanswered");
         self.failure_observed(id, now, out);
@@ -1920,6 +1980,8 @@ impl<P: PeerId> State<P> {
             .find_map(|(id, s)| (*s == seq).then_some(*id))
         {
             self.confirming.remove(&id);
+            // Reachable after all: it may be the collector again.
+            self.unreachable.retain(|p| *p != id);
             return;
         }
         if self.probe.is_some_and(|p| p.seq == seq) {

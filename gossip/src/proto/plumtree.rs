@@ -80,7 +80,8 @@
 //! remembers its *parent*, the link the latest new message came by: a duplicate from it is not
 //! pruned; a PRUNE from it (an older copy of ours reached it second) is answered with GRAFT; a
 //! new message over a link that is lazy here grafts it back at the other end too; an IHAVE
-//! from the parent for a missing message is grafted at once, as the tree will not bring it;
+//! from the parent for a missing message is grafted at once, as the tree will not bring it
+//! (also when other links announced it first: their timer would add `graft_timeout_1`);
 //! and a message that came by another link is only announced to the previous parent, since a
 //! pushed copy would reach it second and make it prune the link this node depends on.
 //!
@@ -1276,6 +1277,8 @@ const FAR_AHEAD_ORIGINS: usize = 256;
 struct Missing<P> {
     /// Who announced it and with how many hops.
     announcers: Vec<(P, u16)>,
+    /// A GRAFT for it went out already.
+    grafted: bool,
 }
 
 /// The tree of one origin: the neighbours that are lazy for its messages (the others are
@@ -1768,11 +1771,26 @@ impl<P: PeerId> State<P> {
                 self.better_path(from, id, hops, false, now, out);
                 continue;
             }
-            if let Some(m) = self.missing.get_mut(&id) {
-                if m.announcers.len() < self.config.max_announcers
-                    && !m.announcers.iter().any(|(p, _)| *p == from)
-                {
-                    m.announcers.push((from, hops));
+            if let Some(m) = self.missing.get(&id) {
+                if !m.announcers.iter().any(|(p, _)| *p == from) {
+                    // An announcement that would be grafted at once (below) after others
+                    // that were not: our parent pruned us while the message passed it (our
+                    // GRAFT back was crossing), or we are an orphan and this announcer is
+                    // the first close enough. Graft now rather than wait out the timer the
+                    // first announcement started (the ~80 ms spread outliers); it takes the
+                    // deepest announcer's place if the list is full.
+                    let urgent = !m.grafted && self.graft_at_once(id.origin, from, hops);
+                    let m = self.missing.get_mut(&id).expect("just found");
+                    if m.announcers.len() < self.config.max_announcers {
+                        m.announcers.push((from, hops));
+                    } else if urgent
+                        && let Some(deepest) = m.announcers.iter_mut().max_by_key(|(_, h)| *h)
+                    {
+                        *deepest = (from, hops);
+                    }
+                    if urgent {
+                        self.on_graft_timer(id, now, out);
+                    }
                 }
             } else if self.missing.len() < self.config.max_missing {
                 // Room for the usual few announcers at once (the lazy links of one node).
@@ -1781,13 +1799,14 @@ impl<P: PeerId> State<P> {
                     .pop()
                     .unwrap_or_else(|| Vec::with_capacity(self.config.max_announcers.clamp(1, 4)));
                 announcers.push((from, hops));
-                self.missing.insert(id, Missing { announcers });
-                if self.trees.get(&id.origin).is_some_and(|t| {
-                    // A parent that is not our neighbour (the overlay dropped the link, or
-                    // only its end ever had it up) pushes nothing: an orphan as well.
-                    let orphan = t.orphan || t.parent.is_some_and(|p| !self.is_neighbor(&p));
-                    t.parent == Some(from) || (orphan && hops <= t.depth.saturating_add(1))
-                }) {
+                self.missing.insert(
+                    id,
+                    Missing {
+                        announcers,
+                        grafted: false,
+                    },
+                );
+                if self.graft_at_once(id.origin, from, hops) {
                     // Our parent for this origin announces instead of pushing: it pruned the
                     // link (a GRAFT back may be on its way), so the tree will not bring this
                     // one. Likewise when our parent is gone, if the announcer is at most one
@@ -1804,6 +1823,18 @@ impl<P: PeerId> State<P> {
                 self.stats.dropped_invalid += 1;
             }
         }
+    }
+
+    /// Whether an IHAVE from `from` at `hops` for a missing message of `origin` is grafted at
+    /// once rather than after `graft_timeout_1` (see `on_ihave`): it comes from our
+    /// parent, or we are an orphan and it is at most one hop deeper than our parent was.
+    fn graft_at_once(&self, origin: P, from: P, hops: u16) -> bool {
+        self.trees.get(&origin).is_some_and(|t| {
+            // A parent that is not our neighbour (the overlay dropped the link, or only its
+            // end ever had it up) pushes nothing: an orphan as well.
+            let orphan = t.orphan || t.parent.is_some_and(|p| !self.is_neighbor(&p));
+            t.parent == Some(from) || (orphan && hops <= t.depth.saturating_add(1))
+        })
     }
 
     /// The tree optimisation (paper, Alg. 3), generalised. `from` offers `id` at `hops`, by an
@@ -2051,6 +2082,7 @@ impl<P: PeerId> State<P> {
             return;
         };
         let (peer, _) = m.announcers.remove(best);
+        m.grafted = true;
         if tracing::enabled!(target: "gossip::spread", tracing::Level::TRACE) {
             let t = self.trees.get(&id.origin);
             let tmpl = self.trees.first_key_value();

@@ -244,6 +244,9 @@ impl<P: PeerId, R: Rng> State<P, R> {
                 if active {
                     tracing::debug!(me = ?self.me, ?peer, "an active link broke: the directory probes the peer");
                     work.push_back(Step::Directory(directory::InEvent::LinkLost(peer)));
+                } else {
+                    // Only matters if it is the collector the directory waits on.
+                    work.push_back(Step::Directory(directory::InEvent::Unreachable(peer)));
                 }
             }
             InEvent::Join(contacts) => {

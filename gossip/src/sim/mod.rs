@@ -41,8 +41,10 @@
 //! Payloads are [`Bytes`] shared by every copy of a message.
 //!
 //! [`scenario`] runs the benchmark scenario of the `sim` example; [`chaos`] runs the chaos
-//! simulation with its invariant checkers.
+//! simulation with its invariant checkers; [`bench`] runs the `cluster_bench` example's
+//! scenario (200 nodes on loopback) in virtual time.
 
+pub mod bench;
 pub mod chaos;
 pub mod scenario;
 
@@ -79,6 +81,11 @@ pub struct SimConfig {
     pub connect_timeout: Duration,
     /// Protocol settings of every node.
     pub proto: proto::Config,
+    /// When set, a crash also breaks the crashed node's open connections, as a process that
+    /// dies closes its TCP sockets without a goodbye: every live node that exchanged a message
+    /// with it (and did not close the link since) is told [`InEvent::LinkFailed`] this much
+    /// later. `None` (the default): peers learn of a crash only when they send to it.
+    pub close_on_crash: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -92,6 +99,7 @@ impl Default for SimConfig {
             duplicate: 0.0,
             connect_timeout: Duration::from_secs(1),
             proto: proto::Config::default(),
+            close_on_crash: None,
         }
     }
 }
@@ -138,6 +146,8 @@ pub struct NetStats {
     pub disconnects: u64,
     /// Membership events emitted by the directory.
     pub member_events: u64,
+    /// Of those, `Suspect` and `Down` events (with member events on).
+    pub suspect_or_down_events: u64,
     /// Most events ever pending at once (in-flight messages and armed timers).
     pub peak_pending: u64,
     /// Timers fired, by layer: membership, broadcast, detector, directory.
@@ -172,6 +182,8 @@ pub struct BroadcastRecord {
     pub max_hops: u16,
     /// Virtual time of the latest delivery.
     pub last_delivery: Duration,
+    /// The node that delivered last, the peer its copy came from, and that copy's hops.
+    pub last: Option<(u32, u32, u16)>,
 }
 
 impl BroadcastRecord {
@@ -236,6 +248,7 @@ impl Tracker {
             deliveries: 0,
             max_hops: 0,
             last_delivery: now,
+            last: None,
         });
         self.payloads.push(payload);
         if self.index.insert(id, i).is_some() {
@@ -264,6 +277,7 @@ impl Tracker {
         rec.deliveries += 1;
         rec.max_hops = rec.max_hops.max(d.hops);
         rec.last_delivery = now;
+        rec.last = Some((node, d.from, d.hops));
     }
 }
 
@@ -530,6 +544,41 @@ fn carries_payload(msg: &plumtree::Message<u32>) -> bool {
     )
 }
 
+/// A readable log of what happens to a few nodes, for diagnosis (off by default; it does not
+/// change the run or its trace hash).
+#[derive(Debug, Default)]
+struct EventLog {
+    /// Nodes whose events are logged (every node if empty).
+    nodes: HashSet<u32>,
+    lines: Vec<String>,
+    /// Most lines kept; later ones are counted only.
+    cap: usize,
+    dropped: u64,
+}
+
+impl EventLog {
+    fn wants(&self, a: u32, b: u32) -> bool {
+        self.nodes.is_empty() || self.nodes.contains(&a) || self.nodes.contains(&b)
+    }
+
+    fn push(&mut self, now: u64, line: std::fmt::Arguments<'_>) {
+        if self.lines.len() >= self.cap {
+            self.dropped += 1;
+            return;
+        }
+        let mut l = format!("{:>10.3} ms {line}", now as f64 / 1e6);
+        if l.len() > 400 {
+            let mut cut = 400;
+            while !l.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            l.truncate(cut);
+            l.push_str("...");
+        }
+        self.lines.push(l);
+    }
+}
+
 /// Everything but the nodes: split off so a node can be borrowed while its outputs are routed.
 #[derive(Debug)]
 struct Net {
@@ -546,6 +595,10 @@ struct Net {
     touched: u64,
     /// Links (sender, peer) with a `LinkFailed` on its way: one report per failure.
     failing: HashSet<(u32, u32)>,
+    /// Open connections as (smaller id, larger id), kept only with `close_on_crash`.
+    conns: HashSet<(u32, u32)>,
+    /// The event log, when on (see [`Sim::log_nodes`]).
+    log: Option<EventLog>,
     trace: Fnv,
     stats: NetStats,
     tracker: Tracker,
@@ -604,6 +657,9 @@ impl Net {
     fn route(&mut self, me: u32, out: OutEvent<u32>) {
         match out {
             OutEvent::SendMessage(to, msg) => {
+                if self.config.close_on_crash.is_some() {
+                    self.conns.insert((me.min(to), me.max(to)));
+                }
                 match &msg {
                     Message::Membership(_) => self.stats.membership += 1,
                     Message::Broadcast(m) => {
@@ -653,8 +709,41 @@ impl Net {
                 let now = Duration::from_nanos(self.now);
                 self.tracker.delivered(me, &d, now);
             }
-            OutEvent::MemberEvent(_) => self.stats.member_events += 1,
-            OutEvent::Disconnect(_) => self.stats.disconnects += 1,
+            OutEvent::MemberEvent(e) => {
+                self.stats.member_events += 1;
+                if matches!(
+                    e,
+                    proto::directory::MemberEvent::Suspect(_)
+                        | proto::directory::MemberEvent::Down(_)
+                ) {
+                    self.stats.suspect_or_down_events += 1;
+                }
+                let now = self.now;
+                if let Some(log) = &mut self.log {
+                    let about = match &e {
+                        proto::directory::MemberEvent::Up(m)
+                        | proto::directory::MemberEvent::Suspect(m)
+                        | proto::directory::MemberEvent::Down(m)
+                        | proto::directory::MemberEvent::Left(m)
+                        | proto::directory::MemberEvent::Updated(m) => m.id,
+                    };
+                    if log.wants(me, about) {
+                        log.push(now, format_args!("{me} event {e:?}"));
+                    }
+                }
+            }
+            OutEvent::Disconnect(peer) => {
+                self.stats.disconnects += 1;
+                if self.config.close_on_crash.is_some() {
+                    self.conns.remove(&(me.min(peer), me.max(peer)));
+                }
+                let now = self.now;
+                if let Some(log) = &mut self.log
+                    && log.wants(me, peer)
+                {
+                    log.push(now, format_args!("{me} disconnects {peer}"));
+                }
+            }
         }
     }
 }
@@ -689,6 +778,8 @@ impl Sim {
                 free: Vec::new(),
                 touched: 0,
                 failing: HashSet::new(),
+                conns: HashSet::new(),
+                log: None,
                 trace: Fnv::default(),
                 stats: NetStats::default(),
                 tracker: Tracker::default(),
@@ -821,11 +912,69 @@ impl Sim {
         self.net.push(at, Event::Stop { node: id });
     }
 
-    /// Node `id` crashes: its state, timers and incoming messages vanish.
+    /// Node `id` crashes: its state, timers and incoming messages vanish. With
+    /// [`SimConfig::close_on_crash`], its open connections break too.
     pub fn crash(&mut self, id: u32) {
+        let running = self.nodes.get(id as usize).is_some_and(|n| n.is_some());
+        self.stop(id);
+        let Some(delay) = self.net.config.close_on_crash else {
+            return;
+        };
+        if !running {
+            return;
+        }
+        let mut peers: Vec<u32> = self
+            .net
+            .conns
+            .iter()
+            .filter_map(|&(a, b)| match (a == id, b == id) {
+                (true, _) => Some(b),
+                (_, true) => Some(a),
+                _ => None,
+            })
+            .collect();
+        peers.sort_unstable();
+        let at = self.net.now + delay.as_nanos() as u64;
+        for peer in peers {
+            self.net.conns.remove(&(id.min(peer), id.max(peer)));
+            if self.is_alive(peer) && self.net.failing.insert((peer, id)) {
+                self.net.push(
+                    at,
+                    Event::LinkFailed {
+                        node: peer,
+                        peer: id,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drop node `id`'s state, timers and incoming messages (a crash, or the end of a leave).
+    fn stop(&mut self, id: u32) {
         if let Some(slot) = self.nodes.get_mut(id as usize) {
             *slot = None;
             self.status[id as usize] = NodeStatus::Dead;
+        }
+    }
+
+    /// Log what happens to `nodes` (every node if empty), up to `cap` lines; see
+    /// [`Sim::take_log`]. For diagnosis: the run and its trace hash stay the same.
+    pub fn log_nodes(&mut self, nodes: impl IntoIterator<Item = u32>, cap: usize) {
+        self.net.log = Some(EventLog {
+            nodes: nodes.into_iter().collect(),
+            cap,
+            ..EventLog::default()
+        });
+    }
+
+    /// The lines logged so far (and how many did not fit), leaving the log on and empty.
+    pub fn take_log(&mut self) -> (Vec<String>, u64) {
+        match &mut self.net.log {
+            Some(log) => (
+                std::mem::take(&mut log.lines),
+                std::mem::take(&mut log.dropped),
+            ),
+            None => (Vec::new(), 0),
         }
     }
 
@@ -950,6 +1099,11 @@ impl Sim {
                     && !self.separated(from, to);
                 if !reachable {
                     self.net.stats.unreachable += 1;
+                    if let Some(log) = &mut self.net.log
+                        && log.wants(from, to)
+                    {
+                        log.push(t, format_args!("{from} -> {to} UNREACHABLE {msg:?}"));
+                    }
                     let sender_up = self.nodes.get(from as usize).is_some_and(|n| n.is_some());
                     if sender_up && self.net.failing.insert((from, to)) {
                         let at = t + self.net.config.connect_timeout.as_nanos() as u64;
@@ -971,6 +1125,11 @@ impl Sim {
                     kind ^= mix(u64::from(g.id.origin) << 32 ^ g.id.seq);
                 }
                 self.trace(t, to, kind);
+                if let Some(log) = &mut self.net.log
+                    && log.wants(from, to)
+                {
+                    log.push(t, format_args!("{from} -> {to} {msg:?}"));
+                }
                 self.handle(to, InEvent::RecvMessage(from, msg));
             }
             Event::Timer { node, timer } => {
@@ -983,12 +1142,25 @@ impl Sim {
                     };
                     self.net.stats.timers[layer] += 1;
                     self.trace(t, node, timer_kind(&timer));
+                    if let Some(log) = &mut self.net.log
+                        && log.wants(node, node)
+                    {
+                        log.push(t, format_args!("{node} timer {timer:?}"));
+                    }
                     self.handle(node, InEvent::TimerExpired(timer));
                 }
             }
             Event::LinkFailed { node, peer } => {
                 self.net.failing.remove(&(node, peer));
+                if self.net.config.close_on_crash.is_some() {
+                    self.net.conns.remove(&(node.min(peer), node.max(peer)));
+                }
                 if self.nodes.get(node as usize).is_some_and(|n| n.is_some()) {
+                    if let Some(log) = &mut self.net.log
+                        && log.wants(node, peer)
+                    {
+                        log.push(t, format_args!("{node} link to {peer} failed"));
+                    }
                     self.net.stats.link_failures += 1;
                     self.trace(t, node, 0x4c46 ^ u64::from(peer) << 40);
                     self.handle(node, InEvent::LinkFailed(peer));
@@ -996,7 +1168,7 @@ impl Sim {
             }
             Event::Stop { node } => {
                 self.trace(t, node, 0x5354);
-                self.crash(node);
+                self.stop(node);
             }
         }
     }

@@ -550,6 +550,56 @@ fn an_orphan_grafts_at_once_an_announcer_one_hop_deeper_than_its_lost_parent() {
 }
 
 #[test]
+fn the_parent_announcing_after_another_link_is_grafted_at_once() {
+    // 1 is our parent for origin 9. It pruned us while 9's next message passed it (our GRAFT
+    // back was crossing), so 3 announces it first, then 1: the tree will not bring it, and
+    // waiting out the timer 3's announcement started costs `graft_timeout_1` (the ~80 ms
+    // spread outliers of the 200-node bench).
+    let mut b = Node::with_neighbors(2, Config::lan(), &[1, 3]);
+    b.recv(1, gossip(9, 1, 1));
+    assert!(sends(&b.recv(3, ihave(9, 2, 3))).is_empty());
+    assert_eq!(
+        sends(&b.recv(1, ihave(9, 2, 2))),
+        vec![(1, &Message::Graft(Some(id(9, 2))))]
+    );
+    // Another announcer after the first waits as before.
+    let mut c = Node::with_neighbors(2, Config::lan(), &[1, 3, 4]);
+    c.recv(1, gossip(9, 1, 1));
+    assert!(sends(&c.recv(3, ihave(9, 2, 3))).is_empty());
+    assert!(sends(&c.recv(4, ihave(9, 2, 3))).is_empty());
+    // The parent's announcement counts even when `max_announcers` others came first.
+    let config = Config {
+        max_announcers: 2,
+        ..Config::lan()
+    };
+    let mut d = Node::with_neighbors(2, config, &[1, 3, 4, 5]);
+    d.recv(1, gossip(9, 1, 1));
+    for p in [3, 4, 5] {
+        assert!(sends(&d.recv(p, ihave(9, 2, 3))).is_empty());
+    }
+    assert_eq!(
+        sends(&d.recv(1, ihave(9, 2, 2))),
+        vec![(1, &Message::Graft(Some(id(9, 2))))]
+    );
+}
+
+#[test]
+fn an_orphan_grafts_at_once_a_close_announcer_that_came_after_a_deep_one() {
+    // Seen in the 200-node TCP bench (92 ms): the orphan's first announcement was too deep to
+    // graft at once, and the close one after it waited for the deep one's timer.
+    let mut b = Node::with_neighbors(2, Config::lan(), &[1, 3, 4, 5]);
+    b.recv(1, gossip(9, 1, 1));
+    b.handle(InEvent::NeighborDown(1));
+    assert!(sends(&b.recv(3, ihave(9, 2, 5))).is_empty());
+    assert_eq!(
+        sends(&b.recv(4, ihave(9, 2, 2))),
+        vec![(4, &Message::Graft(Some(id(9, 2))))]
+    );
+    // One GRAFT at a time: the next close announcer waits for `graft_timeout_2`.
+    assert!(sends(&b.recv(5, ihave(9, 2, 2))).is_empty());
+}
+
+#[test]
 fn a_parent_that_is_not_a_neighbour_does_not_stall_the_tree() {
     // The overlay is asymmetric for a moment: 7 pushes to 2, though 2 does not have 7 up. 7
     // becomes the parent for origin 9, but nothing tells 2 when 7 drops the link, so the next
