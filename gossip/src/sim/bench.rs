@@ -143,7 +143,7 @@ impl BenchReport {
                 "\"spread_max_ms\":{},\"spread_max_last\":{},\"spreads_complete\":{},",
                 "\"false_suspicions\":{},\"detect_s\":{},\"slowest_pair\":{},",
                 "\"killed_at_s\":{:.3},\"killed\":{:?},\"one_sided\":[{}],\"empty\":{:?},",
-                "\"unwatched\":{:?},\"events\":{},\"trace_hash\":\"{:016x}\"}}"
+                "\"unwatched\":{:?},\"active_sizes\":{:?},\"events\":{},\"trace_hash\":\"{:016x}\"}}"
             ),
             self.seed,
             self.contact,
@@ -171,6 +171,7 @@ impl BenchReport {
                 .join(","),
             self.overlay.empty,
             self.overlay.unwatched,
+            self.overlay.sizes,
             self.events,
             self.trace_hash,
         )
@@ -188,6 +189,8 @@ pub struct Overlay {
     pub empty: Vec<u32>,
     /// Live nodes no other live node holds as active (nobody watches them).
     pub unwatched: Vec<u32>,
+    /// `sizes[k]`: live nodes with `k` active neighbours.
+    pub sizes: Vec<usize>,
 }
 
 impl Overlay {
@@ -197,9 +200,9 @@ impl Overlay {
         let mut watched = vec![false; sim.len() as usize];
         for a in sim.alive() {
             let Some(node) = sim.node(a) else { continue };
-            let mut any = false;
+            let mut size = 0;
             for &b in node.membership().active_view() {
-                any = true;
+                size += 1;
                 watched[b as usize] = true;
                 let back = sim
                     .node(b)
@@ -208,9 +211,13 @@ impl Overlay {
                     out.one_sided.push((a, b));
                 }
             }
-            if !any {
+            if size == 0 {
                 out.empty.push(a);
             }
+            if out.sizes.len() <= size {
+                out.sizes.resize(size + 1, 0);
+            }
+            out.sizes[size] += 1;
         }
         out.unwatched = sim.alive().filter(|&a| !watched[a as usize]).collect();
         out
