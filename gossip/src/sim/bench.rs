@@ -119,6 +119,8 @@ pub struct BenchReport {
     pub killed_at: Duration,
     /// The overlay just before the kill.
     pub overlay: Overlay,
+    /// Killed nodes no survivor held as an active neighbour: only a random probe finds them.
+    pub unwatched_killed: Vec<u32>,
     /// Events processed.
     pub events: u64,
     /// Trace hash.
@@ -143,7 +145,7 @@ impl BenchReport {
                 "\"spread_max_ms\":{},\"spread_max_last\":{},\"spreads_complete\":{},",
                 "\"false_suspicions\":{},\"detect_s\":{},\"slowest_pair\":{},",
                 "\"killed_at_s\":{:.3},\"killed\":{:?},\"one_sided\":[{}],\"empty\":{:?},",
-                "\"unwatched\":{:?},\"active_sizes\":{:?},\"events\":{},\"trace_hash\":\"{:016x}\"}}"
+                "\"unwatched\":{:?},\"active_sizes\":{:?},\"unwatched_killed\":{:?},\"events\":{},\"trace_hash\":\"{:016x}\"}}"
             ),
             self.seed,
             self.contact,
@@ -172,6 +174,7 @@ impl BenchReport {
             self.overlay.empty,
             self.overlay.unwatched,
             self.overlay.sizes,
+            self.unwatched_killed,
             self.events,
             self.trace_hash,
         )
@@ -333,6 +336,18 @@ pub fn run_with(cfg: &BenchConfig, mut observe: impl FnMut(&mut Sim, Stage)) -> 
             .take(kill.saturating_sub(killed.len())),
     );
     killed.sort_unstable();
+    let unwatched_killed: Vec<u32> = killed
+        .iter()
+        .copied()
+        .filter(|k| {
+            !sim.alive().any(|s| {
+                !killed.contains(&s)
+                    && sim
+                        .node(s)
+                        .is_some_and(|n| n.membership().active_view().any(|p| p == k))
+            })
+        })
+        .collect();
     for &k in &killed {
         sim.crash(k);
     }
@@ -377,6 +392,7 @@ pub fn run_with(cfg: &BenchConfig, mut observe: impl FnMut(&mut Sim, Stage)) -> 
         slowest_pair: slowest,
         killed_at,
         overlay,
+        unwatched_killed,
         events: sim.stats().events,
         trace_hash: sim.trace_hash(),
     }
