@@ -117,6 +117,10 @@ pub struct BenchReport {
     pub slowest_pair: Option<(u32, u32, Duration)>,
     /// Virtual time of the kill.
     pub killed_at: Duration,
+    /// The overlay just before the kill.
+    pub overlay: Overlay,
+    /// Killed nodes no survivor held as an active neighbour: only a random probe finds them.
+    pub unwatched_killed: Vec<u32>,
     /// Events processed.
     pub events: u64,
     /// Trace hash.
@@ -140,7 +144,8 @@ impl BenchReport {
                 "{{\"seed\":{},\"contact\":{},\"converge_s\":{},\"spread_p50_ms\":{},",
                 "\"spread_max_ms\":{},\"spread_max_last\":{},\"spreads_complete\":{},",
                 "\"false_suspicions\":{},\"detect_s\":{},\"slowest_pair\":{},",
-                "\"killed_at_s\":{:.3},\"killed\":{:?},\"events\":{},\"trace_hash\":\"{:016x}\"}}"
+                "\"killed_at_s\":{:.3},\"killed\":{:?},\"one_sided\":[{}],\"empty\":{:?},",
+                "\"unwatched\":{:?},\"active_sizes\":{:?},\"unwatched_killed\":{:?},\"events\":{},\"trace_hash\":\"{:016x}\"}}"
             ),
             self.seed,
             self.contact,
@@ -160,9 +165,70 @@ impl BenchReport {
             )),
             self.killed_at.as_secs_f64(),
             self.killed,
+            self.overlay
+                .one_sided
+                .iter()
+                .map(|(a, b)| format!("[{a},{b}]"))
+                .collect::<Vec<_>>()
+                .join(","),
+            self.overlay.empty,
+            self.overlay.unwatched,
+            self.overlay.sizes,
+            self.unwatched_killed,
             self.events,
             self.trace_hash,
         )
+    }
+}
+
+/// The active views of the live nodes at one instant: HyParView's links are symmetric once
+/// messages in flight have arrived, and a crash is noticed fast only by the nodes that hold the
+/// crashed node as an active neighbour (the others wait for a random SWIM probe).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overlay {
+    /// Ordered pairs `(a, b)`: `b` is in `a`'s active view but `a` is not in `b`'s.
+    pub one_sided: Vec<(u32, u32)>,
+    /// Live nodes with an empty active view.
+    pub empty: Vec<u32>,
+    /// Live nodes no other live node holds as active (nobody watches them).
+    pub unwatched: Vec<u32>,
+    /// `sizes[k]`: live nodes with `k` active neighbours.
+    pub sizes: Vec<usize>,
+}
+
+impl Overlay {
+    /// Read the active views of the live nodes of `sim`.
+    pub fn check(sim: &Sim) -> Self {
+        let mut out = Self::default();
+        let mut watched = vec![false; sim.len() as usize];
+        for a in sim.alive() {
+            let Some(node) = sim.node(a) else { continue };
+            let mut size = 0;
+            for &b in node.membership().active_view() {
+                size += 1;
+                watched[b as usize] = true;
+                let back = sim
+                    .node(b)
+                    .is_some_and(|n| n.membership().active_view().any(|&p| p == a));
+                if !back {
+                    out.one_sided.push((a, b));
+                }
+            }
+            if size == 0 {
+                out.empty.push(a);
+            }
+            if out.sizes.len() <= size {
+                out.sizes.resize(size + 1, 0);
+            }
+            out.sizes[size] += 1;
+        }
+        out.unwatched = sim.alive().filter(|&a| !watched[a as usize]).collect();
+        out
+    }
+
+    /// Whether every link is symmetric and every node has and is an active neighbour.
+    pub fn is_sound(&self) -> bool {
+        self.one_sided.is_empty() && self.empty.is_empty() && self.unwatched.is_empty()
     }
 }
 
@@ -251,6 +317,7 @@ pub fn run_with(cfg: &BenchConfig, mut observe: impl FnMut(&mut Sim, Stage)) -> 
     let false_suspicions = sim.stats().suspect_or_down_events - before;
 
     // 4. Kill.
+    let overlay = Overlay::check(&sim);
     let mut candidates: Vec<u32> = sim
         .alive()
         .filter(|&id| id != contact && !cfg.victims.contains(&id))
@@ -269,6 +336,18 @@ pub fn run_with(cfg: &BenchConfig, mut observe: impl FnMut(&mut Sim, Stage)) -> 
             .take(kill.saturating_sub(killed.len())),
     );
     killed.sort_unstable();
+    let unwatched_killed: Vec<u32> = killed
+        .iter()
+        .copied()
+        .filter(|k| {
+            !sim.alive().any(|s| {
+                !killed.contains(&s)
+                    && sim
+                        .node(s)
+                        .is_some_and(|n| n.membership().active_view().any(|p| p == k))
+            })
+        })
+        .collect();
     for &k in &killed {
         sim.crash(k);
     }
@@ -312,6 +391,8 @@ pub fn run_with(cfg: &BenchConfig, mut observe: impl FnMut(&mut Sim, Stage)) -> 
         detect,
         slowest_pair: slowest,
         killed_at,
+        overlay,
+        unwatched_killed,
         events: sim.stats().events,
         trace_hash: sim.trace_hash(),
     }
