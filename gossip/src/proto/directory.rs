@@ -184,6 +184,10 @@ const MAX_CONFIRMS: usize = 64;
 /// About how many nodes of the whole cluster ping a silent beacon source per heal interval.
 const BEACON_FANOUT: usize = 4;
 
+/// Most former neighbours remembered, whose failed sends are probed (see
+/// [`InEvent::Unreachable`]).
+const MAX_FORMER_NEIGHBOURS: usize = 16;
+
 /// Most collectors passed over at once for being unreachable (see [`InEvent::Unreachable`]).
 const MAX_UNREACHABLE: usize = 32;
 
@@ -503,7 +507,9 @@ pub enum InEvent<P: PeerId> {
     /// A message to this peer, outside the active view, could not be delivered: the transport
     /// could not open the link or lost it. Routine for most peers; but if facts forwarded to
     /// it as the collector wait for its acknowledgement, they go to the next collector at once
-    /// while it is probed (see "Spreading facts cheaply").
+    /// while it is probed (see "Spreading facts cheaply"). A recent neighbour (its link closed
+    /// without a failure, e.g. evicted for a newcomer) is probed like a lost link: its crash
+    /// may have shown only here.
     Unreachable(P),
     /// Change this node's metadata.
     SetMetadata(Bytes),
@@ -775,6 +781,10 @@ pub struct State<P: PeerId> {
     /// Start of the current exchange-limit window and the exchanges answered in it.
     exchange_window: Option<(Instant, usize)>,
     neighbours: Vec<P>,
+    /// The last neighbours whose link closed without a failure (an eviction, a shuffle), at
+    /// most [`MAX_FORMER_NEIGHBOURS`]: a failed send to one of them is probed like a lost
+    /// link (see [`InEvent::Unreachable`]).
+    former_neighbours: VecDeque<P>,
     seeds: Vec<P>,
     synced: bool,
     sync_requested: bool,
@@ -828,6 +838,7 @@ impl<P: PeerId> State<P> {
             ae_rounds: 0,
             exchange_window: None,
             neighbours: Vec::new(),
+            former_neighbours: VecDeque::new(),
             seeds: Vec::new(),
             synced: false,
             sync_requested: false,
@@ -904,6 +915,11 @@ impl<P: PeerId> State<P> {
             InEvent::NeighborUp(peer) => self.on_neighbor_up(peer, now, out),
             InEvent::NeighborDown(peer) => {
                 self.neighbours.retain(|p| *p != peer);
+                self.former_neighbours.retain(|p| *p != peer);
+                if self.former_neighbours.len() >= MAX_FORMER_NEIGHBOURS {
+                    self.former_neighbours.pop_front();
+                }
+                self.former_neighbours.push_back(peer);
                 // Isolated again: broadcasts will miss it until its next link.
                 self.catch_up_armed &= !self.neighbours.is_empty();
             }
@@ -919,7 +935,16 @@ impl<P: PeerId> State<P> {
                 self.confirm(peer, now, rng, out);
             }
             InEvent::Unreachable(peer) => {
-                if self.pass_over_collector(peer) {
+                // A neighbour dropped from the view (evicted for a newcomer) just before its
+                // crash showed: its failed send is the only hint this node will get, so probe
+                // it as a lost link (traced: 10k nodes, half crashed, a survivor evicted its
+                // crashed neighbour 64 ms before the link failed; no one else watched it and
+                // the random probe found it 25 s later).
+                let former = self.former_neighbours.iter().position(|p| *p == peer);
+                if let Some(i) = former {
+                    self.former_neighbours.remove(i);
+                }
+                if self.pass_over_collector(peer) | former.is_some() {
                     self.confirm(peer, now, rng, out);
                 }
             }
@@ -1594,6 +1619,7 @@ impl<P: PeerId> State<P> {
         if peer == self.me {
             return;
         }
+        self.former_neighbours.retain(|p| *p != peer);
         if !self.neighbours.contains(&peer) {
             if self.neighbours.len() >= MAX_NEIGHBOURS {
                 // The overlay's active view is far smaller; a missed `NeighborDown` must not

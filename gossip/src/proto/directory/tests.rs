@@ -2302,3 +2302,26 @@ fn a_healthy_quiet_overlay_suspects_no_split() {
     }
     assert_eq!(forced(&sim), before, "no link forced in a healthy overlay");
 }
+
+#[test]
+fn a_former_neighbour_that_became_unreachable_is_probed_and_suspected() {
+    // Traced in the 10k-node sim (seed 1, half crashed): a survivor evicted a crashed neighbour
+    // for a newcomer before the failure showed; the link failure came after, outside the active
+    // view, and was dropped as routine: nobody else watched the node and the random probe found
+    // it 25 s later. A former neighbour's failed send must be probed like a lost link.
+    let c = Config::default();
+    let mut t = T::new(5);
+    t.update(9, &[alive(1, 0), alive(7, 0), alive(8, 0)]);
+    t.handle(InEvent::NeighborUp(7));
+    t.handle(InEvent::NeighborDown(7));
+    let s = sends(&t.handle(InEvent::Unreachable(7)));
+    let [(7, Message::Ping { seq }), ..] = s[..] else {
+        panic!("a former neighbour is probed: {s:?}")
+    };
+    t.now += c.probe_timeout.max(c.indirect_probe_timeout);
+    t.timer(Timer::ConfirmTimeout { id: 7, seq });
+    assert_eq!(t.st.get(&7), Some((Suspect, 0)));
+    // A member that was never a neighbour (and holds nothing of ours) stays routine.
+    let o = t.handle(InEvent::Unreachable(8));
+    assert!(o.is_empty(), "{o:?}");
+}
