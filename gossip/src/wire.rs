@@ -971,19 +971,27 @@ mod tests {
         assert!(!refused(&[(1, &[(u64::MAX - 5, 6, 1)])]));
     }
 
+    /// IHAVE entries from generated `(origin, seq, hops)`; with `high`, the sequence numbers
+    /// count down from `u64::MAX` (ranges that end at the top of the space).
+    fn ihaves(ids: Vec<(u32, u64, u16)>, high: bool) -> Vec<plumtree::IHave<u32>> {
+        ids.into_iter()
+            .map(|(origin, seq, hops)| plumtree::IHave {
+                id: proto::MessageId {
+                    origin,
+                    seq: if high { u64::MAX - seq } else { seq },
+                },
+                hops,
+            })
+            .collect()
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 
         /// Any IHAVE, sorted or not, with any hop counts, decodes as it was encoded.
         #[test]
         fn any_ihave_round_trips(ids in proptest::collection::vec((0u32..3, 0u64..12, 1u16..3), 0..64), high in proptest::prelude::any::<bool>()) {
-            let ids: Vec<_> = ids
-                .into_iter()
-                .map(|(origin, seq, hops)| plumtree::IHave {
-                    id: proto::MessageId { origin, seq: if high { u64::MAX - seq } else { seq } },
-                    hops,
-                })
-                .collect();
+            let ids = ihaves(ids, high);
             let m = plumtree::Message::IHave(ids.into());
             proptest::prop_assert_eq!(decode::<plumtree::Message<u32>>(&encode(&m), 1 << 16).unwrap(), m);
         }
@@ -992,13 +1000,7 @@ mod tests {
         /// reference and by value; a truncated one, the first ones.
         #[test]
         fn an_ihave_batch_gives_back_its_ids(ids in proptest::collection::vec((0u32..3, 0u64..12, 1u16..3), 0..64), high in proptest::prelude::any::<bool>(), keep in 0usize..80) {
-            let ids: Vec<_> = ids
-                .into_iter()
-                .map(|(origin, seq, hops)| plumtree::IHave {
-                    id: proto::MessageId { origin, seq: if high { u64::MAX - seq } else { seq } },
-                    hops,
-                })
-                .collect();
+            let ids = ihaves(ids, high);
             let mut batch = plumtree::IHaves::new();
             for &ihave in &ids {
                 batch.push(ihave);
