@@ -483,19 +483,7 @@ impl<P: PeerId> IHaves<P> {
 
     /// Append one announcement: it extends the last range when it continues it.
     pub fn push(&mut self, ihave: IHave<P>) {
-        self.len += 1;
-        if let Some(last) = self.ranges.last_mut()
-            && last.continued_by(&ihave)
-        {
-            last.count += 1;
-            return;
-        }
-        self.ranges.push(IHaveRange {
-            origin: ihave.id.origin,
-            first: ihave.id.seq,
-            count: 1,
-            hops: ihave.hops,
-        });
+        self.push_range(ihave.id.origin, ihave.id.seq, 1, ihave.hops);
     }
 
     /// Append `count` (at least 1) consecutive ids from `first`, as `count` pushes would.
