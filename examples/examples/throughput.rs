@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures::FutureExt;
 use gossip::transport::memory::MemoryNetwork;
 use gossip::{Config, Node, Tag};
 use serde::{Deserialize, Serialize};
@@ -145,41 +144,35 @@ async fn phase(
         );
         receivers.push(tokio::spawn(async move {
             let mut local = Vec::new();
-            'receive: loop {
-                let first = tokio::select! {
+            let mut batch = Vec::with_capacity(256);
+            loop {
+                // The messages already queued when this task wakes arrived together: one call
+                // takes them all (at most 256), with one clock reading and one update of the
+                // shared counters for them, not one per message (the harness must not burn CPU
+                // the protocol is charged for).
+                let got = tokio::select! {
                     biased;
-                    m = node.recv() => m,
+                    got = node.recv_many(&mut batch, 256) => got,
                     _ = stop.changed() => break,
                 };
-                // The messages already queued when this task wakes arrived together: one clock
-                // reading and one update of the shared counters for them (at most 256), not one
-                // per message (the harness must not burn CPU the protocol is charged for).
+                match got {
+                    Ok(_) => {}
+                    Err(gossip::Error::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
                 let now = start.elapsed().as_micros() as u64;
                 let mut count = 0u64;
-                let mut next = Some(first);
-                while let Some(m) = next.take() {
-                    match m {
-                        Ok(m) => {
-                            let blob = if copy_payload {
-                                // What `m.decode()` does, minus the sharing: the payload is
-                                // decoded from a plain slice, so `data` is copied.
-                                gossip::codec::decode_payload::<Blob>(m.payload())
-                            } else {
-                                m.decode::<Blob>()
-                            };
-                            if let Ok(b) = blob {
-                                local.push(now.saturating_sub(b.sent_at_us));
-                                count += 1;
-                            }
-                        }
-                        Err(gossip::Error::Lagged(_)) => {}
-                        Err(_) => {
-                            delivered.fetch_add(count, Ordering::Relaxed);
-                            break 'receive;
-                        }
-                    }
-                    if count < 256 {
-                        next = node.recv().now_or_never();
+                for m in batch.drain(..) {
+                    let blob = if copy_payload {
+                        // What `m.decode()` does, minus the sharing: the payload is decoded
+                        // from a plain slice, so `data` is copied.
+                        gossip::codec::decode_payload::<Blob>(m.payload())
+                    } else {
+                        m.decode::<Blob>()
+                    };
+                    if let Ok(b) = blob {
+                        local.push(now.saturating_sub(b.sent_at_us));
+                        count += 1;
                     }
                 }
                 delivered.fetch_add(count, Ordering::Relaxed);

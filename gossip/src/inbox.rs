@@ -121,18 +121,51 @@ impl<T> Inbox<T> {
         inner.closed.then_some(Pop::Closed)
     }
 
+    /// Up to `limit` (at least 1) items appended to `out` under one lock, oldest first. A lag
+    /// comes first, alone; a lag that happened behind items already taken waits for the
+    /// next call.
+    fn try_pop_many(&self, out: &mut Vec<T>, limit: usize) -> Option<Pop<usize>> {
+        let mut inner = self.lock();
+        if inner.lagged > 0 {
+            let n = std::mem::take(&mut inner.lagged);
+            return Some(Pop::Lagged(n));
+        }
+        let n = inner.items.len().min(limit.max(1));
+        if n == 0 {
+            return inner.closed.then_some(Pop::Closed);
+        }
+        out.extend(inner.items.drain(..n));
+        if !inner.items.is_empty() {
+            drop(inner);
+            self.notify.notify_one();
+        }
+        Some(Pop::Item(n))
+    }
+
     /// Wait for the next item. Cancel safe: nothing is lost if the future is dropped.
     pub(crate) async fn pop(&self) -> Pop<T> {
-        // A receiver that keeps up finds items waiting: take one without registering a waiter.
-        if let Some(pop) = self.try_pop() {
-            return pop;
+        self.wait(|| self.try_pop()).await
+    }
+
+    /// Wait until there is at least one item, then take up to `limit` of them into `out`
+    /// (see [`Self::try_pop_many`]). Cancel safe, as [`Self::pop`].
+    pub(crate) async fn pop_many(&self, out: &mut Vec<T>, limit: usize) -> Pop<usize> {
+        self.wait(|| self.try_pop_many(out, limit)).await
+    }
+
+    /// Retry `attempt` until it gives something, sleeping on the queue's notifications between
+    /// tries. A receiver that keeps up finds items waiting: it takes them without registering
+    /// a waiter.
+    async fn wait<R>(&self, mut attempt: impl FnMut() -> Option<R>) -> R {
+        if let Some(r) = attempt() {
+            return r;
         }
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(pop) = self.try_pop() {
-                return pop;
+            if let Some(r) = attempt() {
+                return r;
             }
             notified.await;
         }
@@ -176,6 +209,30 @@ mod tests {
             task
         };
         assert!(waiter.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn pop_many_takes_a_batch_and_reports_a_lag_alone_and_first() {
+        let inbox = Inbox::new(4);
+        inbox.push_all(&mut (0..6).collect());
+        let mut got = Vec::new();
+        assert!(matches!(inbox.pop_many(&mut got, 3).await, Pop::Lagged(2)));
+        assert!(got.is_empty());
+        assert!(matches!(inbox.pop_many(&mut got, 3).await, Pop::Item(3)));
+        assert_eq!(got, [2, 3, 4]);
+        // Overflow behind the items not yet taken: the next call takes none and reports it.
+        inbox.push_all(&mut (6..10).collect());
+        assert!(matches!(inbox.pop_many(&mut got, 10).await, Pop::Lagged(1)));
+        assert!(matches!(inbox.pop_many(&mut got, 10).await, Pop::Item(4)));
+        assert_eq!(got, [2, 3, 4, 6, 7, 8, 9]);
+        inbox.close();
+        assert!(matches!(inbox.pop_many(&mut got, 10).await, Pop::Closed));
+        // A limit of 0 takes one, as a plain pop would.
+        let inbox = Inbox::new(4);
+        inbox.push_all(&mut vec![1, 2]);
+        let mut one = Vec::new();
+        assert!(matches!(inbox.pop_many(&mut one, 0).await, Pop::Item(1)));
+        assert_eq!(one, [1]);
     }
 
     #[tokio::test]

@@ -9,15 +9,15 @@ use common::*;
 use gossip::transport::memory::MemoryNetwork;
 use gossip::{Config, Node};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_receiver_gets_a_lag_count_then_continues() {
-    let net = MemoryNetwork::new(3);
+/// A sender and a receiver whose queue holds 8 messages; 20 broadcasts, all of them in the
+/// receiver's queue or skipped (8 kept, 12 skipped) when this returns.
+async fn slow_receiver_behind_20_broadcasts(net: &MemoryNetwork) -> (Node, Node) {
     let sender = Node::builder()
         .config(Config {
             seed: Some(1),
             ..test_config()
         })
-        .memory(&net)
+        .memory(net)
         .unwrap();
     let slow = Node::builder()
         .config(Config {
@@ -25,7 +25,7 @@ async fn a_slow_receiver_gets_a_lag_count_then_continues() {
             recv_capacity: 8,
             ..test_config()
         })
-        .memory(&net)
+        .memory(net)
         .unwrap();
     slow.join(sender.local_addr()).await.unwrap();
     let both = [sender.clone(), slow.clone()];
@@ -35,13 +35,19 @@ async fn a_slow_receiver_gets_a_lag_count_then_continues() {
     for n in 0..20u32 {
         sender.broadcast(&Commit { from: 0, n }).await.unwrap();
     }
-    // Wait until all 20 reached the slow node's queue (8 kept, 12 skipped).
     assert!(
         eventually(Duration::from_secs(10), || async {
             slow.stats().await.is_ok_and(|s| s.delivered == 20)
         })
         .await
     );
+    (sender, slow)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_gets_a_lag_count_then_continues() {
+    let net = MemoryNetwork::new(3);
+    let (_sender, slow) = slow_receiver_behind_20_broadcasts(&net).await;
     match slow.recv().await {
         Err(gossip::Error::Lagged(skipped)) => assert_eq!(skipped, 12),
         other => panic!("expected a lag report, got {other:?}"),
@@ -58,4 +64,22 @@ async fn a_slow_receiver_gets_a_lag_count_then_continues() {
         Some(Inbox::Commit(Commit { n: 19, .. }))
     ));
     assert_eq!(slow.stats().await.unwrap().lagged, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_many_reports_the_lag_alone_then_takes_the_kept_messages_in_order() {
+    let net = MemoryNetwork::new(4);
+    let (_sender, slow) = slow_receiver_behind_20_broadcasts(&net).await;
+    let mut batch = Vec::new();
+    match slow.recv_many(&mut batch, 100).await {
+        Err(gossip::Error::Lagged(skipped)) => assert_eq!(skipped, 12),
+        other => panic!("expected a lag report, got {other:?}"),
+    }
+    assert!(batch.is_empty(), "a lag report comes alone");
+    // At most `limit` per call, appended in order.
+    assert_eq!(slow.recv_many(&mut batch, 5).await.unwrap(), 5);
+    assert_eq!(slow.recv_many(&mut batch, 100).await.unwrap(), 3);
+    let got: Vec<Commit> = batch.iter().map(|m| m.decode().unwrap()).collect();
+    let want: Vec<Commit> = (12..20).map(|n| Commit { from: 0, n }).collect();
+    assert_eq!(got, want);
 }
