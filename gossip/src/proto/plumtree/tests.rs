@@ -169,6 +169,49 @@ fn gossip_is_delivered_once_pushed_eagerly_and_announced_lazily() {
     assert_eq!(b.state.stats().delivered, 1);
 }
 
+/// An IHAVE batch is bounded by its ranges, not by a small id count: under one busy sender a
+/// lazy link gets one IHAVE per dispatch timer however many ids it announces, while
+/// interleaved origins (a range per id) send it once it holds `MAX_IHAVE_RANGES` ranges.
+#[test]
+fn a_busy_lazy_link_gets_one_ihave_per_dispatch_and_ranges_bound_a_batch() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4]);
+    b.recv(4, Message::PruneOrigin(1));
+    b.recv(4, Message::PruneOrigin(5));
+    let n = 3000;
+    for seq in 1..=n {
+        let out = b.recv(1, gossip(1, seq, 1));
+        assert_eq!(sends(&out), vec![(3, &gossip(1, seq, 2))], "seq {seq}");
+    }
+    let out = b.timer(Timer::DispatchLazyPush);
+    let want: IHaves<u32> = (1..=n)
+        .map(|seq| IHave {
+            id: id(1, seq),
+            hops: 2,
+        })
+        .collect();
+    assert_eq!(out, vec![OutEvent::SendMessage(4, Message::IHave(want))]);
+
+    // Two origins in turn: every id starts a range.
+    let mut sent = Vec::new();
+    for seq in n + 1..=n + MAX_IHAVE_RANGES as u64 / 2 {
+        for origin in [1, 5] {
+            let out = b.recv(1, gossip(origin, seq, 1));
+            sent.extend(
+                sends(&out)
+                    .into_iter()
+                    .filter(|(to, _)| *to == 4)
+                    .map(|(_, m)| m.clone()),
+            );
+        }
+    }
+    let [Message::IHave(batch)] = &sent[..] else {
+        panic!("one IHAVE at the range cap: {sent:?}")
+    };
+    assert_eq!(batch.len(), MAX_IHAVE_RANGES);
+    assert_eq!(batch.iter().nth(1).unwrap().id, id(5, n + 1));
+    assert!(b.timer(Timer::DispatchLazyPush).is_empty());
+}
+
 #[test]
 fn duplicate_prunes_the_sender() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
@@ -2131,8 +2174,10 @@ fn cache_rings_hold_what_an_ordered_map_would() {
     }
     let mut spilled = 0;
     let mut by_bytes = 0;
+    let mut found_in_rings = 0;
     for seed in 0..40u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
+        let mut finds = SmallRng::seed_from_u64(seed + 1000);
         let capacity = [1, 7, 64, 300][seed as usize % 4];
         // Unbounded, or a budget that binds before the count does (at most 40 bytes a payload).
         let max_bytes = [usize::MAX, 1000, 300, 40, 0][seed as usize % 5];
@@ -2208,6 +2253,20 @@ fn cache_rings_hold_what_an_ordered_map_would() {
                 slots += ring.slots.len();
             }
             assert!(slots <= 10 * cache.len);
+            // `find` over a window answers what one `get` per seq would.
+            let o = finds.random_range(0..4u32);
+            let first = high[o as usize]
+                .saturating_sub(finds.random_range(0..400))
+                .max(1);
+            let last = first + finds.random_range(0..300);
+            let odd = |c: &Cached<u32>| c.hops % 2 == 1;
+            let found = cache.find(o, first, last, odd);
+            assert_eq!(
+                found,
+                (first..=last).find(|&s| model.contains_key(&id(o, s)) && s as u16 % 2 == 1),
+                "seed {seed} step {step}"
+            );
+            found_in_rings += usize::from(found.is_some() && cache.sparse.is_empty());
             spilled += cache.sparse.len();
             for (k, &(t, size)) in &model {
                 let c = cache.get(k).expect("cached");
@@ -2218,6 +2277,8 @@ fn cache_rings_hold_what_an_ordered_map_would() {
     // The sparse side was exercised, not only the rings, and the byte budget evicted.
     assert!(spilled > 0);
     assert!(by_bytes > 1000, "{by_bytes}");
+    // `find` was checked on its one-pass path too, where it found something.
+    assert!(found_in_rings > 1000, "{found_in_rings}");
 }
 
 /// The ids of one IHAVE share one graft timer; a later IHAVE gets its own, and a timer grafts
