@@ -1386,8 +1386,10 @@ pub struct State<P: PeerId> {
 
 /// Cap on [`State::switched`].
 const SWITCHED_CAP: usize = 16;
-/// Cap on [`State::spare_announcers`].
-const SPARE_ANNOUNCERS: usize = 16;
+/// Cap on [`State::spare_announcers`]: an IHAVE batch (one per lazy link and
+/// `dispatch_timeout`) may announce hundreds of ids that the tree has not brought yet, each
+/// a list taken from here; 512 lists of 4 `NodeId` announcers are about 100 KiB.
+const SPARE_ANNOUNCERS: usize = 512;
 
 impl<P: PeerId> State<P> {
     /// A new broadcast layer for node `me`.
