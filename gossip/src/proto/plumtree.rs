@@ -498,6 +498,27 @@ impl<P: PeerId> IHaves<P> {
         self.push_range(ihave.id.origin, ihave.id.seq, 1, ihave.hops);
     }
 
+    /// Add one announcement, extending the range of its origin among the last
+    /// [`IHAVE_GROUP_SCAN`] ranges when it continues it, else appending it: with many origins
+    /// interleaved, each origin's ids stay one range instead of one range per id. The ids of one
+    /// origin keep their order; those of different origins may not.
+    fn push_grouped(&mut self, ihave: IHave<P>) {
+        let origin = ihave.id.origin;
+        if let Some(r) = self
+            .ranges
+            .iter_mut()
+            .rev()
+            .take(IHAVE_GROUP_SCAN)
+            .find(|r| r.origin == origin)
+            && r.continued_by(&ihave)
+        {
+            r.count += 1;
+            self.len += 1;
+            return;
+        }
+        self.push(ihave);
+    }
+
     /// Append `count` (at least 1) consecutive ids from `first`, as `count` pushes would.
     fn push_range(&mut self, origin: P, first: u64, count: u32, hops: u16) {
         let ihave = IHave {
@@ -545,6 +566,10 @@ impl<P: PeerId> IHaves<P> {
         self.ranges.iter().flat_map(IHaveRange::iter)
     }
 }
+
+/// How many of a batch's last ranges [`IHaves::push_grouped`] looks through for the range of
+/// an id's origin: a few more than the origins usually active at once.
+const IHAVE_GROUP_SCAN: usize = 32;
 
 impl<P: PeerId> FromIterator<IHave<P>> for IHaves<P> {
     fn from_iter<I: IntoIterator<Item = IHave<P>>>(iter: I) -> Self {
@@ -2533,7 +2558,7 @@ impl<P: PeerId> State<P> {
             }
         };
         let batch = &mut self.lazy_queue[i].1;
-        batch.push(ihave);
+        batch.push_grouped(ihave);
         // Bounded by its wire cost (ranges) and by its ids; otherwise the dispatch timer
         // sends it: a lone IHAVE frame costs a write here and a read and a turn there.
         if batch.len() >= full || batch.ranges.len() >= MAX_IHAVE_RANGES {

@@ -170,8 +170,9 @@ fn gossip_is_delivered_once_pushed_eagerly_and_announced_lazily() {
 }
 
 /// An IHAVE batch is bounded by its ranges, not by a small id count: under one busy sender a
-/// lazy link gets one IHAVE per dispatch timer however many ids it announces, while
-/// interleaved origins (a range per id) send it once it holds `MAX_IHAVE_RANGES` ranges.
+/// lazy link gets one IHAVE per dispatch timer however many ids it announces, interleaved
+/// origins keep a range each, and ids that make a range each send it once it holds
+/// `MAX_IHAVE_RANGES` ranges.
 #[test]
 fn a_busy_lazy_link_gets_one_ihave_per_dispatch_and_ranges_bound_a_batch() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4]);
@@ -191,24 +192,41 @@ fn a_busy_lazy_link_gets_one_ihave_per_dispatch_and_ranges_bound_a_batch() {
         .collect();
     assert_eq!(out, vec![OutEvent::SendMessage(4, Message::IHave(want))]);
 
-    // Two origins in turn: every id starts a range.
-    let mut sent = Vec::new();
-    for seq in n + 1..=n + MAX_IHAVE_RANGES as u64 / 2 {
+    // Two origins in turn: each keeps one range, in the order the origins came.
+    for seq in n + 1..=n + 100 {
         for origin in [1, 5] {
-            let out = b.recv(1, gossip(origin, seq, 1));
-            sent.extend(
-                sends(&out)
-                    .into_iter()
-                    .filter(|(to, _)| *to == 4)
-                    .map(|(_, m)| m.clone()),
-            );
+            assert_eq!(sends(&b.recv(1, gossip(origin, seq, 1))).len(), 1);
         }
+    }
+    let want: IHaves<u32> = [1, 5]
+        .into_iter()
+        .flat_map(|origin| {
+            (n + 1..=n + 100).map(move |seq| IHave {
+                id: id(origin, seq),
+                hops: 2,
+            })
+        })
+        .collect();
+    let out = b.timer(Timer::DispatchLazyPush);
+    assert_eq!(out, vec![OutEvent::SendMessage(4, Message::IHave(want))]);
+
+    // Every other id: each starts a range, and the batch goes at the range cap.
+    let mut sent = Vec::new();
+    let from = n + 101;
+    for k in 0..MAX_IHAVE_RANGES as u64 {
+        let out = b.recv(1, gossip(1, from + 2 * k, 1));
+        sent.extend(
+            sends(&out)
+                .into_iter()
+                .filter(|(to, _)| *to == 4)
+                .map(|(_, m)| m.clone()),
+        );
     }
     let [Message::IHave(batch)] = &sent[..] else {
         panic!("one IHAVE at the range cap: {sent:?}")
     };
     assert_eq!(batch.len(), MAX_IHAVE_RANGES);
-    assert_eq!(batch.iter().nth(1).unwrap().id, id(5, n + 1));
+    assert_eq!(batch.iter().nth(1).unwrap().id, id(1, from + 2));
     assert!(b.timer(Timer::DispatchLazyPush).is_empty());
 }
 
