@@ -168,7 +168,8 @@
 //! counted in [`Stats::dropped_invalid`]. Control messages (IHAVE, GRAFT, PRUNE, DIGEST) from a
 //! peer that is not a neighbour are ignored and counted. Every map has a count bound and an age
 //! bound.
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::RandomState;
 use std::ops::Bound;
 use std::time::Duration;
 
@@ -1384,7 +1385,12 @@ pub struct State<P: PeerId> {
     /// The latest instant [`Self::stamp`] converted, and its stamp: one input's handling
     /// stamps its instant several times.
     last_stamp: Option<(Instant, Stamp)>,
-    missing: BTreeMap<MessageId<P>, Missing<P>>,
+    /// Announced ids not received yet: an insert and a remove for each id announced before
+    /// the tree brings it (under load, hundreds per IHAVE), so a hash map. Its keys are std's
+    /// random ones, secret to peers, so announced ids cannot be chosen to collide; it is
+    /// looked up by id only, never walked, so they do not change what the node does (a seeded
+    /// simulation stays reproducible).
+    missing: HashMap<MessageId<P>, Missing<P>, RandomState>,
     digest_cursor: Option<P>,
     /// Per neighbour sent a digest, the CATCHUP payloads received from it since: a full
     /// reply (`max_catchup_reply`) means it has more, so the next digest goes at once.
@@ -1434,7 +1440,7 @@ impl<P: PeerId> State<P> {
             record_order: VecDeque::new(),
             epoch: None,
             last_stamp: None,
-            missing: BTreeMap::new(),
+            missing: HashMap::default(),
             digest_cursor: None,
             catchup_pulls: Vec::new(),
             fifo_held: BTreeMap::new(),
