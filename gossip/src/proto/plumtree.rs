@@ -1882,17 +1882,21 @@ impl<P: PeerId> State<P> {
         out: &mut VecDeque<OutEvent<P>>,
     ) {
         let threshold = self.config.optimization_threshold.max(1);
+        let bar = hops.saturating_add(threshold);
         let me = self.me;
         let mut first = first;
         loop {
             // What `better_path` checks before it acts (`from` is a neighbour: `on_ihave`
-            // checked it, and `better_path` moves links between the sets only).
+            // checked it, and `better_path` moves links between the sets only). Most cached
+            // paths are no longer than the offer: that is decided on the hop counts alone,
+            // before any peer id is compared.
             let acts = |c: &Cached<P>| {
-                c.from != me
+                (c.hops > hops || c.hops >= bar)
+                    && c.from != me
                     && if c.from == from {
                         hops < c.hops
                     } else {
-                        c.hops >= hops.saturating_add(threshold)
+                        c.hops >= bar
                     }
             };
             let Some(seq) = self.cache.find(origin, first, last, acts) else {
