@@ -8,11 +8,13 @@
 //! Every node splits its active view (the neighbours HyParView gives it) into two sets. Over the
 //! links in the *eager* set it pushes whole messages (GOSSIP) as soon as it first receives them;
 //! over the links in the *lazy* set it only announces their ids (IHAVE), batched per neighbour
-//! and flushed after a short dispatch delay. A new neighbour starts eager (except for origins
-//! whose tree is built here already, see below), so the first broadcast floods the overlay. A
-//! node that receives a message it already has answers with PRUNE and both ends move that link
-//! to the lazy set: after a few broadcasts the eager links form a spanning tree and each node
-//! receives each payload exactly once.
+//! and flushed after a short dispatch delay (sooner only once a batch holds
+//! [`MAX_IHAVE_RANGES`] ranges of consecutive ids, or [`MAX_IHAVE_WIRE`] ids: a busy link
+//! sends one IHAVE per delay, not one per few hundred ids). A new neighbour starts eager
+//! (except for origins whose tree is built here already, see below), so the first broadcast
+//! floods the overlay. A node that receives a message it already has answers with PRUNE and
+//! both ends move that link to the lazy set: after a few broadcasts the eager links form a
+//! spanning tree and each node receives each payload exactly once.
 //!
 //! The lazy links repair the tree. When an IHAVE announces a message this node does not have, a
 //! timer starts (`graft_timeout_1`); if the message has not arrived when it fires, the node sends
