@@ -340,6 +340,35 @@ fn ihave_runs_wait_for_exactly_the_ids_not_received() {
     assert!(!b.state.missing.contains_key(&id(9, 4)));
 }
 
+/// IHAVE ranges are read id by id: a seq of 0 is counted invalid and the rest of its range
+/// still read, our own ids are skipped, and of the received ids only the one whose cached path
+/// is longer than the offer is taken (GRAFT the announcer, PRUNE the old parent).
+#[test]
+fn ihave_ranges_count_seq_zero_skip_own_ids_and_offer_each_received_id() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    b.recv(3, Message::Prune);
+    for seq in 1..=5 {
+        b.recv(1, gossip(9, seq, if seq == 3 { 4 } else { 1 }));
+    }
+    let invalid = b.state.stats().dropped_invalid;
+    let ids: IHaves<u32> = (0..=5)
+        .map(|seq| (9, seq, 2))
+        .chain((1..=3).map(|seq| (2, seq, 1)))
+        .map(|(origin, seq, hops)| IHave {
+            id: id(origin, seq),
+            hops,
+        })
+        .collect();
+    let out = b.recv(3, Message::IHave(ids));
+    assert_eq!(b.state.stats().dropped_invalid, invalid + 1);
+    assert_eq!(b.state.stats().optimizations, 1);
+    assert_eq!(b.state.missing_len(), 0);
+    assert_eq!(
+        sends(&out),
+        vec![(3, &Message::GraftOrigin(9)), (1, &Message::PruneOrigin(9))]
+    );
+}
+
 #[test]
 fn graft_answers_with_the_payload_and_makes_the_link_eager() {
     let mut a = Node::with_neighbors(1, Config::default(), &[2]);
