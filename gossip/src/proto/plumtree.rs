@@ -8,11 +8,13 @@
 //! Every node splits its active view (the neighbours HyParView gives it) into two sets. Over the
 //! links in the *eager* set it pushes whole messages (GOSSIP) as soon as it first receives them;
 //! over the links in the *lazy* set it only announces their ids (IHAVE), batched per neighbour
-//! and flushed after a short dispatch delay. A new neighbour starts eager (except for origins
-//! whose tree is built here already, see below), so the first broadcast floods the overlay. A
-//! node that receives a message it already has answers with PRUNE and both ends move that link
-//! to the lazy set: after a few broadcasts the eager links form a spanning tree and each node
-//! receives each payload exactly once.
+//! and flushed after a short dispatch delay (sooner only once a batch holds
+//! [`MAX_IHAVE_RANGES`] ranges of consecutive ids, or [`MAX_IHAVE_WIRE`] ids: a busy link
+//! sends one IHAVE per delay, not one per few hundred ids). A new neighbour starts eager
+//! (except for origins whose tree is built here already, see below), so the first broadcast
+//! floods the overlay. A node that receives a message it already has answers with PRUNE and
+//! both ends move that link to the lazy set: after a few broadcasts the eager links form a
+//! spanning tree and each node receives each payload exactly once.
 //!
 //! The lazy links repair the tree. When an IHAVE announces a message this node does not have, a
 //! timer starts (`graft_timeout_1`); if the message has not arrived when it fires, the node sends
@@ -168,7 +170,8 @@
 //! counted in [`Stats::dropped_invalid`]. Control messages (IHAVE, GRAFT, PRUNE, DIGEST) from a
 //! peer that is not a neighbour are ignored and counted. Every map has a count bound and an age
 //! bound.
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::RandomState;
 use std::ops::Bound;
 use std::time::Duration;
 
@@ -254,7 +257,13 @@ pub struct Config {
     pub seq_jump_evidence: usize,
     /// How often the cache and the record are swept for expired entries (default 5 s).
     pub evict_interval: Duration,
-    /// Cap on ids in one IHAVE, applied when sending and on receipt (default 512).
+    /// Cap on ids in one IHAVE, applied when sending and on receipt (default and most
+    /// [`MAX_IHAVE_WIRE`], 4096). A batch is sent when it holds this many ids or
+    /// [`MAX_IHAVE_RANGES`] ranges (what it costs on the wire), and otherwise every
+    /// `dispatch_timeout`: under one busy sender a lazy link's batch is one range of
+    /// consecutive ids, so it waits for the timer. A receiver with a smaller cap than its
+    /// neighbours drops the ids past it (counted in [`Stats::dropped_invalid`]); catch-up
+    /// fetches any it then misses.
     pub max_ihave_ids: usize,
     /// Cap on messages announced but not yet received that this node waits for (default 8192).
     pub max_missing: usize,
@@ -304,7 +313,7 @@ impl Default for Config {
             max_seq_jump: 8192,
             seq_jump_evidence: 3,
             evict_interval: Duration::from_secs(5),
-            max_ihave_ids: 512,
+            max_ihave_ids: MAX_IHAVE_WIRE,
             max_missing: 8192,
             max_announcers: 4,
             catchup_interval: Duration::from_secs(2),
@@ -402,6 +411,12 @@ pub struct Digest<P: PeerId> {
 /// Senders batch at most `min(max_ihave_ids, MAX_IHAVE_WIRE)` ids.
 pub const MAX_IHAVE_WIRE: usize = 4096;
 
+/// Most ranges (see [`IHaves`]) a sender puts in one IHAVE: what bounds its size on the wire
+/// (an origin and a few varints per range) and the work of reading it, where the id count
+/// does not (one range may hold thousands of ids). Many interleaved origins make one range
+/// per id, so the batch is then sent at this many ids, before the dispatch timer.
+pub const MAX_IHAVE_RANGES: usize = 512;
+
 /// A batch of IHAVE announcements, in order, held as ranges: consecutive sequence numbers of
 /// one origin at one hop count are one entry `(origin, first, count, hops)`.
 ///
@@ -486,6 +501,27 @@ impl<P: PeerId> IHaves<P> {
         self.push_range(ihave.id.origin, ihave.id.seq, 1, ihave.hops);
     }
 
+    /// Add one announcement, extending the range of its origin among the last
+    /// [`IHAVE_GROUP_SCAN`] ranges when it continues it, else appending it: with many origins
+    /// interleaved, each origin's ids stay one range instead of one range per id. The ids of one
+    /// origin keep their order; those of different origins may not.
+    fn push_grouped(&mut self, ihave: IHave<P>) {
+        let origin = ihave.id.origin;
+        if let Some(r) = self
+            .ranges
+            .iter_mut()
+            .rev()
+            .take(IHAVE_GROUP_SCAN)
+            .find(|r| r.origin == origin)
+            && r.continued_by(&ihave)
+        {
+            r.count += 1;
+            self.len += 1;
+            return;
+        }
+        self.push(ihave);
+    }
+
     /// Append `count` (at least 1) consecutive ids from `first`, as `count` pushes would.
     fn push_range(&mut self, origin: P, first: u64, count: u32, hops: u16) {
         let ihave = IHave {
@@ -533,6 +569,10 @@ impl<P: PeerId> IHaves<P> {
         self.ranges.iter().flat_map(IHaveRange::iter)
     }
 }
+
+/// How many of a batch's last ranges [`IHaves::push_grouped`] looks through for the range of
+/// an id's origin: a few more than the origins usually active at once.
+const IHAVE_GROUP_SCAN: usize = 32;
 
 impl<P: PeerId> FromIterator<IHave<P>> for IHaves<P> {
     fn from_iter<I: IntoIterator<Item = IHave<P>>>(iter: I) -> Self {
@@ -1071,6 +1111,38 @@ impl<P: PeerId> Cache<P> {
         }
     }
 
+    /// The lowest seq in `first..=last` (`first <= last`) whose entry of `origin` is cached
+    /// and matches `f`: one pass over the ring's slots when no entry is out of its ring, else
+    /// one `get` per seq.
+    fn find(
+        &self,
+        origin: P,
+        first: u64,
+        last: u64,
+        mut f: impl FnMut(&Cached<P>) -> bool,
+    ) -> Option<u64> {
+        if !self.sparse.is_empty() {
+            return (first..=last)
+                .find(|&seq| self.get(&MessageId { origin, seq }).is_some_and(&mut f));
+        }
+        let ring = self.rings.get(&origin)?;
+        let from = first.max(ring.base);
+        let to = last.min(
+            ring.base
+                .checked_add(ring.slots.len() as u64)?
+                .checked_sub(1)?,
+        );
+        if from > to {
+            return None;
+        }
+        // Both within the ring's slots, so their offsets fit a usize.
+        let (a, b) = ((from - ring.base) as usize, (to - ring.base) as usize);
+        ring.slots
+            .range(a..=b)
+            .position(|c| c.as_ref().is_some_and(&mut f))
+            .map(|i| from + i as u64)
+    }
+
     /// Insert `id`, or replace its entry (which keeps its place in the order); at most
     /// `capacity` entries (at least 1) and `max_bytes` payload bytes are kept, the oldest
     /// insertions evicted first. A payload longer than `max_bytes` is not cached (an entry it
@@ -1315,7 +1387,12 @@ pub struct State<P: PeerId> {
     /// The latest instant [`Self::stamp`] converted, and its stamp: one input's handling
     /// stamps its instant several times.
     last_stamp: Option<(Instant, Stamp)>,
-    missing: BTreeMap<MessageId<P>, Missing<P>>,
+    /// Announced ids not received yet: an insert and a remove for each id announced before
+    /// the tree brings it (under load, hundreds per IHAVE), so a hash map. Its keys are std's
+    /// random ones, secret to peers, so announced ids cannot be chosen to collide; it is
+    /// looked up by id only, never walked, so they do not change what the node does (a seeded
+    /// simulation stays reproducible).
+    missing: HashMap<MessageId<P>, Missing<P>, RandomState>,
     digest_cursor: Option<P>,
     /// Per neighbour sent a digest, the CATCHUP payloads received from it since: a full
     /// reply (`max_catchup_reply`) means it has more, so the next digest goes at once.
@@ -1342,8 +1419,10 @@ pub struct State<P: PeerId> {
 
 /// Cap on [`State::switched`].
 const SWITCHED_CAP: usize = 16;
-/// Cap on [`State::spare_announcers`].
-const SPARE_ANNOUNCERS: usize = 16;
+/// Cap on [`State::spare_announcers`]: an IHAVE batch (one per lazy link and
+/// `dispatch_timeout`) may announce hundreds of ids that the tree has not brought yet, each
+/// a list taken from here; 512 lists of 4 `NodeId` announcers are about 100 KiB.
+const SPARE_ANNOUNCERS: usize = 512;
 
 impl<P: PeerId> State<P> {
     /// A new broadcast layer for node `me`.
@@ -1363,7 +1442,7 @@ impl<P: PeerId> State<P> {
             record_order: VecDeque::new(),
             epoch: None,
             last_stamp: None,
-            missing: BTreeMap::new(),
+            missing: HashMap::default(),
             digest_cursor: None,
             catchup_pulls: Vec::new(),
             fifo_held: BTreeMap::new(),
@@ -1736,80 +1815,163 @@ impl<P: PeerId> State<P> {
             self.stats.dropped_invalid += (ids.len() - self.config.max_ihave_ids) as u64;
             ids.truncate(self.config.max_ihave_ids);
         }
-        // The origin of the latest id and the highest seq up to which all of its ids are
+        // The origin of the latest range and the highest seq up to which all of its ids are
         // received: a batch is mostly runs of one origin, and its ids mostly received already
-        // (pushed by the tree), so one record lookup per run answers `has` for them.
+        // (pushed by the tree), so one record lookup per run answers `has` for them, and the
+        // ids of a range below that floor are checked against the cache in one pass.
         let mut floor: Option<(P, u64)> = None;
-        for IHave { id, hops } in ids {
-            if id.seq == 0 || id.origin == self.me {
-                if id.seq == 0 {
-                    self.stats.dropped_invalid += 1;
+        for IHaveRange {
+            origin,
+            first,
+            count,
+            hops,
+        } in ids.ranges
+        {
+            let Some(last) = count
+                .checked_sub(1)
+                .and_then(|n| first.checked_add(u64::from(n)))
+            else {
+                continue;
+            };
+            let mut first = first;
+            if first == 0 {
+                self.stats.dropped_invalid += 1;
+                if last == 0 {
+                    continue;
                 }
+                first = 1;
+            }
+            if origin == self.me {
                 continue;
             }
             let below = match floor {
-                Some((o, f)) if o == id.origin => f,
+                Some((o, f)) if o == origin => f,
                 _ => {
-                    let f = self.contiguous(&id.origin);
-                    floor = Some((id.origin, f));
+                    let f = self.contiguous(&origin);
+                    floor = Some((origin, f));
                     f
                 }
             };
-            if id.seq <= below || self.has(&id) {
-                self.better_path(from, id, hops, false, now, out);
-                continue;
+            if first <= below {
+                self.offer_paths(from, origin, first, last.min(below), hops, now, out);
             }
-            if let Some(m) = self.missing.get(&id) {
-                if !m.announcers.iter().any(|(p, _)| *p == from) {
-                    // An announcement that would be grafted at once (below) after others
-                    // that were not: our parent pruned us while the message passed it (our
-                    // GRAFT back was crossing), or we are an orphan and this announcer is
-                    // the first close enough. Graft now rather than wait out the timer the
-                    // first announcement started (the ~80 ms spread outliers); it takes the
-                    // deepest announcer's place if the list is full.
-                    let urgent = !m.grafted && self.graft_at_once(id.origin, from, hops);
-                    let m = self.missing.get_mut(&id).expect("just found");
-                    if m.announcers.len() < self.config.max_announcers {
-                        m.announcers.push((from, hops));
-                    } else if urgent
-                        && let Some(deepest) = m.announcers.iter_mut().max_by_key(|(_, h)| *h)
-                    {
-                        *deepest = (from, hops);
-                    }
-                    if urgent {
-                        self.on_graft_timer(id, now, out);
+            if last > below {
+                for seq in first.max(below + 1)..=last {
+                    let id = MessageId { origin, seq };
+                    if self.has(&id) {
+                        self.better_path(from, id, hops, false, now, out);
+                    } else {
+                        self.announced(from, id, hops, now, out);
                     }
                 }
-            } else if self.missing.len() < self.config.max_missing {
-                // Room for the usual few announcers at once (the lazy links of one node).
-                let mut announcers = self
-                    .spare_announcers
-                    .pop()
-                    .unwrap_or_else(|| Vec::with_capacity(self.config.max_announcers.clamp(1, 4)));
-                announcers.push((from, hops));
-                self.missing.insert(
-                    id,
-                    Missing {
-                        announcers,
-                        grafted: false,
-                    },
-                );
-                if self.graft_at_once(id.origin, from, hops) {
-                    // Our parent for this origin announces instead of pushing: it pruned the
-                    // link (a GRAFT back may be on its way), so the tree will not bring this
-                    // one. Likewise when our parent is gone, if the announcer is at most one
-                    // hop farther from the origin than our parent was (a deeper one would make
-                    // a deeper tree: wait for the others as usual; one hop more is what a
-                    // replacement link usually costs, and the optimisation removes it later).
-                    // Waiting `graft_timeout_1` would only stall it: graft now.
+            }
+        }
+    }
+
+    /// `better_path(from, id, hops, false)` for each received id of `origin` in
+    /// `first..=last`, ascending, with one pass over the cache for the ids where it would not
+    /// act (nearly all of them: the cached path is already as short): the same decisions,
+    /// without a cache lookup per id.
+    #[allow(clippy::too_many_arguments)]
+    fn offer_paths(
+        &mut self,
+        from: P,
+        origin: P,
+        first: u64,
+        last: u64,
+        hops: u16,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        let threshold = self.config.optimization_threshold.max(1);
+        let bar = hops.saturating_add(threshold);
+        let me = self.me;
+        let mut first = first;
+        loop {
+            // What `better_path` checks before it acts (`from` is a neighbour: `on_ihave`
+            // checked it, and `better_path` moves links between the sets only). Most cached
+            // paths are no longer than the offer: that is decided on the hop counts alone,
+            // before any peer id is compared.
+            let acts = |c: &Cached<P>| {
+                (c.hops > hops || c.hops >= bar)
+                    && c.from != me
+                    && if c.from == from {
+                        hops < c.hops
+                    } else {
+                        c.hops >= bar
+                    }
+            };
+            let Some(seq) = self.cache.find(origin, first, last, acts) else {
+                return;
+            };
+            self.better_path(from, MessageId { origin, seq }, hops, false, now, out);
+            if seq == last {
+                return;
+            }
+            first = seq + 1;
+        }
+    }
+
+    /// An announcement by `from` at `hops` of `id`, which this node has not received: note
+    /// the announcer and graft now or later.
+    fn announced(
+        &mut self,
+        from: P,
+        id: MessageId<P>,
+        hops: u16,
+        now: Instant,
+        out: &mut VecDeque<OutEvent<P>>,
+    ) {
+        if let Some(m) = self.missing.get(&id) {
+            if !m.announcers.iter().any(|(p, _)| *p == from) {
+                // An announcement that would be grafted at once (below) after others
+                // that were not: our parent pruned us while the message passed it (our
+                // GRAFT back was crossing), or we are an orphan and this announcer is
+                // the first close enough. Graft now rather than wait out the timer the
+                // first announcement started (the ~80 ms spread outliers); it takes the
+                // deepest announcer's place if the list is full.
+                let urgent = !m.grafted && self.graft_at_once(id.origin, from, hops);
+                let m = self.missing.get_mut(&id).expect("just found");
+                if m.announcers.len() < self.config.max_announcers {
+                    m.announcers.push((from, hops));
+                } else if urgent
+                    && let Some(deepest) = m.announcers.iter_mut().max_by_key(|(_, h)| *h)
+                {
+                    *deepest = (from, hops);
+                }
+                if urgent {
                     self.on_graft_timer(id, now, out);
-                } else {
-                    self.graft_later(id, now, out);
                 }
-            } else {
-                // Full: catch-up will fetch it if the tree does not bring it.
-                self.stats.dropped_invalid += 1;
             }
+        } else if self.missing.len() < self.config.max_missing {
+            // Room for the usual few announcers at once (the lazy links of one node).
+            let mut announcers = self
+                .spare_announcers
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(self.config.max_announcers.clamp(1, 4)));
+            announcers.push((from, hops));
+            self.missing.insert(
+                id,
+                Missing {
+                    announcers,
+                    grafted: false,
+                },
+            );
+            if self.graft_at_once(id.origin, from, hops) {
+                // Our parent for this origin announces instead of pushing: it pruned the
+                // link (a GRAFT back may be on its way), so the tree will not bring this
+                // one. Likewise when our parent is gone, if the announcer is at most one
+                // hop farther from the origin than our parent was (a deeper one would make
+                // a deeper tree: wait for the others as usual; one hop more is what a
+                // replacement link usually costs, and the optimisation removes it later).
+                // Waiting `graft_timeout_1` would only stall it: graft now.
+                self.on_graft_timer(id, now, out);
+            } else {
+                self.graft_later(id, now, out);
+            }
+        } else {
+            // Full: catch-up will fetch it if the tree does not bring it.
+            self.stats.dropped_invalid += 1;
         }
     }
 
@@ -2408,8 +2570,10 @@ impl<P: PeerId> State<P> {
             }
         };
         let batch = &mut self.lazy_queue[i].1;
-        batch.push(ihave);
-        if batch.len() >= full {
+        batch.push_grouped(ihave);
+        // Bounded by its wire cost (ranges) and by its ids; otherwise the dispatch timer
+        // sends it: a lone IHAVE frame costs a write here and a read and a turn there.
+        if batch.len() >= full || batch.ranges.len() >= MAX_IHAVE_RANGES {
             let batch = std::mem::take(batch);
             self.stats.ihave_sent += 1;
             out.push_back(OutEvent::SendMessage(peer, Message::IHave(batch)));

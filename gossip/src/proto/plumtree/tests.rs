@@ -169,6 +169,67 @@ fn gossip_is_delivered_once_pushed_eagerly_and_announced_lazily() {
     assert_eq!(b.state.stats().delivered, 1);
 }
 
+/// An IHAVE batch is bounded by its ranges, not by a small id count: under one busy sender a
+/// lazy link gets one IHAVE per dispatch timer however many ids it announces, interleaved
+/// origins keep a range each, and ids that make a range each send it once it holds
+/// `MAX_IHAVE_RANGES` ranges.
+#[test]
+fn a_busy_lazy_link_gets_one_ihave_per_dispatch_and_ranges_bound_a_batch() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3, 4]);
+    b.recv(4, Message::PruneOrigin(1));
+    b.recv(4, Message::PruneOrigin(5));
+    let n = 3000;
+    for seq in 1..=n {
+        let out = b.recv(1, gossip(1, seq, 1));
+        assert_eq!(sends(&out), vec![(3, &gossip(1, seq, 2))], "seq {seq}");
+    }
+    let out = b.timer(Timer::DispatchLazyPush);
+    let want: IHaves<u32> = (1..=n)
+        .map(|seq| IHave {
+            id: id(1, seq),
+            hops: 2,
+        })
+        .collect();
+    assert_eq!(out, vec![OutEvent::SendMessage(4, Message::IHave(want))]);
+
+    // Two origins in turn: each keeps one range, in the order the origins came.
+    for seq in n + 1..=n + 100 {
+        for origin in [1, 5] {
+            assert_eq!(sends(&b.recv(1, gossip(origin, seq, 1))).len(), 1);
+        }
+    }
+    let want: IHaves<u32> = [1, 5]
+        .into_iter()
+        .flat_map(|origin| {
+            (n + 1..=n + 100).map(move |seq| IHave {
+                id: id(origin, seq),
+                hops: 2,
+            })
+        })
+        .collect();
+    let out = b.timer(Timer::DispatchLazyPush);
+    assert_eq!(out, vec![OutEvent::SendMessage(4, Message::IHave(want))]);
+
+    // Every other id: each starts a range, and the batch goes at the range cap.
+    let mut sent = Vec::new();
+    let from = n + 101;
+    for k in 0..MAX_IHAVE_RANGES as u64 {
+        let out = b.recv(1, gossip(1, from + 2 * k, 1));
+        sent.extend(
+            sends(&out)
+                .into_iter()
+                .filter(|(to, _)| *to == 4)
+                .map(|(_, m)| m.clone()),
+        );
+    }
+    let [Message::IHave(batch)] = &sent[..] else {
+        panic!("one IHAVE at the range cap: {sent:?}")
+    };
+    assert_eq!(batch.len(), MAX_IHAVE_RANGES);
+    assert_eq!(batch.iter().nth(1).unwrap().id, id(1, from + 2));
+    assert!(b.timer(Timer::DispatchLazyPush).is_empty());
+}
+
 #[test]
 fn duplicate_prunes_the_sender() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
@@ -277,6 +338,35 @@ fn ihave_runs_wait_for_exactly_the_ids_not_received() {
     b.recv(1, gossip(9, 4, 2));
     b.recv(3, ihave(9, 4, 5));
     assert!(!b.state.missing.contains_key(&id(9, 4)));
+}
+
+/// IHAVE ranges are read id by id: a seq of 0 is counted invalid and the rest of its range
+/// still read, our own ids are skipped, and of the received ids only the one whose cached path
+/// is longer than the offer is taken (GRAFT the announcer, PRUNE the old parent).
+#[test]
+fn ihave_ranges_count_seq_zero_skip_own_ids_and_offer_each_received_id() {
+    let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
+    b.recv(3, Message::Prune);
+    for seq in 1..=5 {
+        b.recv(1, gossip(9, seq, if seq == 3 { 4 } else { 1 }));
+    }
+    let invalid = b.state.stats().dropped_invalid;
+    let ids: IHaves<u32> = (0..=5)
+        .map(|seq| (9, seq, 2))
+        .chain((1..=3).map(|seq| (2, seq, 1)))
+        .map(|(origin, seq, hops)| IHave {
+            id: id(origin, seq),
+            hops,
+        })
+        .collect();
+    let out = b.recv(3, Message::IHave(ids));
+    assert_eq!(b.state.stats().dropped_invalid, invalid + 1);
+    assert_eq!(b.state.stats().optimizations, 1);
+    assert_eq!(b.state.missing_len(), 0);
+    assert_eq!(
+        sends(&out),
+        vec![(3, &Message::GraftOrigin(9)), (1, &Message::PruneOrigin(9))]
+    );
 }
 
 #[test]
@@ -2131,8 +2221,10 @@ fn cache_rings_hold_what_an_ordered_map_would() {
     }
     let mut spilled = 0;
     let mut by_bytes = 0;
+    let mut found_in_rings = 0;
     for seed in 0..40u64 {
         let mut rng = SmallRng::seed_from_u64(seed);
+        let mut finds = SmallRng::seed_from_u64(seed + 1000);
         let capacity = [1, 7, 64, 300][seed as usize % 4];
         // Unbounded, or a budget that binds before the count does (at most 40 bytes a payload).
         let max_bytes = [usize::MAX, 1000, 300, 40, 0][seed as usize % 5];
@@ -2208,6 +2300,20 @@ fn cache_rings_hold_what_an_ordered_map_would() {
                 slots += ring.slots.len();
             }
             assert!(slots <= 10 * cache.len);
+            // `find` over a window answers what one `get` per seq would.
+            let o = finds.random_range(0..4u32);
+            let first = high[o as usize]
+                .saturating_sub(finds.random_range(0..400))
+                .max(1);
+            let last = first + finds.random_range(0..300);
+            let odd = |c: &Cached<u32>| c.hops % 2 == 1;
+            let found = cache.find(o, first, last, odd);
+            assert_eq!(
+                found,
+                (first..=last).find(|&s| model.contains_key(&id(o, s)) && s as u16 % 2 == 1),
+                "seed {seed} step {step}"
+            );
+            found_in_rings += usize::from(found.is_some() && cache.sparse.is_empty());
             spilled += cache.sparse.len();
             for (k, &(t, size)) in &model {
                 let c = cache.get(k).expect("cached");
@@ -2218,6 +2324,8 @@ fn cache_rings_hold_what_an_ordered_map_would() {
     // The sparse side was exercised, not only the rings, and the byte budget evicted.
     assert!(spilled > 0);
     assert!(by_bytes > 1000, "{by_bytes}");
+    // `find` was checked on its one-pass path too, where it found something.
+    assert!(found_in_rings > 1000, "{found_in_rings}");
 }
 
 /// The ids of one IHAVE share one graft timer; a later IHAVE gets its own, and a timer grafts
