@@ -69,8 +69,8 @@
 //! peer's run to its queue in one operation and wakes the writer if it waits. Until a first
 //! `flush`, every frame is handed over at once, so a caller that never flushes loses nothing.
 //! The writer takes what is queued for its peer (at most 256 frames, and no frame more once it
-//! holds 256 KiB) in one operation, after yielding once so that the turns other tasks run
-//! meanwhile join the batch, and writes it with one vectored write.
+//! holds 256 KiB) in one operation, yields once so that the turns other tasks run meanwhile
+//! join the batch, takes what they added, and writes it all with one vectored write.
 //! A frame given as a head and a body ([`Transport::send_parts`], as the node sends payloads)
 //! is written from both parts, so a payload going to several peers is shared by their queues,
 //! never copied. One timer per connection checks the read and idle timeouts, rather than one
@@ -375,23 +375,23 @@ impl Queue {
         Poll::Pending
     }
 
-    /// Moves the next batch into `batch` (empty): at most [`MAX_BATCH`] frames, and no frame
-    /// more once it holds [`MAX_BATCH_BYTES`].
-    fn take(&mut self, batch: &mut Vec<Out>) {
-        debug_assert!(batch.is_empty());
+    /// Moves queued frames to the end of `batch`, which holds `bytes` bytes on the wire, until
+    /// it holds [`MAX_BATCH`] frames or no frame more once it holds [`MAX_BATCH_BYTES`].
+    fn take(&mut self, batch: &mut Vec<Out>, bytes: &mut u64) {
         let mut s = self.0.lock();
-        let mut bytes = 0;
         let n = s
             .frames
             .iter()
-            .take(MAX_BATCH)
+            .take(MAX_BATCH - batch.len())
             .take_while(|f| {
-                let under = bytes < MAX_BATCH_BYTES;
-                bytes += f.len() as u64 + 4;
+                let under = *bytes < MAX_BATCH_BYTES;
+                if under {
+                    *bytes += f.len() as u64 + 4;
+                }
                 under
             })
             .count();
-        if n == s.frames.len() {
+        if batch.is_empty() && n == s.frames.len() {
             // The usual case: no frame moves.
             std::mem::swap(&mut s.frames, batch);
         } else {
@@ -1597,14 +1597,19 @@ async fn run_conn(
             more = std::future::poll_fn(|cx| queue.as_mut().expect("guarded").poll_ready(cx)), if queue.is_some() => {
                 let Some(w) = writer.as_mut() else { break ReadEnd::Shutdown };
                 if more {
-                    // Yield once first: the turns that other tasks (the node, other nodes of
-                    // the process) run meanwhile join the batch, and leave with it in one
-                    // system call instead of one each.
-                    tokio::task::yield_now().await;
+                    let q = queue.as_mut().expect("guarded");
                     // Empty unless an earlier batch was cut short (timeout, error): those
                     // frames are gone.
                     batch.clear();
-                    queue.as_mut().expect("guarded").take(&mut batch);
+                    let mut bytes = 0;
+                    q.take(&mut batch, &mut bytes);
+                    if batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                        // Yield once: the turns that other tasks (the node, other nodes of
+                        // the process) run meanwhile join the batch, and leave with it in one
+                        // system call instead of one each.
+                        tokio::task::yield_now().await;
+                        q.take(&mut batch, &mut bytes);
+                    }
                     let r = timeout(
                         shared.cfg.write_timeout,
                         write_batch(&shared, w, &mut batch, session.as_ref(), &mut counter),
