@@ -837,7 +837,8 @@ impl TcpTransport {
                 if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
                     // Frames queued for the dial are lost either way; the peer's own
                     // connection, if it opened one, carries what comes next.
-                    self.promote_spare(peer);
+                    let staged = self.promote_spare(peer);
+                    self.lost(staged);
                     debug!(%peer, conn, cause, "link failed: the dial failed");
                     self.push(TransportEvent::LinkFailed(peer));
                 }
@@ -860,10 +861,16 @@ impl TcpTransport {
                     p.spare = None;
                 } else if p.conn == conn {
                     let dialed = p.dialed;
-                    self.promote_spare(peer);
+                    let staged = self.promote_spare(peer);
                     if failed {
+                        self.lost(staged);
                         debug!(%peer, conn, cause, dialed, "link failed: the connection closed");
                         self.push(TransportEvent::LinkFailed(peer));
+                    } else if !staged.is_empty() {
+                        // Closed quietly (idle, or the peer said goodbye) while this turn
+                        // queued frames: they open a new connection, as a send after the
+                        // close would.
+                        self.dial_or_fail(peer, staged);
                     }
                 }
             }
@@ -930,10 +937,11 @@ impl TcpTransport {
     }
 
     /// The connection holding `peer`'s queue is gone: hand a fresh queue to the spare
-    /// connection if there is one, else forget the peer.
-    fn promote_spare(&mut self, peer: NodeId) {
+    /// connection if there is one (the frames staged this turn go on it), else forget the
+    /// peer and return the frames staged for it.
+    fn promote_spare(&mut self, peer: NodeId) -> Vec<Out> {
         let Some(mut p) = self.peers.remove(&peer) else {
-            return;
+            return Vec::new();
         };
         if let Some(spare) = p.spare.take() {
             let (tx, rx) = queue_pair(Vec::new());
@@ -944,8 +952,18 @@ impl TcpTransport {
                 p.dialed = false;
                 p.stop = Some(spare.stop);
                 self.peers.insert(peer, p);
+                return Vec::new();
             }
         }
+        std::mem::take(&mut p.staged)
+    }
+
+    /// Frames lost with a link that failed (reported as `LinkFailed`).
+    fn lost(&self, frames: Vec<Out>) {
+        add(
+            &self.shared.counters.dropped_unreachable,
+            frames.len() as u64,
+        );
     }
 
     fn dial_or_fail(&mut self, to: NodeId, frames: Vec<Out>) {
@@ -2117,10 +2135,20 @@ mod turn_tests {
     const DEADLINE: Duration = Duration::from_secs(10);
 
     async fn bind(outbound_queue: usize, generation: u64) -> TcpTransport {
+        bind_with(
+            TcpConfig {
+                outbound_queue,
+                ..TcpConfig::default()
+            },
+            generation,
+        )
+        .await
+    }
+
+    async fn bind_with(cfg: TcpConfig, generation: u64) -> TcpTransport {
         let cfg = TcpConfig {
             cluster_label: "turns".into(),
-            outbound_queue,
-            ..TcpConfig::default()
+            ..cfg
         };
         TcpTransport::bind("127.0.0.1:0".parse().unwrap(), cfg, generation)
             .await
@@ -2212,5 +2240,38 @@ mod turn_tests {
             assert_eq!(next_u32(&mut b).await, i);
         }
         closing.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_turn_queued_as_its_connection_closed_quietly_dials_again() {
+        let cfg = || TcpConfig {
+            idle_timeout: Duration::from_millis(300),
+            read_timeout: Duration::from_millis(100),
+            ..TcpConfig::default()
+        };
+        let mut a = bind_with(cfg(), 1).await;
+        let mut b = bind_with(cfg(), 2).await;
+        let b_id = b.local_id();
+        a.flush();
+        a.send(b_id, frame(1));
+        a.flush();
+        assert_eq!(next_u32(&mut b).await, 1);
+        // Both sides close the idle connection; `a` has not looked at its events yet.
+        timeout(DEADLINE, async {
+            while a.stats().open_connections + b.stats().open_connections > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the idle connection closes");
+        // A turn sends to `b`, and learns of the close before it ends.
+        a.send(b_id, frame(2));
+        assert!(
+            quiet(&mut a, Duration::from_millis(100)).await,
+            "no LinkFailed"
+        );
+        a.flush();
+        assert_eq!(next_u32(&mut b).await, 2);
+        assert_eq!(a.stats().dropped_unreachable, 0);
     }
 }
