@@ -5,8 +5,9 @@
 //!
 //! The first [`send`](Transport::send) to a peer dials it; frames wait in that peer's bounded
 //! queue ([`TcpConfig::outbound_queue`] frames, those of the current turn not yet flushed
-//! included) while the connection opens. When the queue is full the **newest** frame is dropped and counted in `dropped_overflow`: the protocol above tolerates
-//! loss, and old frames already queued are the ones closest to being sent.
+//! included) while the connection opens. When the queue is full the **newest** frame is dropped
+//! and counted in `dropped_overflow`: the protocol above tolerates loss, and old frames already
+//! queued are the ones closest to being sent.
 //!
 //! A connection carries frames both ways. Every frame is a 4-byte big-endian length and a body
 //! ([`tokio_util::codec::LengthDelimitedCodec`]); the length is checked against
