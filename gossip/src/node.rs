@@ -673,6 +673,8 @@ impl<T: Transport> Actor<T> {
     /// Act on every output of the core, then hand the turn's deliveries to the inbox.
     fn drain(&mut self) {
         self.send_outputs();
+        // The turn's frames leave: one hand-over per peer, not one per frame.
+        self.transport.flush();
         // The user's task wakes once per turn, not once per message.
         self.inbox.push_all(&mut self.delivered);
         if !self.joins.is_empty() && self.joined() {

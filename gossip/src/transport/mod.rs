@@ -3,7 +3,8 @@
 //! A [`Transport`] moves opaque frames (encoded protocol messages) between [`NodeId`]s. It owns
 //! connection management: dialing on first send, the handshake (protocol version, cluster label,
 //! node ids, optional encryption), framing, timeouts, bounded queues. The node's actor only calls
-//! [`Transport::send`], [`Transport::disconnect`] and polls [`Transport::poll_recv`].
+//! [`Transport::send`], [`Transport::disconnect`], [`Transport::flush`] (at the end of each of
+//! its turns) and polls [`Transport::poll_recv`].
 
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
@@ -91,6 +92,13 @@ pub trait Transport: Send + 'static {
     }
     /// Close the link to `peer`, if any, once queued frames are flushed.
     fn disconnect(&mut self, peer: NodeId);
+    /// The end of a turn: hand the frames queued since the last call on to their links. A
+    /// caller that sends in turns (as the node's actor does, calling this at the end of each)
+    /// lets a transport hand a peer's frames of one turn to its connection in one operation
+    /// rather than one each. Once a caller has called it, it must call it after every turn of
+    /// sends; a caller that never calls it has every frame handed over at once. The default
+    /// does nothing.
+    fn flush(&mut self) {}
     /// The next event. `Poll::Ready(None)` means the transport has shut down.
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>>;
     /// Counters.
@@ -111,6 +119,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
     }
     fn disconnect(&mut self, peer: NodeId) {
         (**self).disconnect(peer)
+    }
+    fn flush(&mut self) {
+        (**self).flush()
     }
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
         (**self).poll_recv(cx)

@@ -4,9 +4,10 @@
 //! # Connections
 //!
 //! The first [`send`](Transport::send) to a peer dials it; frames wait in that peer's bounded
-//! queue ([`TcpConfig::outbound_queue`] frames) while the connection opens. When the queue is full
-//! the **newest** frame is dropped and counted in `dropped_overflow`: the protocol above tolerates
-//! loss, and old frames already queued are the ones closest to being sent.
+//! queue ([`TcpConfig::outbound_queue`] frames, those of the current turn not yet flushed
+//! included) while the connection opens. When the queue is full the **newest** frame is dropped
+//! and counted in `dropped_overflow`: the protocol above tolerates loss, and old frames already
+//! queued are the ones closest to being sent.
 //!
 //! A connection carries frames both ways. Every frame is a 4-byte big-endian length and a body
 //! ([`tokio_util::codec::LengthDelimitedCodec`]); the length is checked against
@@ -52,8 +53,7 @@
 //! - read: a frame whose first bytes arrived must be complete within one to two
 //!   [`TcpConfig::read_timeout`] periods (slowloris writers are closed); a connection with no
 //!   traffic in either direction for [`TcpConfig::idle_timeout`] is closed quietly;
-//! - write: a batch of frames (at most 256 frames or about 256 KiB; frames are taken in runs of
-//!   up to 16 while they average under 4 KiB, so a batch may end with a few larger ones) must
+//! - write: a batch of frames (at most 256 frames, and no frame more once it holds 256 KiB) must
 //!   be written within [`TcpConfig::write_timeout`];
 //! - at most [`TcpConfig::max_inbound_connections`] accepted connections (extra connections
 //!   are closed at once) and [`TcpConfig::max_pending_handshakes`] handshakes in progress (extra
@@ -64,9 +64,14 @@
 //!
 //! A connection reads up to 64 KiB per system call and cuts every complete frame out of the
 //! buffer as a slice (no copy); the frames of one read reach the node as one event (at most
-//! 256 frames per event). The writer takes what is queued for its peer (at most 256 frames or
-//! about 256 KiB) and writes it with one vectored write, after yielding once so that frames the
-//! node queues in the same turn join the batch.
+//! 256 frames per event). Frames sent to a peer in one turn of the node reach its connection
+//! together: [`send`](Transport::send) keeps them with the peer (it looks the peer up anyway)
+//! and [`flush`](Transport::flush), which the node calls at the end of every turn, appends each
+//! peer's run to its queue in one operation and wakes the writer if it waits. Until a first
+//! `flush`, every frame is handed over at once, so a caller that never flushes loses nothing.
+//! The writer takes what is queued for its peer (at most 256 frames, and no frame more once it
+//! holds 256 KiB) in one operation, yields once so that the turns other tasks run meanwhile
+//! join the batch, takes what they added, and writes it all with one vectored write.
 //! A frame given as a head and a body ([`Transport::send_parts`], as the node sends payloads)
 //! is written from both parts, so a payload going to several peers is shared by their queues,
 //! never copied. One timer per connection checks the read and idle timeouts, rather than one
@@ -268,7 +273,148 @@ fn add(c: &AtomicU64, n: u64) {
 
 type Reader = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 type Writer = FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>;
-type Queue = mpsc::Receiver<Out>;
+
+/// A peer's outbound queue: the frames the transport handed over and the connection writing
+/// them has not taken yet. The transport appends a peer's frames of one turn of the node in one
+/// operation (see [`Transport::flush`]) and wakes the writer only if it waits; the writer takes
+/// a batch in one operation. A frame costs neither side a synchronised operation of its own.
+struct Chan(std::sync::Mutex<ChanState>);
+
+struct ChanState {
+    frames: Vec<Out>,
+    /// The writer, when it waits for frames.
+    waker: Option<Waker>,
+    /// The transport dropped its end: the writer writes what is left, then closes.
+    tx_gone: bool,
+    /// The connection dropped its end: what is queued will never be written.
+    rx_gone: bool,
+}
+
+impl Chan {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChanState> {
+        // Nothing panics while holding the lock; if it ever did, the frames are still sound.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The transport's end of a peer's queue. Dropping it lets the writer finish, then close.
+struct QueueTx(Arc<Chan>);
+
+/// The writing connection's end of a peer's queue (handed from connection to connection).
+struct Queue(Arc<Chan>);
+
+/// A queue holding `frames` already.
+fn queue_pair(frames: Vec<Out>) -> (QueueTx, Queue) {
+    let chan = Arc::new(Chan(std::sync::Mutex::new(ChanState {
+        frames,
+        waker: None,
+        tx_gone: false,
+        rx_gone: false,
+    })));
+    (QueueTx(chan.clone()), Queue(chan))
+}
+
+impl QueueTx {
+    /// Appends all of `frames` (leaving it empty, with spare capacity) and wakes the writer if
+    /// it waits. Returns how many frames the queue holds now, or `Err` (with `frames`
+    /// untouched) when the connection holding the queue is gone.
+    fn give(&self, frames: &mut Vec<Out>) -> Result<usize, ()> {
+        let mut s = self.0.lock();
+        if s.rx_gone {
+            return Err(());
+        }
+        if s.frames.is_empty() {
+            // The usual case (the writer took the last turn's frames): no frame moves.
+            std::mem::swap(&mut s.frames, frames);
+        } else {
+            s.frames.append(frames);
+        }
+        let queued = s.frames.len();
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(queued)
+    }
+
+    /// Frames queued and not taken by the writer yet.
+    fn len(&self) -> usize {
+        self.0.lock().frames.len()
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.tx_gone = true;
+        let waker = s.waker.take();
+        drop(s);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl Queue {
+    /// Waits until frames are queued. `Ready(false)`: the transport dropped its end and
+    /// everything was taken.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut s = self.0.lock();
+        if !s.frames.is_empty() {
+            return Poll::Ready(true);
+        }
+        if s.tx_gone {
+            return Poll::Ready(false);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Moves queued frames to the end of `batch`, which holds `bytes` bytes on the wire, until
+    /// it holds [`MAX_BATCH`] frames or no frame more once it holds [`MAX_BATCH_BYTES`].
+    fn take(&mut self, batch: &mut Vec<Out>, bytes: &mut u64) {
+        let mut s = self.0.lock();
+        let n = s
+            .frames
+            .iter()
+            .take(MAX_BATCH - batch.len())
+            .take_while(|f| {
+                let under = *bytes < MAX_BATCH_BYTES;
+                if under {
+                    *bytes += f.len() as u64 + 4;
+                }
+                under
+            })
+            .count();
+        if batch.is_empty() && n == s.frames.len() {
+            // The usual case: no frame moves.
+            std::mem::swap(&mut s.frames, batch);
+        } else {
+            batch.extend(s.frames.drain(..n));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.lock().frames.is_empty()
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.rx_gone = true;
+        // Release the payloads now (a kept frame pins its payload's read buffer).
+        let frames = std::mem::take(&mut s.frames);
+        drop(s);
+        drop(frames);
+    }
+}
 
 /// A queued frame: its head (empty for most frames) and its body, written one after the other
 /// so that a payload going to several peers is shared, not copied (see
@@ -447,10 +593,21 @@ pub struct TcpTransport {
     ready: VecDeque<TransportEvent>,
     failed_pending: HashSet<NodeId>,
     waker: Option<Waker>,
+    /// Set by the first [`Transport::flush`]: the caller flushes at the end of every turn, so
+    /// frames wait in their peer's `staged` until then. Before, every frame is handed over at
+    /// once.
+    turns: bool,
+    /// Peers with staged frames, each once per turn (or more if it was dialed again).
+    dirty: Vec<NodeId>,
 }
 
 struct Peer {
-    tx: mpsc::Sender<Out>,
+    tx: QueueTx,
+    /// Frames of the current turn, handed to `tx` together by [`Transport::flush`].
+    staged: Vec<Out>,
+    /// Frames that may still be staged: the queue's free room when last looked at (the writer
+    /// only ever takes frames out, so the room is at least that).
+    room: usize,
     /// The connection that holds (or is dialing with) the queue.
     conn: u64,
     dialed: bool,
@@ -459,6 +616,16 @@ struct Peer {
     /// The peer's own connection, read-only because our dial won the tie-break; kept until our
     /// dial is up, to take over if it fails.
     spare: Option<Spare>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Disconnect, close, or a connection's queue replaced: what the node queued still
+        // leaves, ahead of the goodbye.
+        if !self.staged.is_empty() {
+            let _ = self.tx.give(&mut self.staged);
+        }
+    }
 }
 
 struct Spare {
@@ -548,6 +715,8 @@ impl TcpTransport {
             ready: VecDeque::new(),
             failed_pending: HashSet::new(),
             waker: None,
+            turns: false,
+            dirty: Vec::new(),
         })
     }
 
@@ -563,8 +732,9 @@ impl TcpTransport {
     /// received meanwhile are discarded.
     pub async fn close(mut self, deadline: Duration) {
         let mut open: HashSet<u64> = self.peers.values().map(|p| p.conn).collect();
-        // Dropping the queues' senders makes each writer flush, then shut its side down; the
-        // peer answers by closing, which ends the connection.
+        // Dropping the queues' senders (staged frames handed over first) makes each writer
+        // flush, then shut its side down; the peer answers by closing, which ends the
+        // connection.
         self.peers.clear();
         let _ = timeout(deadline, async {
             while !open.is_empty() {
@@ -600,9 +770,10 @@ impl TcpTransport {
         }
     }
 
-    fn dial(&mut self, to: NodeId, frame: Out) {
-        let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
-        let _ = tx.try_send(frame);
+    /// Dials `to` with `frames` queued (at most `outbound_queue`).
+    fn dial(&mut self, to: NodeId, frames: Vec<Out>) {
+        let room = self.shared.cfg.outbound_queue.saturating_sub(frames.len());
+        let (tx, rx) = queue_pair(frames);
         let conn = self.shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (stop_tx, stop_rx) = oneshot::channel();
         self.shared
@@ -611,6 +782,8 @@ impl TcpTransport {
             to,
             Peer {
                 tx,
+                staged: Vec::new(),
+                room,
                 conn,
                 dialed: true,
                 stop: Some(stop_tx),
@@ -643,6 +816,9 @@ impl TcpTransport {
                     // Dialed by address only: file the connection under the real identity,
                     // so later sends to it reuse this connection.
                     let p = self.peers.remove(&peer).expect("checked");
+                    if !p.staged.is_empty() {
+                        self.dirty.push(actual);
+                    }
                     self.peers.insert(actual, p);
                 }
             }
@@ -662,7 +838,8 @@ impl TcpTransport {
                 if self.peers.get(&peer).is_some_and(|p| p.conn == conn) {
                     // Frames queued for the dial are lost either way; the peer's own
                     // connection, if it opened one, carries what comes next.
-                    self.promote_spare(peer);
+                    let staged = self.promote_spare(peer);
+                    self.lost(staged);
                     debug!(%peer, conn, cause, "link failed: the dial failed");
                     self.push(TransportEvent::LinkFailed(peer));
                 }
@@ -685,10 +862,16 @@ impl TcpTransport {
                     p.spare = None;
                 } else if p.conn == conn {
                     let dialed = p.dialed;
-                    self.promote_spare(peer);
+                    let staged = self.promote_spare(peer);
                     if failed {
+                        self.lost(staged);
                         debug!(%peer, conn, cause, dialed, "link failed: the connection closed");
                         self.push(TransportEvent::LinkFailed(peer));
+                    } else if !staged.is_empty() {
+                        // Closed quietly (idle, or the peer said goodbye) while this turn
+                        // queued frames: they open a new connection, as a send after the
+                        // close would.
+                        self.dial_or_fail(peer, staged);
                     }
                 }
             }
@@ -722,8 +905,9 @@ impl TcpTransport {
                     None => Err(give),
                 };
                 if let Err(give) = handed {
-                    let (tx, rx) = mpsc::channel(capacity);
+                    let (tx, rx) = queue_pair(Vec::new());
                     p.tx = tx;
+                    p.room = capacity;
                     let _ = give.send(Some(rx));
                 }
                 p.conn = conn;
@@ -734,12 +918,14 @@ impl TcpTransport {
                 }
             }
             None => {
-                let (tx, rx) = mpsc::channel(capacity);
+                let (tx, rx) = queue_pair(Vec::new());
                 if give.send(Some(rx)).is_ok() {
                     self.peers.insert(
                         peer,
                         Peer {
                             tx,
+                            staged: Vec::new(),
+                            room: capacity,
                             conn,
                             dialed: false,
                             stop: Some(stop),
@@ -752,35 +938,50 @@ impl TcpTransport {
     }
 
     /// The connection holding `peer`'s queue is gone: hand a fresh queue to the spare
-    /// connection if there is one, else forget the peer.
-    fn promote_spare(&mut self, peer: NodeId) {
+    /// connection if there is one (the frames staged this turn go on it), else forget the
+    /// peer and return the frames staged for it.
+    fn promote_spare(&mut self, peer: NodeId) -> Vec<Out> {
         let Some(mut p) = self.peers.remove(&peer) else {
-            return;
+            return Vec::new();
         };
         if let Some(spare) = p.spare.take() {
-            let (tx, rx) = mpsc::channel(self.shared.cfg.outbound_queue);
+            let (tx, rx) = queue_pair(Vec::new());
             if spare.give.send(Some(rx)).is_ok() {
                 p.tx = tx;
+                p.room = self.shared.cfg.outbound_queue;
                 p.conn = spare.conn;
                 p.dialed = false;
                 p.stop = Some(spare.stop);
                 self.peers.insert(peer, p);
+                return Vec::new();
             }
         }
+        std::mem::take(&mut p.staged)
     }
 
-    fn dial_or_fail(&mut self, to: NodeId, frame: Out) {
+    /// Frames lost with a link that failed (reported as `LinkFailed`).
+    fn lost(&self, frames: Vec<Out>) {
+        add(
+            &self.shared.counters.dropped_unreachable,
+            frames.len() as u64,
+        );
+    }
+
+    fn dial_or_fail(&mut self, to: NodeId, frames: Vec<Out>) {
         if self
             .backoff
             .get(&to)
             .is_some_and(|b| b.until > Instant::now())
         {
-            add(&self.shared.counters.dropped_unreachable, 1);
+            add(
+                &self.shared.counters.dropped_unreachable,
+                frames.len() as u64,
+            );
             debug!(peer = %to, "link failed: the peer is backed off after a failed dial");
             self.push(TransportEvent::LinkFailed(to));
             return;
         }
-        self.dial(to, frame);
+        self.dial(to, frames);
     }
 
     /// Queue `frame` for `to` (see [`Transport::send`]).
@@ -819,23 +1020,43 @@ impl TcpTransport {
                 .unwrap_or(to),
             _ => to,
         };
-        let Some(p) = self.peers.get(&to) else {
-            return self.dial_or_fail(to, frame);
+        let Some(p) = self.peers.get_mut(&to) else {
+            return self.dial_or_fail(to, vec![frame]);
         };
-        let frame = match p.tx.try_send(frame) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        if p.staged.len() >= p.room {
+            // Full when last looked at: look again (the writer may have taken some since).
+            p.room = self.shared.cfg.outbound_queue.saturating_sub(p.tx.len());
+            if p.staged.len() >= p.room {
                 add(&c.dropped_overflow, 1);
                 return;
             }
-            // The connection holding the queue is gone (a handover that found it dead):
-            // forget it and dial again.
-            Err(mpsc::error::TrySendError::Closed(frame)) => {
-                self.peers.remove(&to);
-                frame
-            }
+        }
+        p.staged.push(frame);
+        if !self.turns {
+            self.hand_over(to);
+        } else if p.staged.len() == 1 {
+            self.dirty.push(to);
+        }
+    }
+
+    /// Hands `to`'s staged frames to the connection holding its queue, in one operation.
+    fn hand_over(&mut self, to: NodeId) {
+        let Some(p) = self.peers.get_mut(&to) else {
+            return;
         };
-        self.dial_or_fail(to, frame);
+        if p.staged.is_empty() {
+            return;
+        }
+        match p.tx.give(&mut p.staged) {
+            Ok(queued) => p.room = self.shared.cfg.outbound_queue.saturating_sub(queued),
+            Err(()) => {
+                // The connection holding the queue is gone (a handover that found it dead):
+                // forget it and dial again.
+                let frames = std::mem::take(&mut p.staged);
+                self.peers.remove(&to);
+                self.dial_or_fail(to, frames);
+            }
+        }
     }
 
     fn set_backoff(&mut self, peer: NodeId) {
@@ -890,8 +1111,20 @@ impl Transport for TcpTransport {
     }
 
     fn disconnect(&mut self, peer: NodeId) {
-        // Dropping the queue's sender lets the writer flush what is queued, then close.
+        // Dropping the peer hands its staged frames over; dropping the queue's sender then
+        // lets the writer flush what is queued, and close.
         self.peers.remove(&peer);
+    }
+
+    fn flush(&mut self) {
+        self.turns = true;
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for to in dirty.drain(..) {
+            self.hand_over(to);
+        }
+        // Handing over never stages: `self.dirty` is still empty; keep the capacity.
+        debug_assert!(self.dirty.is_empty());
+        self.dirty = dirty;
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<TransportEvent>> {
@@ -1380,31 +1613,43 @@ async fn run_conn(
                     close_writer(&shared, &mut w).await;
                 }
             }
-            frame = async { queue.as_mut().expect("guarded").recv().await }, if queue.is_some() => {
+            more = std::future::poll_fn(|cx| queue.as_mut().expect("guarded").poll_ready(cx)), if queue.is_some() => {
                 let Some(w) = writer.as_mut() else { break ReadEnd::Shutdown };
-                match frame {
-                    Some(frame) => {
-                        let q = queue.as_mut().expect("guarded");
-                        // Outside the write timeout: a batch written at once arms no timer.
-                        collect_batch(frame, q, &mut batch).await;
-                        let r = timeout(
-                            shared.cfg.write_timeout,
-                            write_batch(&shared, w, &mut batch, session.as_ref(), &mut counter),
-                        )
-                        .await;
-                        last_write.store(shared.now_ms(), Ordering::Relaxed);
-                        match r {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => break ReadEnd::Error(e),
-                            Err(_) => break ReadEnd::Error(ConnError::WriteTimeout),
-                        }
+                if more {
+                    let q = queue.as_mut().expect("guarded");
+                    // Empty unless an earlier batch was cut short (timeout, error): those
+                    // frames are gone.
+                    batch.clear();
+                    let mut bytes = 0;
+                    q.take(&mut batch, &mut bytes);
+                    if batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                        // Yield once: the turns that other tasks (the node, other nodes of
+                        // the process) run meanwhile join the batch, and leave with it in one
+                        // system call instead of one each.
+                        tokio::task::yield_now().await;
+                        q.take(&mut batch, &mut bytes);
                     }
-                    None => {
-                        // disconnect(): everything queued is written; close our side.
-                        queue = None;
-                        if let Some(mut w) = writer.take() {
-                            close_writer(&shared, &mut w).await;
-                        }
+                    let r = timeout(
+                        shared.cfg.write_timeout,
+                        write_batch(&shared, w, &mut batch, session.as_ref(), &mut counter),
+                    )
+                    .await;
+                    last_write.store(shared.now_ms(), Ordering::Relaxed);
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break ReadEnd::Error(e),
+                        Err(_) => break ReadEnd::Error(ConnError::WriteTimeout),
+                    }
+                    // A burst may have grown the batch (it trades places with the queue):
+                    // do not keep more than a batch's room.
+                    if batch.capacity() > 2 * MAX_BATCH {
+                        batch.shrink_to(MAX_BATCH);
+                    }
+                } else {
+                    // disconnect(): everything queued is written; close our side.
+                    queue = None;
+                    if let Some(mut w) = writer.take() {
+                        close_writer(&shared, &mut w).await;
                     }
                 }
             }
@@ -1461,49 +1706,6 @@ async fn close_writer(shared: &Shared, w: &mut Writer) {
         SinkExt::<Bytes>::close(w).await
     })
     .await;
-}
-
-/// Takes `first` and whatever else is queued (up to [`MAX_BATCH`] frames or about
-/// [`MAX_BATCH_BYTES`]) into `batch`. When the queue runs dry the first time, yields once: the
-/// node usually queues several frames per turn, and letting it finish the turn makes them leave
-/// in one system call instead of one each.
-async fn collect_batch(first: Out, queue: &mut Queue, batch: &mut Vec<Out>) {
-    // Empty unless an earlier batch was cut short (timeout, error): those frames are gone.
-    batch.clear();
-    let mut bytes = first.len() as u64 + 4;
-    batch.push(first);
-    let mut yielded = false;
-    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-        // Small frames are taken in runs: the queue then frees their slots at once rather
-        // than one by one (each is a lock the node's sends contend with). Once the frames
-        // average over 4 KiB they are taken one at a time, so a batch stays close to
-        // MAX_BATCH_BYTES (a run may pass it by at most 15 frames).
-        let run = if bytes / batch.len() as u64 <= 4096 {
-            16.min(MAX_BATCH - batch.len())
-        } else {
-            1
-        };
-        let before = batch.len();
-        let polled = {
-            let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-            queue.poll_recv_many(&mut cx, batch, run)
-        };
-        match polled {
-            Poll::Ready(n) if n > 0 => {
-                bytes += batch[before..]
-                    .iter()
-                    .map(|f| f.len() as u64 + 4)
-                    .sum::<u64>();
-            }
-            // Closed: the next receive reports it.
-            Poll::Ready(_) => break,
-            Poll::Pending if !yielded => {
-                yielded = true;
-                tokio::task::yield_now().await;
-            }
-            Poll::Pending => break,
-        }
-    }
 }
 
 /// Writes the frames of `batch`, then flushes, and leaves `batch` empty.
@@ -1922,5 +2124,155 @@ mod tests {
             ..acceptor.clone()
         };
         assert!(other.open(5, buf()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod turn_tests {
+    //! Sends in turns (the node's way): frames wait for `flush`, then leave together.
+    use super::*;
+    use std::future::poll_fn;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    async fn bind(outbound_queue: usize, generation: u64) -> TcpTransport {
+        bind_with(
+            TcpConfig {
+                outbound_queue,
+                ..TcpConfig::default()
+            },
+            generation,
+        )
+        .await
+    }
+
+    async fn bind_with(cfg: TcpConfig, generation: u64) -> TcpTransport {
+        let cfg = TcpConfig {
+            cluster_label: "turns".into(),
+            ..cfg
+        };
+        TcpTransport::bind("127.0.0.1:0".parse().unwrap(), cfg, generation)
+            .await
+            .unwrap()
+    }
+
+    async fn next_u32(t: &mut TcpTransport) -> u32 {
+        match timeout(DEADLINE, poll_fn(|cx| t.poll_recv(cx))).await {
+            Ok(Some(TransportEvent::Frame { frame, .. })) => {
+                u32::from_be_bytes(frame[..].try_into().unwrap())
+            }
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    async fn quiet(t: &mut TcpTransport, wait: Duration) -> bool {
+        timeout(wait, poll_fn(|cx| t.poll_recv(cx))).await.is_err()
+    }
+
+    fn frame(i: u32) -> Bytes {
+        Bytes::copy_from_slice(&i.to_be_bytes())
+    }
+
+    #[tokio::test]
+    async fn frames_of_a_turn_leave_at_its_flush_in_order() {
+        let mut a = bind(1024, 1).await;
+        let mut b = bind(1024, 2).await;
+        a.flush();
+        let mut sent = 0u32;
+        for turn in 0..50u32 {
+            for _ in 0..turn % 7 {
+                a.send(b.local_id(), frame(sent));
+                sent += 1;
+            }
+            a.flush();
+        }
+        for i in 0..sent {
+            assert_eq!(next_u32(&mut b).await, i);
+        }
+        // A turn's frames stay with the transport until its flush.
+        a.send(b.local_id(), frame(sent));
+        assert!(quiet(&mut b, Duration::from_millis(200)).await);
+        a.flush();
+        assert_eq!(next_u32(&mut b).await, sent);
+        assert_eq!(a.stats().frames_sent, u64::from(sent) + 1);
+    }
+
+    #[tokio::test]
+    async fn a_turn_over_the_queue_bound_drops_its_newest_frames() {
+        let mut a = bind(4, 1).await;
+        let mut b = bind(1024, 2).await;
+        a.flush();
+        // Queued while dialing (nothing is written before the handshake): 4 fit, 6 dropped,
+        // whether they came in one turn or several.
+        for i in 0..6 {
+            a.send(b.local_id(), frame(i));
+        }
+        a.flush();
+        for i in 6..10 {
+            a.send(b.local_id(), frame(i));
+        }
+        a.flush();
+        assert_eq!(a.stats().dropped_overflow, 6);
+        for i in 0..4 {
+            assert_eq!(next_u32(&mut b).await, i);
+        }
+        assert!(quiet(&mut b, Duration::from_millis(200)).await);
+    }
+
+    #[tokio::test]
+    async fn disconnect_and_close_send_the_unflushed_turn_first() {
+        let mut a = bind(1024, 1).await;
+        let mut b = bind(1024, 2).await;
+        let b_id = b.local_id();
+        a.flush();
+        for i in 0..100 {
+            a.send(b_id, frame(i));
+        }
+        a.disconnect(b_id);
+        for i in 0..100 {
+            assert_eq!(next_u32(&mut b).await, i);
+        }
+        // A later turn dials again; closing the transport mid-turn still sends it.
+        for i in 100..200 {
+            a.send(b_id, frame(i));
+        }
+        let closing = tokio::spawn(a.close(Duration::from_secs(5)));
+        for i in 100..200 {
+            assert_eq!(next_u32(&mut b).await, i);
+        }
+        closing.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_turn_queued_as_its_connection_closed_quietly_dials_again() {
+        let cfg = || TcpConfig {
+            idle_timeout: Duration::from_millis(300),
+            read_timeout: Duration::from_millis(100),
+            ..TcpConfig::default()
+        };
+        let mut a = bind_with(cfg(), 1).await;
+        let mut b = bind_with(cfg(), 2).await;
+        let b_id = b.local_id();
+        a.flush();
+        a.send(b_id, frame(1));
+        a.flush();
+        assert_eq!(next_u32(&mut b).await, 1);
+        // Both sides close the idle connection; `a` has not looked at its events yet.
+        timeout(DEADLINE, async {
+            while a.stats().open_connections + b.stats().open_connections > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the idle connection closes");
+        // A turn sends to `b`, and learns of the close before it ends.
+        a.send(b_id, frame(2));
+        assert!(
+            quiet(&mut a, Duration::from_millis(100)).await,
+            "no LinkFailed"
+        );
+        a.flush();
+        assert_eq!(next_u32(&mut b).await, 2);
+        assert_eq!(a.stats().dropped_unreachable, 0);
     }
 }
