@@ -95,6 +95,9 @@ struct Shared {
     inbox: Arc<Inbox<Message>>,
     events: broadcast::Sender<Event>,
     unlisted: AtomicU64,
+    /// Where broadcasts are encoded (see [`crate::codec::EncodeArena`]). Held only while one
+    /// message is encoded, never across an await.
+    arena: std::sync::Mutex<crate::codec::EncodeArena>,
 }
 
 /// A handle to one running node. Clone it freely: every clone talks to the same node.
@@ -241,6 +244,7 @@ impl Node {
                 inbox,
                 events,
                 unlisted: AtomicU64::new(0),
+                arena: Default::default(),
             }),
         }
     }
@@ -294,7 +298,13 @@ impl Node {
     /// A message larger than [`Config::max_message_size`] is an error at once
     /// ([`Error::Encode`]); it is never dropped silently.
     pub async fn broadcast<T: Tag>(&self, message: &T) -> Result<MessageId, Error> {
-        let envelope = crate::codec::encode(message, self.shared.config.max_message_size)?;
+        let envelope = self
+            .shared
+            .arena
+            .lock()
+            // A panic in a `Serialize` while encoding leaves nothing the next encode relies on.
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .encode(message, self.shared.config.max_message_size)?;
         self.command(|tx| Command::Broadcast(envelope, tx)).await
     }
 
