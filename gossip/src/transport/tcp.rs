@@ -1610,6 +1610,46 @@ fn split_record(mut record: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(
 const READ_CHUNK: usize = 64 * 1024;
 /// Frames passed to the node per event, at most (bounds one event's memory with `READ_CHUNK`).
 const FRAMES_PER_EVENT: usize = 256;
+/// Read buffers a connection keeps after moving on from them, at most (see [`Spares`]).
+const SPARE_BUFFERS: usize = 256;
+
+/// The `READ_CHUNK` buffers a connection's reader moved on from, oldest first, to be read into
+/// again once every frame cut from them is gone, instead of allocating a fresh one per
+/// `READ_CHUNK` read and freeing the old one on whichever thread drops its last frame (another
+/// thread's allocator arena, behind its lock). Frames die roughly in the order they arrived
+/// (the payload cache evicts the oldest first), so only the oldest is checked. A spare still
+/// pinned by a frame costs nothing: the frame keeps that memory alive anyway. A spare whose
+/// frames are all gone is memory held for later: at most `SPARE_BUFFERS`, and dropped at the
+/// connection's next timeout check (`Spares::trim`), so a quiet connection holds none.
+#[derive(Default)]
+struct Spares(std::collections::VecDeque<BytesMut>);
+
+impl Spares {
+    /// The oldest spare, emptied, when every frame cut from it is gone.
+    fn take_free(&mut self) -> Option<BytesMut> {
+        let oldest = self.0.front_mut()?;
+        oldest.clear();
+        if oldest.try_reclaim(READ_CHUNK) {
+            self.0.pop_front()
+        } else {
+            None
+        }
+    }
+
+    /// Keeps `buf`, a `READ_CHUNK` buffer moved on from; the oldest spare is let go when full.
+    fn retire(&mut self, mut buf: BytesMut) {
+        if self.0.len() >= SPARE_BUFFERS {
+            self.0.pop_front();
+        }
+        buf.clear();
+        self.0.push_back(buf);
+    }
+
+    /// Frees the spares no frame uses any more.
+    fn trim(&mut self) {
+        self.0.retain_mut(|b| !b.try_reclaim(READ_CHUNK));
+    }
+}
 
 /// Cuts the complete wire bodies (`u32` big-endian length, then the body) off the front of
 /// `buf`, at most `limit` of them; the bodies are slices of the read buffer, not copies.
@@ -1618,6 +1658,7 @@ const FRAMES_PER_EVENT: usize = 256;
 fn cut_bodies(
     buf: &mut BytesMut,
     alloc: &mut usize,
+    spares: &mut Spares,
     max: usize,
     limit: usize,
     out: &mut Vec<BytesMut>,
@@ -1629,7 +1670,7 @@ fn cut_bodies(
         }
         if buf.len() < 4 + len {
             // Room for the rest of this body (bounded by `max`), so it arrives in one piece.
-            make_room(buf, alloc, 4 + len - buf.len());
+            make_room(buf, alloc, spares, 4 + len - buf.len());
             break;
         }
         buf.advance(4);
@@ -1639,17 +1680,28 @@ fn cut_bodies(
 }
 
 /// Makes room in the read buffer for `need` more bytes: in place when every frame cut from it
-/// is gone, else in a fresh buffer that takes only the bytes not cut yet. Never by growing the
-/// buffer in place, which copies it whole (frames already cut included). A fresh buffer is
-/// `READ_CHUNK` unless a large frame needs more; `alloc` becomes its size.
-fn make_room(buf: &mut BytesMut, alloc: &mut usize, need: usize) {
+/// is gone, else in another buffer that takes only the bytes not cut yet: the oldest spare
+/// when it is free, or a fresh one. Never by growing the buffer in place, which copies it
+/// whole (frames already cut included). Another buffer is `READ_CHUNK` unless a large frame
+/// needs more; `alloc` becomes its size. The buffer moved on from becomes a spare when it is
+/// `READ_CHUNK`.
+fn make_room(buf: &mut BytesMut, alloc: &mut usize, spares: &mut Spares, need: usize) {
     if buf.capacity() - buf.len() >= need || buf.try_reclaim(need) {
         return;
     }
-    let mut fresh = BytesMut::with_capacity((buf.len() + need).max(READ_CHUNK));
-    fresh.extend_from_slice(buf);
-    *alloc = fresh.capacity();
-    *buf = fresh;
+    let want = buf.len() + need;
+    let spare = if want <= READ_CHUNK {
+        spares.take_free()
+    } else {
+        None
+    };
+    let mut next = spare.unwrap_or_else(|| BytesMut::with_capacity(want.max(READ_CHUNK)));
+    next.extend_from_slice(buf);
+    let old = std::mem::replace(buf, next);
+    if *alloc == READ_CHUNK {
+        spares.retire(old);
+    }
+    *alloc = buf.capacity();
 }
 
 /// A frame the node may keep (a cached broadcast payload is a slice of it) pins the whole
@@ -1686,6 +1738,7 @@ async fn read_loop(
     let mut io = reader.into_inner();
     let mut bodies = Vec::with_capacity(FRAMES_PER_EVENT);
     let mut frames = Vec::with_capacity(FRAMES_PER_EVENT);
+    let mut spares = Spares::default();
     // One timer for the connection, checked every read timeout, instead of one armed per read.
     let tick = tokio::time::sleep(cfg.read_timeout);
     tokio::pin!(tick);
@@ -1695,6 +1748,7 @@ async fn read_loop(
             if let Err(e) = cut_bodies(
                 &mut buf,
                 &mut alloc,
+                &mut spares,
                 wire_max,
                 FRAMES_PER_EVENT,
                 &mut bodies,
@@ -1756,7 +1810,7 @@ async fn read_loop(
             }
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+            make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
@@ -1779,6 +1833,7 @@ async fn read_loop(
                 Err(e) => return ReadEnd::Error(ConnError::Io(e)),
             },
             _ = &mut tick => {
+                spares.trim();
                 let now = shared.now_ms();
                 tick.as_mut().reset(Instant::now() + cfg.read_timeout);
                 if !buf.is_empty() {
@@ -1854,13 +1909,14 @@ mod tests {
         // A 1 KiB frame arrives on a fresh 64 KiB buffer: it stays a slice (no copy).
         let mut buf = BytesMut::new();
         let mut alloc = 0;
-        make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+        let mut spares = Spares::default();
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
         assert_eq!(alloc, READ_CHUNK, "an ordinary read buffer is READ_CHUNK");
         buf.put_u32(1024);
         buf.extend_from_slice(&[1; 1024]);
         let region = (buf.as_ptr() as usize, alloc);
         let mut bodies = Vec::new();
-        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
         let small = detach_small(bodies.pop().unwrap().freeze(), alloc);
         assert!(
             inside(&small, region),
@@ -1871,10 +1927,11 @@ mod tests {
         // buffer is copied out, so keeping it does not keep the 600 KiB alive.
         let mut buf = BytesMut::new();
         let mut alloc = 0;
-        make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+        let mut spares = Spares::default();
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
         buf.put_u32(600 * 1024);
         buf.extend_from_slice(&[2; 1000]);
-        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
         assert!(bodies.is_empty(), "the large frame is not complete yet");
         assert!(
             alloc >= 600 * 1024,
@@ -1884,7 +1941,7 @@ mod tests {
         buf.put_u32(100);
         buf.extend_from_slice(&[3; 100]);
         let region = (buf.as_ptr() as usize, alloc);
-        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
         let mut kept: Vec<Bytes> = bodies
             .drain(..)
             .map(|b| detach_small(b.freeze(), alloc))
@@ -1897,6 +1954,83 @@ mod tests {
             "the large frame itself is not copied"
         );
         assert!(!inside(&small, region), "the small frame was copied out");
+    }
+
+    /// Reads `n` frames of 1 KiB into `buf` and cuts them, as `read_loop` does.
+    fn read_frames(
+        buf: &mut BytesMut,
+        alloc: &mut usize,
+        spares: &mut Spares,
+        n: usize,
+    ) -> Vec<Bytes> {
+        let mut bodies = Vec::new();
+        let mut frames = Vec::new();
+        for _ in 0..n {
+            if buf.capacity() - buf.len() < 1028 {
+                make_room(buf, alloc, spares, READ_CHUNK / 2);
+            }
+            buf.put_u32(1024);
+            buf.extend_from_slice(&[4; 1024]);
+            cut_bodies(buf, alloc, spares, 1 << 20, 16, &mut bodies).unwrap();
+            frames.extend(bodies.drain(..).map(|b| detach_small(b.freeze(), *alloc)));
+        }
+        frames
+    }
+
+    #[test]
+    fn a_read_buffer_is_read_into_again_once_its_frames_are_gone_and_not_before() {
+        let (mut buf, mut alloc, mut spares) = (BytesMut::new(), 0, Spares::default());
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
+        let first = (buf.as_ptr() as usize, alloc);
+        // Fill the first buffer and move on; one of its frames is kept.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 70);
+        assert!(inside(&frames[0], first) && !inside(&frames[69], first));
+        let kept = frames[3].clone();
+        drop(frames);
+        // Another buffer's worth: the first is pinned by `kept`, so a fresh one is taken.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 64);
+        assert!(frames.iter().all(|f| !inside(f, first)));
+        assert_eq!(spares.0.len(), 2);
+        drop(frames);
+        drop(kept);
+        // Both spares are free now: the oldest, the first buffer, is read into again.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 64);
+        assert!(frames.iter().any(|f| inside(f, first)));
+        assert!(frames.iter().all(|f| &f[..] == &[4; 1024][..]));
+        assert_eq!(alloc, READ_CHUNK);
+        // A timeout check frees the spares no frame uses and keeps the others.
+        let pinned = frames.last().unwrap().clone();
+        drop(frames);
+        // Another buffer's worth, dropped at once: the buffer `pinned` is in became a spare.
+        drop(read_frames(&mut buf, &mut alloc, &mut spares, 64));
+        spares.trim();
+        assert_eq!(spares.0.len(), 1, "only the spare holding `pinned` stays");
+        drop(pinned);
+        spares.trim();
+        assert!(spares.0.is_empty());
+    }
+
+    #[test]
+    fn spares_are_bounded_and_a_large_buffer_is_never_one() {
+        let (mut buf, mut alloc, mut spares) = (BytesMut::new(), 0, Spares::default());
+        // Every frame kept: no spare is ever free, and at most SPARE_BUFFERS are held.
+        let kept = read_frames(&mut buf, &mut alloc, &mut spares, 63 * (SPARE_BUFFERS + 10));
+        assert_eq!(spares.0.len(), SPARE_BUFFERS);
+        assert!(kept.iter().all(|f| f.len() == 1024));
+        drop(kept);
+        spares.trim();
+        assert!(spares.0.is_empty());
+        // A buffer made for a large frame is not kept as a spare.
+        buf.put_u32(200 * 1024);
+        let mut bodies = Vec::new();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
+        assert!(alloc >= 200 * 1024);
+        buf.extend_from_slice(&vec![5; 200 * 1024]);
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
+        assert_eq!(bodies.len(), 1);
+        let before = spares.0.len();
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK * 2);
+        assert_eq!(spares.0.len(), before, "the large buffer is not a spare");
     }
 
     #[test]
