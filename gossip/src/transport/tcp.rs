@@ -1996,7 +1996,7 @@ mod tests {
         // Both spares are free now: the oldest, the first buffer, is read into again.
         let frames = read_frames(&mut buf, &mut alloc, &mut spares, 64);
         assert!(frames.iter().any(|f| inside(f, first)));
-        assert!(frames.iter().all(|f| &f[..] == &[4; 1024][..]));
+        assert!(frames.iter().all(|f| f[..] == [4; 1024][..]));
         assert_eq!(alloc, READ_CHUNK);
         // A timeout check frees the spares no frame uses and keeps the others.
         let pinned = frames.last().unwrap().clone();
