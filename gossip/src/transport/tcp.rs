@@ -353,6 +353,8 @@ struct Shared {
     handshake_permits: Arc<Semaphore>,
     next_conn: AtomicU64,
     epoch: Instant,
+    /// Emptied `Internal::Frames` vectors, for the readers' next events (see `FrameVecs`).
+    frame_vecs: FrameVecs,
 }
 
 impl Shared {
@@ -537,6 +539,7 @@ impl TcpTransport {
             cancel: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
             epoch: Instant::now(),
+            frame_vecs: FrameVecs::default(),
         });
         shared.spawn(accept_loop(shared.clone(), listener));
         Ok(Self {
@@ -621,12 +624,13 @@ impl TcpTransport {
 
     fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
         match ev {
-            Internal::Frames { from, frames } => {
-                let mut frames = frames.into_iter();
-                let first = frames.next()?;
+            Internal::Frames { from, mut frames } => {
+                let mut drain = frames.drain(..);
+                let first = drain.next();
                 self.ready
-                    .extend(frames.map(|frame| TransportEvent::Frame { from, frame }));
-                return Some(TransportEvent::Frame { from, frame: first });
+                    .extend(drain.map(|frame| TransportEvent::Frame { from, frame }));
+                self.shared.frame_vecs.give(frames);
+                return first.map(|frame| TransportEvent::Frame { from, frame });
             }
             Internal::Connected { peer, actual, conn } => {
                 self.backoff.remove(&peer);
@@ -1610,6 +1614,37 @@ fn split_record(mut record: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(
 const READ_CHUNK: usize = 64 * 1024;
 /// Frames passed to the node per event, at most (bounds one event's memory with `READ_CHUNK`).
 const FRAMES_PER_EVENT: usize = 256;
+/// Emptied frame vectors kept for the readers, at most (see [`FrameVecs`]).
+const SPARE_FRAME_VECS: usize = 16;
+
+/// Vectors that carried frames from a reader to the transport, emptied, for the next event:
+/// one short lock on each side instead of an allocation per event, freed on another thread.
+/// At most `SPARE_FRAME_VECS` vectors of room for at most `FRAMES_PER_EVENT` frames (128 KiB).
+#[derive(Default)]
+struct FrameVecs(std::sync::Mutex<Vec<Vec<Bytes>>>);
+
+impl FrameVecs {
+    /// `frames` in a vector of the pool (or a new one); `frames` is left empty.
+    fn take(&self, frames: &mut Vec<Bytes>) -> Vec<Bytes> {
+        let spare = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut batch = spare.unwrap_or_else(|| Vec::with_capacity(frames.len()));
+        batch.append(frames);
+        batch
+    }
+
+    /// Keeps `frames` (emptied) for a later event, if the pool has room.
+    fn give(&self, mut frames: Vec<Bytes>) {
+        frames.clear();
+        if frames.capacity() > FRAMES_PER_EVENT {
+            return;
+        }
+        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < SPARE_FRAME_VECS {
+            pool.push(frames);
+        }
+    }
+}
+
 /// Read buffers a connection keeps after moving on from them, at most (see [`Spares`]).
 const SPARE_BUFFERS: usize = 256;
 
@@ -1794,9 +1829,8 @@ async fn read_loop(
                 }
             }
             add(&shared.counters.frames_received, frames.len() as u64);
-            // The event takes the frames in a vector of their exact size; the scratch stays.
-            let mut batch = Vec::with_capacity(frames.len());
-            batch.append(&mut frames);
+            // The event takes the frames in a vector of the pool; the scratch stays.
+            let batch = shared.frame_vecs.take(&mut frames);
             if shared
                 .events
                 .send(Internal::Frames {
@@ -2031,6 +2065,34 @@ mod tests {
         let before = spares.0.len();
         make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK * 2);
         assert_eq!(spares.0.len(), before, "the large buffer is not a spare");
+    }
+
+    #[test]
+    fn frame_vectors_are_reused_and_the_pool_is_bounded() {
+        let pool = FrameVecs::default();
+        let mut frames = vec![Bytes::from_static(b"a"); 3];
+        let batch = pool.take(&mut frames);
+        assert_eq!((frames.len(), batch.len()), (0, 3));
+        let first = batch.as_ptr();
+        pool.give(batch);
+        frames.push(Bytes::from_static(b"b"));
+        let again = pool.take(&mut frames);
+        assert_eq!(
+            again.as_ptr(),
+            first,
+            "the emptied vector carries the next event"
+        );
+        assert_eq!(again, vec![Bytes::from_static(b"b")]);
+        for _ in 0..SPARE_FRAME_VECS + 5 {
+            pool.give(Vec::with_capacity(4));
+        }
+        pool.give(Vec::with_capacity(FRAMES_PER_EVENT + 1));
+        let kept = pool.0.lock().unwrap();
+        assert_eq!(kept.len(), SPARE_FRAME_VECS);
+        assert!(
+            kept.iter()
+                .all(|v| v.is_empty() && v.capacity() <= FRAMES_PER_EVENT)
+        );
     }
 
     #[test]
