@@ -1647,28 +1647,47 @@ impl FrameVecs {
 
 /// Read buffers a connection keeps after moving on from them, at most (see [`Spares`]).
 const SPARE_BUFFERS: usize = 256;
+/// Spares looked at for a free one, oldest first (see [`Spares`]).
+const SPARE_WINDOW: usize = 4;
 
 /// The `READ_CHUNK` buffers a connection's reader moved on from, oldest first, to be read into
 /// again once every frame cut from them is gone, instead of allocating a fresh one per
 /// `READ_CHUNK` read and freeing the old one on whichever thread drops its last frame (another
 /// thread's allocator arena, behind its lock). Frames die roughly in the order they arrived
-/// (the payload cache evicts the oldest first), so only the oldest is checked. A spare still
-/// pinned by a frame costs nothing: the frame keeps that memory alive anyway. A spare whose
-/// frames are all gone is memory held for later: at most `SPARE_BUFFERS`, and dropped at the
-/// connection's next timeout check (`Spares::trim`), so a quiet connection holds none.
+/// (the payload cache evicts the oldest first), so only the oldest `SPARE_WINDOW` are looked
+/// at (a buffer of control frames only is free at once, though older ones may not be). A
+/// spare still pinned by a frame costs nothing: the frame keeps that memory alive anyway. A
+/// spare whose frames are all gone is memory held for later: at most `SPARE_BUFFERS`; a busy
+/// connection frees one whenever all those looked at are free (so the list tracks how long
+/// frames live, plus a few), and every free one is dropped at the connection's next timeout
+/// check (`Spares::trim`), so a quiet connection holds none.
 #[derive(Default)]
 struct Spares(std::collections::VecDeque<BytesMut>);
 
 impl Spares {
-    /// The oldest spare, emptied, when every frame cut from it is gone.
+    /// Whether no frame uses the spare at `at` any more (it is then emptied and whole again).
+    fn is_free(&mut self, at: usize) -> bool {
+        self.0.get_mut(at).is_some_and(|b| {
+            b.clear();
+            b.try_reclaim(READ_CHUNK)
+        })
+    }
+
+    /// The oldest free spare among the oldest `SPARE_WINDOW`, emptied.
     fn take_free(&mut self) -> Option<BytesMut> {
-        let oldest = self.0.front_mut()?;
-        oldest.clear();
-        if oldest.try_reclaim(READ_CHUNK) {
-            self.0.pop_front()
-        } else {
-            None
+        let window = self.0.len().min(SPARE_WINDOW);
+        let mut free = [false; SPARE_WINDOW];
+        for (i, f) in free.iter_mut().enumerate().take(window) {
+            *f = self.is_free(i);
         }
+        let at = free.iter().position(|f| *f)?;
+        let spare = self.0.remove(at);
+        if window == SPARE_WINDOW && free.iter().all(|f| *f) {
+            // Every one looked at is free: more spares than the frames' lifetime needs. Free
+            // one, so the list shrinks back to that lifetime instead of holding unused ones.
+            self.0.pop_front();
+        }
+        spare
     }
 
     /// Keeps `buf`, a `READ_CHUNK` buffer moved on from; the oldest spare is let go when full.
@@ -2042,6 +2061,45 @@ mod tests {
         drop(pinned);
         spares.trim();
         assert!(spares.0.is_empty());
+    }
+
+    #[test]
+    fn a_pinned_old_spare_does_not_hold_up_free_ones_and_surplus_spares_are_freed() {
+        let (mut buf, mut alloc, mut spares) = (BytesMut::new(), 0, Spares::default());
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
+        let first = (buf.as_ptr() as usize, alloc);
+        // Eight buffers' worth; a frame of the first one is kept, the rest are dropped.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 8 * 63);
+        // The current buffer stays pinned too, so room means moving on from it.
+        let (kept, tail) = (frames[0].clone(), frames.last().unwrap().clone());
+        drop(frames);
+        let before = spares.0.len();
+        assert!(before >= SPARE_WINDOW + 2, "{before} spares");
+        // Moving on reuses the oldest free spare (the second buffer), not the pinned first.
+        assert!(!spares.is_free(0) && spares.is_free(1));
+        let (front, second) = (spares.0[0].as_ptr(), spares.0[1].as_ptr());
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK);
+        assert_eq!(buf.as_ptr(), second, "the oldest free spare is read into");
+        assert_eq!(
+            spares.0[0].as_ptr(),
+            front,
+            "the pinned one stays, costing nothing"
+        );
+        assert!(inside(&kept, first));
+        // Not every spare looked at was free (the first is pinned): none was freed.
+        assert_eq!(spares.0.len(), before);
+        drop(kept);
+        let tail2 = read_frames(&mut buf, &mut alloc, &mut spares, 1);
+        // Now every spare looked at is free: one is read into and one more is freed, so the
+        // list shrinks (the buffer moved on from joins it).
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK);
+        assert_eq!(
+            buf.as_ptr() as usize,
+            first.0,
+            "the first buffer, free at last"
+        );
+        drop((tail, tail2));
+        assert_eq!(spares.0.len(), before - 1);
     }
 
     #[test]
