@@ -1619,6 +1619,8 @@ const SPARE_FRAME_VECS: usize = 16;
 
 /// Vectors that carried frames from a reader to the transport, emptied, for the next event:
 /// one short lock on each side instead of an allocation per event, freed on another thread.
+/// Neither side waits for the lock (a futex wait and wake cost more than the allocation): the
+/// reader then allocates, the transport frees.
 /// At most `SPARE_FRAME_VECS` vectors of room for at most `FRAMES_PER_EVENT` frames (128 KiB).
 #[derive(Default)]
 struct FrameVecs(std::sync::Mutex<Vec<Vec<Bytes>>>);
@@ -1626,7 +1628,8 @@ struct FrameVecs(std::sync::Mutex<Vec<Vec<Bytes>>>);
 impl FrameVecs {
     /// `frames` in a vector of the pool (or a new one); `frames` is left empty.
     fn take(&self, frames: &mut Vec<Bytes>) -> Vec<Bytes> {
-        let spare = self.0.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        // Never waits: when the other side holds the lock, a new vector is cheaper.
+        let spare = self.0.try_lock().ok().and_then(|mut pool| pool.pop());
         let mut batch = spare.unwrap_or_else(|| Vec::with_capacity(frames.len()));
         batch.append(frames);
         batch
@@ -1638,8 +1641,9 @@ impl FrameVecs {
         if frames.capacity() > FRAMES_PER_EVENT {
             return;
         }
-        let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < SPARE_FRAME_VECS {
+        if let Ok(mut pool) = self.0.try_lock()
+            && pool.len() < SPARE_FRAME_VECS
+        {
             pool.push(frames);
         }
     }
