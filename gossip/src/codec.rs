@@ -27,7 +27,7 @@ use bincode::config::Configuration;
 use bincode::enc::write::{SizeWriter, Writer};
 use std::marker::PhantomData;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::Tag;
 use crate::error::{CodecError, DecodeError, EncodeError};
@@ -54,6 +54,15 @@ fn config() -> Configuration {
 pub fn encode<T: Tag>(msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
     // Measure first, then write into a buffer of the exact size: growing it from small
     // copied a 1 KiB payload four times. A message over the limit is refused without buffering.
+    let size = measure(msg, limit)?;
+    let mut buf = Vec::with_capacity(size);
+    write_envelope(msg, limit, &mut buf)?;
+    Ok(Bytes::from(buf))
+}
+
+/// The envelope's size, header included; an error when it is over `limit` or the value's
+/// `Serialize` fails.
+fn measure<T: Tag>(msg: &T, limit: usize) -> Result<usize, EncodeError> {
     let mut size = SizeWriter::default();
     let size = match bincode::serde::encode_into_writer(msg, &mut size, config()) {
         Ok(()) => HEADER_LEN + size.bytes_written,
@@ -67,17 +76,26 @@ pub fn encode<T: Tag>(msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
     if size > limit {
         return Err(EncodeError::TooLarge { size, limit });
     }
-    let mut buf = Vec::with_capacity(size);
-    buf.push(FORMAT_VERSION);
-    buf.push(CODEC_BINCODE);
-    buf.extend_from_slice(&T::ID.to_le_bytes());
+    Ok(size)
+}
+
+/// Appends the envelope of `msg` to `buf`, refusing to write more than `limit` bytes of it.
+fn write_envelope<T: Tag, B: BufMut>(
+    msg: &T,
+    limit: usize,
+    buf: &mut B,
+) -> Result<(), EncodeError> {
+    buf.put_u8(FORMAT_VERSION);
+    buf.put_u8(CODEC_BINCODE);
+    buf.put_slice(&T::ID.to_le_bytes());
     let mut writer = LimitedWriter {
         buf,
+        written: HEADER_LEN,
         limit,
         overflow: false,
     };
     match bincode::serde::encode_into_writer(msg, &mut writer, config()) {
-        Ok(()) => Ok(Bytes::from(writer.buf)),
+        Ok(()) => Ok(()),
         Err(_) if writer.overflow => {
             // Measure the real size for the error; this path is rare and bounded by nothing
             // but the value itself, which the caller already holds in memory.
@@ -95,24 +113,69 @@ pub fn encode<T: Tag>(msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
     }
 }
 
-/// A `Vec` writer that refuses to grow past `limit` bytes.
-struct LimitedWriter {
-    buf: Vec<u8>,
+/// A writer that refuses to write past `limit` bytes of envelope.
+struct LimitedWriter<'a, B> {
+    buf: &'a mut B,
+    written: usize,
     limit: usize,
     overflow: bool,
 }
 
-impl Writer for LimitedWriter {
+impl<B: BufMut> Writer for LimitedWriter<'_, B> {
     #[inline]
     fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
-        if self.buf.len() + bytes.len() > self.limit {
+        if self.written + bytes.len() > self.limit {
             self.overflow = true;
             return Err(bincode::error::EncodeError::Other(
                 "message exceeds the size limit",
             ));
         }
-        self.buf.extend_from_slice(bytes);
+        self.written += bytes.len();
+        self.buf.put_slice(bytes);
         Ok(())
+    }
+}
+
+/// Bytes per allocation of an [`EncodeArena`]. A kept envelope cut from it pins at most this
+/// much (SECURITY.md, "Pinned buffers").
+pub(crate) const ARENA_CHUNK: usize = 64 * 1024;
+
+/// Envelopes up to this size are cut from the arena's chunk; a larger one gets an allocation of
+/// its own, so it never pins a chunk nor wastes one's tail.
+const ARENA_MAX_ENVELOPE: usize = ARENA_CHUNK / 8;
+
+/// Where a node's broadcasts are encoded, one after the other: the envelopes of up to
+/// [`ARENA_CHUNK`] bytes of small messages share one allocation and one reference count, where
+/// a `Vec` per envelope cost an allocation, a second one for the reference count on its first
+/// clone (payload cache and eager peers), and two frees later on whichever thread evicts it.
+#[derive(Debug, Default)]
+pub(crate) struct EncodeArena {
+    chunk: BytesMut,
+}
+
+impl EncodeArena {
+    /// Encode `msg` as [`encode`] does, into the arena's current chunk when it is small.
+    pub(crate) fn encode<T: Tag>(&mut self, msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
+        let size = measure(msg, limit)?;
+        if size > ARENA_MAX_ENVELOPE {
+            let mut buf = Vec::with_capacity(size);
+            write_envelope(msg, limit, &mut buf)?;
+            return Ok(Bytes::from(buf));
+        }
+        // Whatever a failed (or panicked) encode left behind is not part of any envelope.
+        self.chunk.clear();
+        // Reuse the chunk in place when every envelope cut from it is gone, else start another;
+        // the envelopes still alive keep the old one.
+        if self.chunk.capacity() < size && !self.chunk.try_reclaim(size) {
+            self.chunk = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        match write_envelope(msg, limit, &mut self.chunk) {
+            Ok(()) => Ok(self.chunk.split().freeze()),
+            Err(e) => {
+                self.chunk.clear();
+                Err(e)
+            }
+        }
     }
 }
 
@@ -677,6 +740,125 @@ mod tests {
             encode(&blob, 0),
             Err(EncodeError::TooLarge { size: 111, .. })
         ));
+    }
+
+    #[test]
+    fn arena_envelopes_are_those_of_encode_cut_one_after_the_other_from_one_chunk() {
+        let mut arena = EncodeArena::default();
+        let blobs: Vec<Blob> = (0..4u8)
+            .map(|i| Blob {
+                data: vec![i; 100 + i as usize],
+            })
+            .collect();
+        let envelopes: Vec<Bytes> = blobs
+            .iter()
+            .map(|b| arena.encode(b, 1024).unwrap())
+            .collect();
+        for (blob, envelope) in blobs.iter().zip(&envelopes) {
+            assert_eq!(envelope, &encode(blob, 1024).unwrap());
+        }
+        for pair in envelopes.windows(2) {
+            assert_eq!(
+                pair[1].as_ptr(),
+                pair[0].as_ptr().wrapping_add(pair[0].len())
+            );
+        }
+    }
+
+    #[test]
+    fn arena_gives_a_large_envelope_its_own_allocation_and_keeps_its_chunk() {
+        let mut arena = EncodeArena::default();
+        let small = Blob { data: vec![1; 10] };
+        let first = arena.encode(&small, 1 << 20).unwrap();
+        let large = Blob {
+            data: vec![2; ARENA_MAX_ENVELOPE],
+        };
+        let big = arena.encode(&large, 1 << 20).unwrap();
+        assert_eq!(big, encode(&large, 1 << 20).unwrap());
+        let next = arena.encode(&small, 1 << 20).unwrap();
+        assert_eq!(next.as_ptr(), first.as_ptr().wrapping_add(first.len()));
+        let big_range = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+        assert!(!big_range.contains(&(first.as_ptr() as usize)));
+        // Over the limit is refused as by `encode`, and takes nothing from the chunk.
+        assert!(matches!(
+            arena.encode(&large, 100),
+            Err(EncodeError::TooLarge { limit: 100, .. })
+        ));
+        let after = arena.encode(&small, 1 << 20).unwrap();
+        assert_eq!(after.as_ptr(), next.as_ptr().wrapping_add(next.len()));
+    }
+
+    #[test]
+    fn arena_reuses_its_chunk_only_once_every_envelope_cut_from_it_is_gone() {
+        let blob = Blob {
+            data: vec![3; 4000],
+        };
+        let per_chunk = ARENA_CHUNK / encode(&blob, 1 << 20).unwrap().len();
+        // Every envelope dropped at once: the chunk comes back.
+        let mut arena = EncodeArena::default();
+        let start = arena.encode(&blob, 1 << 20).unwrap().as_ptr();
+        let reused =
+            (0..2 * per_chunk).any(|_| arena.encode(&blob, 1 << 20).unwrap().as_ptr() == start);
+        assert!(reused, "the chunk was not reused once free");
+        // One envelope kept: the chunk stays its, and later envelopes come from another one.
+        let mut arena = EncodeArena::default();
+        let kept = arena.encode(&blob, 1 << 20).unwrap();
+        let chunk = kept.as_ptr() as usize..kept.as_ptr() as usize + ARENA_CHUNK;
+        let mut left = 0;
+        for _ in 0..4 * per_chunk {
+            let e = arena.encode(&blob, 1 << 20).unwrap();
+            if !chunk.contains(&(e.as_ptr() as usize)) {
+                left += 1;
+            }
+        }
+        assert!(
+            left >= 3 * per_chunk,
+            "the kept envelope's bytes were overwritten"
+        );
+        assert_eq!(kept, encode(&blob, 1 << 20).unwrap());
+    }
+
+    /// Serializes once; fails on every later attempt (after the size was measured).
+    #[derive(crate::Tag, Deserialize, Debug)]
+    #[tag(crate = "crate", name = "test.flaky")]
+    struct Flaky {
+        #[serde(skip)]
+        calls: std::sync::atomic::AtomicU32,
+        data: Vec<u8>,
+    }
+
+    impl Serialize for Flaky {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            if self
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                > 0
+            {
+                return Err(serde::ser::Error::custom("flaky"));
+            }
+            self.data.serialize(s)
+        }
+    }
+
+    #[test]
+    fn a_failed_arena_encode_leaves_nothing_behind() {
+        let mut arena = EncodeArena::default();
+        let blob = Blob { data: vec![5; 50] };
+        let first = arena.encode(&blob, 1024).unwrap();
+        let flaky = Flaky {
+            calls: Default::default(),
+            data: vec![9; 50],
+        };
+        assert!(matches!(
+            arena.encode(&flaky, 1024),
+            Err(EncodeError::Serialize {
+                tag: "test.flaky",
+                ..
+            })
+        ));
+        let next = arena.encode(&blob, 1024).unwrap();
+        assert_eq!(next, first);
+        assert_eq!(next.as_ptr(), first.as_ptr().wrapping_add(first.len()));
     }
 
     #[test]

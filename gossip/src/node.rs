@@ -95,6 +95,9 @@ struct Shared {
     inbox: Arc<Inbox<Message>>,
     events: broadcast::Sender<Event>,
     unlisted: AtomicU64,
+    /// Where broadcasts are encoded (see [`crate::codec::EncodeArena`]). Held only while one
+    /// message is encoded, never across an await, and never waited for.
+    arena: std::sync::Mutex<crate::codec::EncodeArena>,
 }
 
 /// A handle to one running node. Clone it freely: every clone talks to the same node.
@@ -241,6 +244,7 @@ impl Node {
                 inbox,
                 events,
                 unlisted: AtomicU64::new(0),
+                arena: Default::default(),
             }),
         }
     }
@@ -294,7 +298,14 @@ impl Node {
     /// A message larger than [`Config::max_message_size`] is an error at once
     /// ([`Error::Encode`]); it is never dropped silently.
     pub async fn broadcast<T: Tag>(&self, message: &T) -> Result<MessageId, Error> {
-        let envelope = crate::codec::encode(message, self.shared.config.max_message_size)?;
+        let limit = self.shared.config.max_message_size;
+        let envelope = match self.shared.arena.try_lock() {
+            Ok(mut arena) => arena.encode(message, limit)?,
+            // A panic in a `Serialize` while encoding leaves nothing the next encode relies on.
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().encode(message, limit)?,
+            // Another task is encoding: never wait for it, encode into a buffer of its own.
+            Err(std::sync::TryLockError::WouldBlock) => crate::codec::encode(message, limit)?,
+        };
         self.command(|tx| Command::Broadcast(envelope, tx)).await
     }
 

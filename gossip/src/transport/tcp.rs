@@ -499,6 +499,8 @@ struct Shared {
     handshake_permits: Arc<Semaphore>,
     next_conn: AtomicU64,
     epoch: Instant,
+    /// Emptied `Internal::Frames` vectors, for the readers' next events (see `FrameVecs`).
+    frame_vecs: FrameVecs,
 }
 
 impl Shared {
@@ -704,6 +706,7 @@ impl TcpTransport {
             cancel: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
             epoch: Instant::now(),
+            frame_vecs: FrameVecs::default(),
         });
         shared.spawn(accept_loop(shared.clone(), listener));
         Ok(Self {
@@ -794,12 +797,13 @@ impl TcpTransport {
 
     fn on_internal(&mut self, ev: Internal) -> Option<TransportEvent> {
         match ev {
-            Internal::Frames { from, frames } => {
-                let mut frames = frames.into_iter();
-                let first = frames.next()?;
+            Internal::Frames { from, mut frames } => {
+                let mut drain = frames.drain(..);
+                let first = drain.next();
                 self.ready
-                    .extend(frames.map(|frame| TransportEvent::Frame { from, frame }));
-                return Some(TransportEvent::Frame { from, frame: first });
+                    .extend(drain.map(|frame| TransportEvent::Frame { from, frame }));
+                self.shared.frame_vecs.give(frames);
+                return first.map(|frame| TransportEvent::Frame { from, frame });
             }
             Internal::Connected { peer, actual, conn } => {
                 self.backoff.remove(&peer);
@@ -1812,6 +1816,100 @@ fn split_record(mut record: Bytes, max: usize, out: &mut Vec<Bytes>) -> Result<(
 const READ_CHUNK: usize = 64 * 1024;
 /// Frames passed to the node per event, at most (bounds one event's memory with `READ_CHUNK`).
 const FRAMES_PER_EVENT: usize = 256;
+/// Emptied frame vectors kept for the readers, at most (see [`FrameVecs`]).
+const SPARE_FRAME_VECS: usize = 16;
+
+/// Vectors that carried frames from a reader to the transport, emptied, for the next event:
+/// one short lock on each side instead of an allocation per event, freed on another thread.
+/// Neither side waits for the lock (a futex wait and wake cost more than the allocation): the
+/// reader then allocates, the transport frees.
+/// At most `SPARE_FRAME_VECS` vectors of room for at most `FRAMES_PER_EVENT` frames (128 KiB).
+#[derive(Default)]
+struct FrameVecs(std::sync::Mutex<Vec<Vec<Bytes>>>);
+
+impl FrameVecs {
+    /// `frames` in a vector of the pool (or a new one); `frames` is left empty.
+    fn take(&self, frames: &mut Vec<Bytes>) -> Vec<Bytes> {
+        // Never waits: when the other side holds the lock, a new vector is cheaper.
+        let spare = self.0.try_lock().ok().and_then(|mut pool| pool.pop());
+        let mut batch = spare.unwrap_or_else(|| Vec::with_capacity(frames.len()));
+        batch.append(frames);
+        batch
+    }
+
+    /// Keeps `frames` (emptied) for a later event, if the pool has room.
+    fn give(&self, mut frames: Vec<Bytes>) {
+        frames.clear();
+        if frames.capacity() > FRAMES_PER_EVENT {
+            return;
+        }
+        if let Ok(mut pool) = self.0.try_lock()
+            && pool.len() < SPARE_FRAME_VECS
+        {
+            pool.push(frames);
+        }
+    }
+}
+
+/// Read buffers a connection keeps after moving on from them, at most (see [`Spares`]).
+const SPARE_BUFFERS: usize = 256;
+/// Spares looked at for a free one, oldest first (see [`Spares`]).
+const SPARE_WINDOW: usize = 4;
+
+/// The `READ_CHUNK` buffers a connection's reader moved on from, oldest first, to be read into
+/// again once every frame cut from them is gone, instead of allocating a fresh one per
+/// `READ_CHUNK` read and freeing the old one on whichever thread drops its last frame (another
+/// thread's allocator arena, behind its lock). Frames die roughly in the order they arrived
+/// (the payload cache evicts the oldest first), so only the oldest `SPARE_WINDOW` are looked
+/// at (a buffer of control frames only is free at once, though older ones may not be). A
+/// spare still pinned by a frame costs nothing: the frame keeps that memory alive anyway. A
+/// spare whose frames are all gone is memory held for later: at most `SPARE_BUFFERS`; a busy
+/// connection frees one whenever all those looked at are free (so the list tracks how long
+/// frames live, plus a few), and every free one is dropped at the connection's next timeout
+/// check (`Spares::trim`), so a quiet connection holds none.
+#[derive(Default)]
+struct Spares(std::collections::VecDeque<BytesMut>);
+
+impl Spares {
+    /// Whether no frame uses the spare at `at` any more (it is then emptied and whole again).
+    fn is_free(&mut self, at: usize) -> bool {
+        self.0.get_mut(at).is_some_and(|b| {
+            b.clear();
+            b.try_reclaim(READ_CHUNK)
+        })
+    }
+
+    /// The oldest free spare among the oldest `SPARE_WINDOW`, emptied.
+    fn take_free(&mut self) -> Option<BytesMut> {
+        let window = self.0.len().min(SPARE_WINDOW);
+        let mut free = [false; SPARE_WINDOW];
+        for (i, f) in free.iter_mut().enumerate().take(window) {
+            *f = self.is_free(i);
+        }
+        let at = free.iter().position(|f| *f)?;
+        let spare = self.0.remove(at);
+        if window == SPARE_WINDOW && free.iter().all(|f| *f) {
+            // Every one looked at is free: more spares than the frames' lifetime needs. Free
+            // one, so the list shrinks back to that lifetime instead of holding unused ones.
+            self.0.pop_front();
+        }
+        spare
+    }
+
+    /// Keeps `buf`, a `READ_CHUNK` buffer moved on from; the oldest spare is let go when full.
+    fn retire(&mut self, mut buf: BytesMut) {
+        if self.0.len() >= SPARE_BUFFERS {
+            self.0.pop_front();
+        }
+        buf.clear();
+        self.0.push_back(buf);
+    }
+
+    /// Frees the spares no frame uses any more.
+    fn trim(&mut self) {
+        self.0.retain_mut(|b| !b.try_reclaim(READ_CHUNK));
+    }
+}
 
 /// Cuts the complete wire bodies (`u32` big-endian length, then the body) off the front of
 /// `buf`, at most `limit` of them; the bodies are slices of the read buffer, not copies.
@@ -1820,6 +1918,7 @@ const FRAMES_PER_EVENT: usize = 256;
 fn cut_bodies(
     buf: &mut BytesMut,
     alloc: &mut usize,
+    spares: &mut Spares,
     max: usize,
     limit: usize,
     out: &mut Vec<BytesMut>,
@@ -1831,7 +1930,7 @@ fn cut_bodies(
         }
         if buf.len() < 4 + len {
             // Room for the rest of this body (bounded by `max`), so it arrives in one piece.
-            make_room(buf, alloc, 4 + len - buf.len());
+            make_room(buf, alloc, spares, 4 + len - buf.len());
             break;
         }
         buf.advance(4);
@@ -1841,17 +1940,28 @@ fn cut_bodies(
 }
 
 /// Makes room in the read buffer for `need` more bytes: in place when every frame cut from it
-/// is gone, else in a fresh buffer that takes only the bytes not cut yet. Never by growing the
-/// buffer in place, which copies it whole (frames already cut included). A fresh buffer is
-/// `READ_CHUNK` unless a large frame needs more; `alloc` becomes its size.
-fn make_room(buf: &mut BytesMut, alloc: &mut usize, need: usize) {
+/// is gone, else in another buffer that takes only the bytes not cut yet: the oldest spare
+/// when it is free, or a fresh one. Never by growing the buffer in place, which copies it
+/// whole (frames already cut included). Another buffer is `READ_CHUNK` unless a large frame
+/// needs more; `alloc` becomes its size. The buffer moved on from becomes a spare when it is
+/// `READ_CHUNK`.
+fn make_room(buf: &mut BytesMut, alloc: &mut usize, spares: &mut Spares, need: usize) {
     if buf.capacity() - buf.len() >= need || buf.try_reclaim(need) {
         return;
     }
-    let mut fresh = BytesMut::with_capacity((buf.len() + need).max(READ_CHUNK));
-    fresh.extend_from_slice(buf);
-    *alloc = fresh.capacity();
-    *buf = fresh;
+    let want = buf.len() + need;
+    let spare = if want <= READ_CHUNK {
+        spares.take_free()
+    } else {
+        None
+    };
+    let mut next = spare.unwrap_or_else(|| BytesMut::with_capacity(want.max(READ_CHUNK)));
+    next.extend_from_slice(buf);
+    let old = std::mem::replace(buf, next);
+    if *alloc == READ_CHUNK {
+        spares.retire(old);
+    }
+    *alloc = buf.capacity();
 }
 
 /// A frame the node may keep (a cached broadcast payload is a slice of it) pins the whole
@@ -1888,6 +1998,7 @@ async fn read_loop(
     let mut io = reader.into_inner();
     let mut bodies = Vec::with_capacity(FRAMES_PER_EVENT);
     let mut frames = Vec::with_capacity(FRAMES_PER_EVENT);
+    let mut spares = Spares::default();
     // One timer for the connection, checked every read timeout, instead of one armed per read.
     let tick = tokio::time::sleep(cfg.read_timeout);
     tokio::pin!(tick);
@@ -1897,6 +2008,7 @@ async fn read_loop(
             if let Err(e) = cut_bodies(
                 &mut buf,
                 &mut alloc,
+                &mut spares,
                 wire_max,
                 FRAMES_PER_EVENT,
                 &mut bodies,
@@ -1942,9 +2054,8 @@ async fn read_loop(
                 }
             }
             add(&shared.counters.frames_received, frames.len() as u64);
-            // The event takes the frames in a vector of their exact size; the scratch stays.
-            let mut batch = Vec::with_capacity(frames.len());
-            batch.append(&mut frames);
+            // The event takes the frames in a vector of the pool; the scratch stays.
+            let batch = shared.frame_vecs.take(&mut frames);
             if shared
                 .events
                 .send(Internal::Frames {
@@ -1958,7 +2069,7 @@ async fn read_loop(
             }
         }
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+            make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
         }
         tokio::select! {
             read = io.read_buf(&mut buf) => match read {
@@ -1981,6 +2092,7 @@ async fn read_loop(
                 Err(e) => return ReadEnd::Error(ConnError::Io(e)),
             },
             _ = &mut tick => {
+                spares.trim();
                 let now = shared.now_ms();
                 tick.as_mut().reset(Instant::now() + cfg.read_timeout);
                 if !buf.is_empty() {
@@ -2056,13 +2168,14 @@ mod tests {
         // A 1 KiB frame arrives on a fresh 64 KiB buffer: it stays a slice (no copy).
         let mut buf = BytesMut::new();
         let mut alloc = 0;
-        make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+        let mut spares = Spares::default();
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
         assert_eq!(alloc, READ_CHUNK, "an ordinary read buffer is READ_CHUNK");
         buf.put_u32(1024);
         buf.extend_from_slice(&[1; 1024]);
         let region = (buf.as_ptr() as usize, alloc);
         let mut bodies = Vec::new();
-        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
         let small = detach_small(bodies.pop().unwrap().freeze(), alloc);
         assert!(
             inside(&small, region),
@@ -2073,10 +2186,11 @@ mod tests {
         // buffer is copied out, so keeping it does not keep the 600 KiB alive.
         let mut buf = BytesMut::new();
         let mut alloc = 0;
-        make_room(&mut buf, &mut alloc, READ_CHUNK / 2);
+        let mut spares = Spares::default();
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
         buf.put_u32(600 * 1024);
         buf.extend_from_slice(&[2; 1000]);
-        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
         assert!(bodies.is_empty(), "the large frame is not complete yet");
         assert!(
             alloc >= 600 * 1024,
@@ -2086,7 +2200,7 @@ mod tests {
         buf.put_u32(100);
         buf.extend_from_slice(&[3; 100]);
         let region = (buf.as_ptr() as usize, alloc);
-        cut_bodies(&mut buf, &mut alloc, 1 << 20, 16, &mut bodies).unwrap();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
         let mut kept: Vec<Bytes> = bodies
             .drain(..)
             .map(|b| detach_small(b.freeze(), alloc))
@@ -2099,6 +2213,150 @@ mod tests {
             "the large frame itself is not copied"
         );
         assert!(!inside(&small, region), "the small frame was copied out");
+    }
+
+    /// Reads `n` frames of 1 KiB into `buf` and cuts them, as `read_loop` does.
+    fn read_frames(
+        buf: &mut BytesMut,
+        alloc: &mut usize,
+        spares: &mut Spares,
+        n: usize,
+    ) -> Vec<Bytes> {
+        let mut bodies = Vec::new();
+        let mut frames = Vec::new();
+        for _ in 0..n {
+            if buf.capacity() - buf.len() < 1028 {
+                make_room(buf, alloc, spares, READ_CHUNK / 2);
+            }
+            buf.put_u32(1024);
+            buf.extend_from_slice(&[4; 1024]);
+            cut_bodies(buf, alloc, spares, 1 << 20, 16, &mut bodies).unwrap();
+            frames.extend(bodies.drain(..).map(|b| detach_small(b.freeze(), *alloc)));
+        }
+        frames
+    }
+
+    #[test]
+    fn a_read_buffer_is_read_into_again_once_its_frames_are_gone_and_not_before() {
+        let (mut buf, mut alloc, mut spares) = (BytesMut::new(), 0, Spares::default());
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
+        let first = (buf.as_ptr() as usize, alloc);
+        // Fill the first buffer and move on; one of its frames is kept.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 70);
+        assert!(inside(&frames[0], first) && !inside(&frames[69], first));
+        let kept = frames[3].clone();
+        drop(frames);
+        // Another buffer's worth: the first is pinned by `kept`, so a fresh one is taken.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 64);
+        assert!(frames.iter().all(|f| !inside(f, first)));
+        assert_eq!(spares.0.len(), 2);
+        drop(frames);
+        drop(kept);
+        // Both spares are free now: the oldest, the first buffer, is read into again.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 64);
+        assert!(frames.iter().any(|f| inside(f, first)));
+        assert!(frames.iter().all(|f| f[..] == [4; 1024][..]));
+        assert_eq!(alloc, READ_CHUNK);
+        // A timeout check frees the spares no frame uses and keeps the others.
+        let pinned = frames.last().unwrap().clone();
+        drop(frames);
+        // Another buffer's worth, dropped at once: the buffer `pinned` is in became a spare.
+        drop(read_frames(&mut buf, &mut alloc, &mut spares, 64));
+        spares.trim();
+        assert_eq!(spares.0.len(), 1, "only the spare holding `pinned` stays");
+        drop(pinned);
+        spares.trim();
+        assert!(spares.0.is_empty());
+    }
+
+    #[test]
+    fn a_pinned_old_spare_does_not_hold_up_free_ones_and_surplus_spares_are_freed() {
+        let (mut buf, mut alloc, mut spares) = (BytesMut::new(), 0, Spares::default());
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK / 2);
+        let first = (buf.as_ptr() as usize, alloc);
+        // Eight buffers' worth; a frame of the first one is kept, the rest are dropped.
+        let frames = read_frames(&mut buf, &mut alloc, &mut spares, 8 * 63);
+        // The current buffer stays pinned too, so room means moving on from it.
+        let (kept, tail) = (frames[0].clone(), frames.last().unwrap().clone());
+        drop(frames);
+        let before = spares.0.len();
+        assert!(before >= SPARE_WINDOW + 2, "{before} spares");
+        // Moving on reuses the oldest free spare (the second buffer), not the pinned first.
+        assert!(!spares.is_free(0) && spares.is_free(1));
+        let (front, second) = (spares.0[0].as_ptr(), spares.0[1].as_ptr());
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK);
+        assert_eq!(buf.as_ptr(), second, "the oldest free spare is read into");
+        assert_eq!(
+            spares.0[0].as_ptr(),
+            front,
+            "the pinned one stays, costing nothing"
+        );
+        assert!(inside(&kept, first));
+        // Not every spare looked at was free (the first is pinned): none was freed.
+        assert_eq!(spares.0.len(), before);
+        drop(kept);
+        let tail2 = read_frames(&mut buf, &mut alloc, &mut spares, 1);
+        // Now every spare looked at is free: one is read into and one more is freed, so the
+        // list shrinks (the buffer moved on from joins it).
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK);
+        assert_eq!(
+            buf.as_ptr() as usize,
+            first.0,
+            "the first buffer, free at last"
+        );
+        drop((tail, tail2));
+        assert_eq!(spares.0.len(), before - 1);
+    }
+
+    #[test]
+    fn spares_are_bounded_and_a_large_buffer_is_never_one() {
+        let (mut buf, mut alloc, mut spares) = (BytesMut::new(), 0, Spares::default());
+        // Every frame kept: no spare is ever free, and at most SPARE_BUFFERS are held.
+        let kept = read_frames(&mut buf, &mut alloc, &mut spares, 63 * (SPARE_BUFFERS + 10));
+        assert_eq!(spares.0.len(), SPARE_BUFFERS);
+        assert!(kept.iter().all(|f| f.len() == 1024));
+        drop(kept);
+        spares.trim();
+        assert!(spares.0.is_empty());
+        // A buffer made for a large frame is not kept as a spare.
+        buf.put_u32(200 * 1024);
+        let mut bodies = Vec::new();
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
+        assert!(alloc >= 200 * 1024);
+        buf.extend_from_slice(&vec![5; 200 * 1024]);
+        cut_bodies(&mut buf, &mut alloc, &mut spares, 1 << 20, 16, &mut bodies).unwrap();
+        assert_eq!(bodies.len(), 1);
+        let before = spares.0.len();
+        make_room(&mut buf, &mut alloc, &mut spares, READ_CHUNK * 2);
+        assert_eq!(spares.0.len(), before, "the large buffer is not a spare");
+    }
+
+    #[test]
+    fn frame_vectors_are_reused_and_the_pool_is_bounded() {
+        let pool = FrameVecs::default();
+        let mut frames = vec![Bytes::from_static(b"a"); 3];
+        let batch = pool.take(&mut frames);
+        assert_eq!((frames.len(), batch.len()), (0, 3));
+        let first = batch.as_ptr();
+        pool.give(batch);
+        frames.push(Bytes::from_static(b"b"));
+        let again = pool.take(&mut frames);
+        assert_eq!(
+            again.as_ptr(),
+            first,
+            "the emptied vector carries the next event"
+        );
+        assert_eq!(again, vec![Bytes::from_static(b"b")]);
+        for _ in 0..SPARE_FRAME_VECS + 5 {
+            pool.give(Vec::with_capacity(4));
+        }
+        pool.give(Vec::with_capacity(FRAMES_PER_EVENT + 1));
+        let kept = pool.0.lock().unwrap();
+        assert_eq!(kept.len(), SPARE_FRAME_VECS);
+        assert!(
+            kept.iter()
+                .all(|v| v.is_empty() && v.capacity() <= FRAMES_PER_EVENT)
+        );
     }
 
     #[test]
