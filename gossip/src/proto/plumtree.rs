@@ -170,8 +170,8 @@
 //! counted in [`Stats::dropped_invalid`]. Control messages (IHAVE, GRAFT, PRUNE, DIGEST) from a
 //! peer that is not a neighbour are ignored and counted. Every map has a count bound and an age
 //! bound.
+use foldhash::fast::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::RandomState;
 use std::ops::Bound;
 use std::time::Duration;
 
@@ -1388,10 +1388,11 @@ pub struct State<P: PeerId> {
     /// stamps its instant several times.
     last_stamp: Option<(Instant, Stamp)>,
     /// Announced ids not received yet: an insert and a remove for each id announced before
-    /// the tree brings it (under load, hundreds per IHAVE), so a hash map. Its keys are std's
-    /// random ones, secret to peers, so announced ids cannot be chosen to collide; it is
-    /// looked up by id only, never walked, so they do not change what the node does (a seeded
-    /// simulation stays reproducible).
+    /// the tree brings it (under load, hundreds per IHAVE), so a hash map, with foldhash
+    /// (cheaper than std's SipHash on these small keys). Its seed is random, secret to peers, so
+    /// announced ids cannot be chosen to collide; it is looked up by id only, never walked,
+    /// so the seed does not change what the node does (a seeded simulation stays
+    /// reproducible).
     missing: HashMap<MessageId<P>, Missing<P>, RandomState>,
     digest_cursor: Option<P>,
     /// Per neighbour sent a digest, the CATCHUP payloads received from it since: a full

@@ -590,7 +590,9 @@ pub struct TcpTransport {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     events: mpsc::Receiver<Internal>,
-    peers: HashMap<NodeId, Peer>,
+    /// Looked up for every frame sent: foldhash, randomly seeded, is cheaper than std's
+    /// SipHash on these small keys, and its random seed keeps chosen collisions out.
+    peers: HashMap<NodeId, Peer, foldhash::fast::RandomState>,
     backoff: HashMap<NodeId, Backoff>,
     ready: VecDeque<TransportEvent>,
     failed_pending: HashSet<NodeId>,
@@ -713,7 +715,7 @@ impl TcpTransport {
             shared,
             local_addr,
             events: rx,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             backoff: HashMap::new(),
             ready: VecDeque::new(),
             failed_pending: HashSet::new(),
