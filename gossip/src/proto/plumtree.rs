@@ -602,13 +602,14 @@ const IHAVE_GROUP_SCAN: usize = 32;
 
 /// IHAVE announcements queued for lazy links, each recorded once however many peers it goes
 /// to: runs of consecutive ids of one origin at one hop count, each with the peers it goes to
-/// (in queueing order). An id extends the run of its origin among the last
-/// [`IHAVE_GROUP_SCAN`] runs when it continues it and goes to the same peers; then, for each
-/// of those peers, [`IHaves::push_grouped`] would have extended the range holding that run's
-/// last id too (no later run is of that origin, so no later range of the peer's batch is
-/// either, and fewer than [`IHAVE_GROUP_SCAN`] ranges follow it). So splitting the log run by
-/// run into the per-peer batches ([`IHaves::push_grouped_run`]) builds the very batches that
-/// queueing each id to each peer at once would have.
+/// (in queueing order). An id extends the last run when it continues it and goes to the same
+/// peers; then, for each of those peers, [`IHaves::push_grouped`] would have extended the last
+/// range of its batch too (the one holding that run's last id). So splitting the log run by run
+/// into the per-peer batches ([`IHaves::push_grouped_run`]) builds the very batches that
+/// queueing each id to each peer at once would have. (Extending an earlier run of the id's
+/// origin, as `push_grouped` does within a batch, would not be exact: a peer's range holding
+/// that run may have more than [`IHAVE_GROUP_SCAN`] ranges after it, from runs the log
+/// already merged into earlier ranges.)
 ///
 /// Under one busy sender the log is one run whatever the number of lazy peers, so queueing
 /// an announcement is a comparison and an increment, once per delivery instead of once per
@@ -646,12 +647,7 @@ impl<P: PeerId> LazyLog<P> {
     fn push(&mut self, ihave: IHave<P>, peers: &[P]) {
         self.ids += 1;
         let origin = ihave.id.origin;
-        if let Some(run) = self
-            .runs
-            .iter_mut()
-            .rev()
-            .take(IHAVE_GROUP_SCAN)
-            .find(|r| r.range.origin == origin)
+        if let Some(run) = self.runs.last_mut()
             && run.range.continued_by(&ihave)
             && self.peers[run.peers.0 as usize..run.peers.1 as usize] == *peers
         {
