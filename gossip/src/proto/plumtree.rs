@@ -2717,6 +2717,10 @@ impl<P: PeerId> State<P> {
                 };
                 let batch = &mut self.lazy_queue[i].1;
                 batch.push_grouped_run(run.range);
+                debug_assert!(
+                    batch.len() < self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE)
+                        && batch.ranges.len() < MAX_IHAVE_RANGES
+                );
                 let (ids, ranges) = &mut self.lazy_queue_max;
                 *ids = (*ids).max(batch.len());
                 *ranges = (*ranges).max(batch.ranges.len());
