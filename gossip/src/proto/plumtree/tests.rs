@@ -230,6 +230,83 @@ fn a_busy_lazy_link_gets_one_ihave_per_dispatch_and_ranges_bound_a_batch() {
     assert!(b.timer(Timer::DispatchLazyPush).is_empty());
 }
 
+/// The lazy-push log (one record per announcement, split into per-peer batches at the flush
+/// or when a batch could fill) sends exactly the IHAVEs that queueing each announcement to
+/// each peer's batch at once does: same batches, same order, sent early at the same calls,
+/// same `ihave_sent`; a peer that goes down loses what was queued for it. Random
+/// interleavings of origins, gaps, hop counts and peer sets, with caps small and large.
+#[test]
+fn lazy_log_sends_what_per_peer_batches_send() {
+    let sets: [&[u32]; 6] = [
+        &[10, 11, 12],
+        &[10, 11, 12],
+        &[11, 12],
+        &[12, 10, 13],
+        &[13],
+        &[10, 11, 12, 13, 14],
+    ];
+    let mut early = 0;
+    let mut logged = 0;
+    for (max_ids, origins) in [(4096, 1), (4096, 3), (4096, 40), (30, 3), (30, 40), (1, 2)] {
+        for seed in 0..4 {
+            let config = Config {
+                max_ihave_ids: max_ids,
+                ..Config::default()
+            };
+            let neighbors = [10, 11, 12, 13, 14];
+            let mut log = Node::with_neighbors(2, config.clone(), &neighbors);
+            let mut direct = Node::with_neighbors(2, config, &neighbors);
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let mut seqs = vec![0u64; origins];
+            for step in 0..4000 {
+                let r = rng.random_range(0..1000);
+                if r < 6 {
+                    let out = log.timer(Timer::DispatchLazyPush);
+                    assert_eq!(out, direct.timer(Timer::DispatchLazyPush), "step {step}");
+                } else if r < 8 {
+                    let peer = neighbors[rng.random_range(0..neighbors.len())];
+                    let out = log.handle(InEvent::NeighborDown(peer));
+                    assert_eq!(
+                        out,
+                        direct.handle(InEvent::NeighborDown(peer)),
+                        "step {step}"
+                    );
+                    let out = log.handle(InEvent::NeighborUp(peer));
+                    assert_eq!(out, direct.handle(InEvent::NeighborUp(peer)), "step {step}");
+                } else {
+                    let o = rng.random_range(0..origins);
+                    seqs[o] += if rng.random_range(0..20) == 0 { 2 } else { 1 };
+                    let ihave = IHave {
+                        id: id(100 + o as u32, seqs[o]),
+                        hops: if rng.random_range(0..10) == 0 { 2 } else { 1 },
+                    };
+                    let peers = sets[rng.random_range(0..sets.len())];
+                    let runs = log.state.lazy_log.runs.len();
+                    log.state.queue_ihaves(ihave, peers, &mut log.out);
+                    logged += usize::from(log.state.lazy_log.runs.len() >= runs.max(1));
+                    for &peer in peers {
+                        direct.state.queue_ihave(peer, ihave, &mut direct.out);
+                    }
+                    let out: Vec<_> = log.out.drain(..).collect();
+                    early += sends(&out).len();
+                    assert_eq!(
+                        out,
+                        direct.out.drain(..).collect::<Vec<_>>(),
+                        "step {step}, max_ihave_ids {max_ids}, {origins} origins, seed {seed}"
+                    );
+                }
+                assert_eq!(log.state.stats.ihave_sent, direct.state.stats.ihave_sent);
+            }
+            let out = log.timer(Timer::DispatchLazyPush);
+            assert_eq!(out, direct.timer(Timer::DispatchLazyPush));
+            assert!(log.state.lazy_log.runs.is_empty() && log.state.lazy_queue.is_empty());
+        }
+    }
+    // Both ways were taken: batches sent early at their caps, and announcements logged.
+    assert!(early > 100, "{early} early sends");
+    assert!(logged > 10_000, "{logged} logged");
+}
+
 #[test]
 fn duplicate_prunes_the_sender() {
     let mut b = Node::with_neighbors(2, Config::default(), &[1, 3]);
