@@ -93,6 +93,9 @@ impl Message {
     }
 
     /// Record who broadcast this message and its broadcast id (set by the runtime).
+    // Inlined into the node's delivery path (another codegen unit): a call moved the whole
+    // message in and out, once per delivery.
+    #[inline]
     pub(crate) fn with_source(
         mut self,
         origin: NodeId,

@@ -232,6 +232,7 @@ impl Node {
             stats: NodeStats::default(),
             max_frame: config.max_frame_size,
             origins: Default::default(),
+            heads: Default::default(),
             join_timeout: config.join_timeout,
             leave_linger: config.leave_linger,
         };
@@ -482,6 +483,8 @@ struct Actor<T: Transport> {
     max_frame: usize,
     /// The origin of the latest payload frame, so runs from one origin decode it once.
     origins: crate::wire::OriginCache<NodeId>,
+    /// The encoding of the latest origin of a sent GOSSIP, so runs from one origin reuse it.
+    heads: crate::wire::HeadEncoder<NodeId>,
     join_timeout: Duration,
     leave_linger: Duration,
 }
@@ -711,7 +714,7 @@ impl<T: Transport> Actor<T> {
                         .filter(|(id, hops, ptr, _)| (*id, *hops, *ptr) == row)
                         .map(|(.., h)| *h);
                     let encoded = cached.or_else(|| {
-                        let h = crate::wire::gossip_frame_head(&g)?;
+                        let h = self.heads.gossip_head(&g)?;
                         head = Some((row.0, row.1, row.2, h));
                         Some(h)
                     });

@@ -273,6 +273,93 @@ fn payload_frame_head<P: PeerId>(kind: u8, g: &plumtree::Gossip<P>) -> Option<Fr
     Some(out.0)
 }
 
+/// Writes the heads of GOSSIP frames byte for byte as [`gossip_frame_head`] does, keeping the
+/// encoding of the latest origin: forwarded payloads come in runs from one origin, and the
+/// origin (an address and a generation through serde) was most of the cost of a head. The rest
+/// of a head (sequence number, payload kind, hop count) is written here as bincode's varints.
+pub struct HeadEncoder<P> {
+    origin: Option<P>,
+    /// The kind byte and the origin's encoding.
+    prefix: FrameHead,
+}
+
+impl<P> Default for HeadEncoder<P> {
+    fn default() -> Self {
+        Self {
+            origin: None,
+            prefix: FrameHead {
+                len: 0,
+                bytes: [0; MAX_FRAME_HEAD],
+            },
+        }
+    }
+}
+
+impl<P> std::fmt::Debug for HeadEncoder<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadEncoder")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest varint of a `u64` and of a `u32` and a `u16`, after the origin.
+const MAX_HEAD_TAIL: usize = 9 + 5 + 3;
+
+impl<P: PeerId> HeadEncoder<P> {
+    /// The same as [`gossip_frame_head`] of `g`.
+    pub fn gossip_head(&mut self, g: &plumtree::Gossip<P>) -> Option<FrameHead> {
+        if self.origin != Some(g.id.origin) {
+            let mut out = HeadWriter(FrameHead {
+                len: 1,
+                bytes: [0; MAX_FRAME_HEAD],
+            });
+            out.0.bytes[0] = FRAME_GOSSIP;
+            let fits = bincode::serde::encode_into_writer(g.id.origin, &mut out, config()).is_ok()
+                && out.0.len as usize + MAX_HEAD_TAIL <= MAX_FRAME_HEAD;
+            if !fits {
+                self.origin = None;
+                return payload_frame_head(FRAME_GOSSIP, g);
+            }
+            self.prefix = out.0;
+            self.origin = Some(g.id.origin);
+        }
+        let mut head = self.prefix;
+        let mut at = head.len as usize;
+        at = put_varint(&mut head.bytes, at, g.id.seq);
+        let kind = match g.kind {
+            plumtree::PayloadKind::User => 0,
+            plumtree::PayloadKind::System => 1,
+        };
+        at = put_varint(&mut head.bytes, at, kind);
+        at = put_varint(&mut head.bytes, at, u64::from(g.hops));
+        head.len = at as u8;
+        Some(head)
+    }
+}
+
+/// Writes `value` at `at` as bincode's standard configuration writes an unsigned integer
+/// (one byte below 251, else a marker byte and the little-endian value in the narrowest of
+/// 2, 4 or 8 bytes; the same for every width of integer); returns the end.
+fn put_varint(bytes: &mut [u8; MAX_FRAME_HEAD], at: usize, value: u64) -> usize {
+    if value < 251 {
+        bytes[at] = value as u8;
+        at + 1
+    } else if value <= u64::from(u16::MAX) {
+        bytes[at] = 251;
+        bytes[at + 1..at + 3].copy_from_slice(&(value as u16).to_le_bytes());
+        at + 3
+    } else if value <= u64::from(u32::MAX) {
+        bytes[at] = 252;
+        bytes[at + 1..at + 5].copy_from_slice(&(value as u32).to_le_bytes());
+        at + 5
+    } else {
+        bytes[at] = 253;
+        bytes[at + 1..at + 9].copy_from_slice(&value.to_le_bytes());
+        at + 9
+    }
+}
+
 /// Decodes a node frame written by [`encode_frame`] (or a message written by [`encode`]),
 /// refusing frames longer than `limit`. A payload is returned as a slice of `frame`, not a copy.
 pub fn decode_frame<P: PeerId>(
@@ -754,6 +841,88 @@ mod tests {
             kind,
             payload: Bytes::from_static(payload),
             hops: 7,
+        }
+    }
+
+    /// The head and payload of `g` as a [`HeadEncoder`] writes them, or `encode_frame` where it
+    /// falls back to it.
+    fn encoder_frame<P: PeerId>(heads: &mut HeadEncoder<P>, g: &plumtree::Gossip<P>) -> Vec<u8> {
+        match heads.gossip_head(g) {
+            Some(head) => [head.as_bytes(), &g.payload[..]].concat(),
+            None => {
+                let message = proto::Message::Broadcast(plumtree::Message::Gossip(g.clone()));
+                encode_frame(&message).to_vec()
+            }
+        }
+    }
+
+    #[test]
+    fn the_head_encoder_writes_the_frames_encode_frame_writes() {
+        let boundaries = |max: u64| {
+            let mut values = vec![0, 1, 249, 250, 251, 252, 253, 254, 255, 256];
+            for edge in [u64::from(u16::MAX), u64::from(u32::MAX), u64::MAX] {
+                values.extend([edge - 1, edge, edge.saturating_add(1)]);
+            }
+            values.retain(|v| *v <= max);
+            values.dedup();
+            values
+        };
+        let origins = [
+            id(7000, 3),
+            id(7000, 4),
+            id(u16::MAX, u64::MAX),
+            NodeId::new(
+                ("::1".parse::<std::net::Ipv6Addr>().unwrap(), 9).into(),
+                1 << 40,
+            ),
+            id(7000, 3),
+        ];
+        let mut heads = HeadEncoder::default();
+        let mut checked = 0;
+        for origin in origins {
+            for seq in boundaries(u64::MAX) {
+                for hops in boundaries(u64::from(u16::MAX)) {
+                    for kind in [plumtree::PayloadKind::User, plumtree::PayloadKind::System] {
+                        let g = plumtree::Gossip {
+                            id: proto::MessageId { origin, seq },
+                            kind,
+                            payload: Bytes::from_static(b"payload"),
+                            hops: hops as u16,
+                        };
+                        let message =
+                            proto::Message::Broadcast(plumtree::Message::Gossip(g.clone()));
+                        let expected = encode_frame(&message);
+                        let head = heads.gossip_head(&g).expect("a NodeId head fits");
+                        assert_eq!(
+                            [head.as_bytes(), b"payload"].concat(),
+                            &expected[..],
+                            "{g:?}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 5 * 18 * 12 * 2);
+        // An origin whose encoding leaves no room for the rest falls back to bincode (and then
+        // to `encode_frame`), and a short origin after it is encoded afresh.
+        let mut heads = HeadEncoder::<[u64; 6]>::default();
+        for origin in [
+            [u64::MAX; 6],
+            [1; 6],
+            [u64::MAX; 6],
+            [u64::from(u32::MAX); 6],
+        ] {
+            for (seq, hops) in [(1, 1), (u64::MAX, u16::MAX), (300, 250)] {
+                let g = plumtree::Gossip {
+                    id: proto::MessageId { origin, seq },
+                    kind: plumtree::PayloadKind::User,
+                    payload: Bytes::from_static(b"p"),
+                    hops,
+                };
+                let message = proto::Message::Broadcast(plumtree::Message::Gossip(g.clone()));
+                assert_eq!(encoder_frame(&mut heads, &g), &encode_frame(&message)[..]);
+            }
         }
     }
 
