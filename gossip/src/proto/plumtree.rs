@@ -2701,6 +2701,17 @@ impl<P: PeerId> State<P> {
             });
     }
 
+    /// The index of `peer`'s batch in `queue`, an empty one appended if it has none.
+    fn lazy_batch(queue: &mut Vec<(P, IHaves<P>)>, peer: P) -> usize {
+        match queue.iter().position(|(p, _)| *p == peer) {
+            Some(i) => i,
+            None => {
+                queue.push((peer, IHaves::new()));
+                queue.len() - 1
+            }
+        }
+    }
+
     /// Move the log's announcements into the per-peer batches, in the order they were queued
     /// (each run to each of its peers). Never fills a batch: the log only takes what fits.
     fn split_lazy_log(&mut self) {
@@ -2709,13 +2720,7 @@ impl<P: PeerId> State<P> {
         }
         for run in self.lazy_log.runs.drain(..) {
             for &peer in &self.lazy_log.peers[run.peers.0 as usize..run.peers.1 as usize] {
-                let i = match self.lazy_queue.iter().position(|(p, _)| *p == peer) {
-                    Some(i) => i,
-                    None => {
-                        self.lazy_queue.push((peer, IHaves::new()));
-                        self.lazy_queue.len() - 1
-                    }
-                };
+                let i = Self::lazy_batch(&mut self.lazy_queue, peer);
                 let batch = &mut self.lazy_queue[i].1;
                 batch.push_grouped_run(run.range);
                 debug_assert!(
@@ -2738,13 +2743,7 @@ impl<P: PeerId> State<P> {
         // A batch is held as ranges (see `IHaves`): under one busy sender, one entry however
         // many ids it announces, extended in place (a 56-byte entry per id, and the regrowth
         // of the batch, were ~2% of the CPU per delivery with one sender flat out).
-        let i = match self.lazy_queue.iter().position(|(p, _)| *p == peer) {
-            Some(i) => i,
-            None => {
-                self.lazy_queue.push((peer, IHaves::new()));
-                self.lazy_queue.len() - 1
-            }
-        };
+        let i = Self::lazy_batch(&mut self.lazy_queue, peer);
         let batch = &mut self.lazy_queue[i].1;
         batch.push_grouped(ihave);
         // Bounded by its wire cost (ranges) and by its ids; otherwise the dispatch timer
