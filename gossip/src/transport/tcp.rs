@@ -332,11 +332,7 @@ impl QueueTx {
             s.frames.append(frames);
         }
         let queued = s.frames.len();
-        let waker = s.waker.take();
-        drop(s);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake_writer(s);
         Ok(queued)
     }
 
@@ -346,15 +342,20 @@ impl QueueTx {
     }
 }
 
+/// Wakes the writer if it waits, after letting go of the queue's lock.
+fn wake_writer(mut s: std::sync::MutexGuard<'_, ChanState>) {
+    let waker = s.waker.take();
+    drop(s);
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
 impl Drop for QueueTx {
     fn drop(&mut self) {
         let mut s = self.0.lock();
         s.tx_gone = true;
-        let waker = s.waker.take();
-        drop(s);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake_writer(s);
     }
 }
 
