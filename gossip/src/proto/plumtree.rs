@@ -2674,7 +2674,7 @@ impl<P: PeerId> State<P> {
         if peers.is_empty() {
             return;
         }
-        let full = self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE);
+        let full = self.ihave_cap();
         let (max_ids, max_ranges) = self.lazy_queue_max;
         if max_ids + self.lazy_log.ids + 1 < full
             && max_ranges + self.lazy_log.runs.len() + 1 < MAX_IHAVE_RANGES
@@ -2701,6 +2701,11 @@ impl<P: PeerId> State<P> {
             });
     }
 
+    /// The most ids a batch holds before it is sent without waiting for the dispatch timer.
+    fn ihave_cap(&self) -> usize {
+        self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE)
+    }
+
     /// The index of `peer`'s batch in `queue`, an empty one appended if it has none.
     fn lazy_batch(queue: &mut Vec<(P, IHaves<P>)>, peer: P) -> usize {
         match queue.iter().position(|(p, _)| *p == peer) {
@@ -2718,15 +2723,13 @@ impl<P: PeerId> State<P> {
         if self.lazy_log.runs.is_empty() {
             return;
         }
+        let full = self.ihave_cap();
         for run in self.lazy_log.runs.drain(..) {
             for &peer in &self.lazy_log.peers[run.peers.0 as usize..run.peers.1 as usize] {
                 let i = Self::lazy_batch(&mut self.lazy_queue, peer);
                 let batch = &mut self.lazy_queue[i].1;
                 batch.push_grouped_run(run.range);
-                debug_assert!(
-                    batch.len() < self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE)
-                        && batch.ranges.len() < MAX_IHAVE_RANGES
-                );
+                debug_assert!(batch.len() < full && batch.ranges.len() < MAX_IHAVE_RANGES);
                 let (ids, ranges) = &mut self.lazy_queue_max;
                 *ids = (*ids).max(batch.len());
                 *ranges = (*ranges).max(batch.ranges.len());
@@ -2739,7 +2742,7 @@ impl<P: PeerId> State<P> {
     /// Queue `ihave` for `peer` in its batch (the log must be split first).
     fn queue_ihave(&mut self, peer: P, ihave: IHave<P>, out: &mut VecDeque<OutEvent<P>>) {
         debug_assert!(self.lazy_log.runs.is_empty());
-        let full = self.config.max_ihave_ids.clamp(1, MAX_IHAVE_WIRE);
+        let full = self.ihave_cap();
         // A batch is held as ranges (see `IHaves`): under one busy sender, one entry however
         // many ids it announces, extended in place (a 56-byte entry per id, and the regrowth
         // of the batch, were ~2% of the CPU per delivery with one sender flat out).
