@@ -54,7 +54,11 @@ fn config() -> Configuration {
 pub fn encode<T: Tag>(msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
     // Measure first, then write into a buffer of the exact size: growing it from small
     // copied a 1 KiB payload four times. A message over the limit is refused without buffering.
-    let size = measure(msg, limit)?;
+    encode_exact(msg, limit, measure(msg, limit)?)
+}
+
+/// The envelope of `msg`, `size` bytes as [`measure`] found, in an allocation of its own.
+fn encode_exact<T: Tag>(msg: &T, limit: usize, size: usize) -> Result<Bytes, EncodeError> {
     let mut buf = Vec::with_capacity(size);
     write_envelope(msg, limit, &mut buf)?;
     Ok(Bytes::from(buf))
@@ -158,9 +162,7 @@ impl EncodeArena {
     pub(crate) fn encode<T: Tag>(&mut self, msg: &T, limit: usize) -> Result<Bytes, EncodeError> {
         let size = measure(msg, limit)?;
         if size > ARENA_MAX_ENVELOPE {
-            let mut buf = Vec::with_capacity(size);
-            write_envelope(msg, limit, &mut buf)?;
-            return Ok(Bytes::from(buf));
+            return encode_exact(msg, limit, size);
         }
         // Whatever a failed (or panicked) encode left behind is not part of any envelope.
         self.chunk.clear();
